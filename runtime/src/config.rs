@@ -1,0 +1,273 @@
+//! `configuration.toml`: every key is documented in `configs/configuration.toml`.
+//!
+//! Lookup order: the runtime options' `ConfigBody`, then `ConfigPath`, then
+//! `$STOCKADE_CONFIG`, then `/etc/stockade/configuration.toml`, then
+//! `/usr/share/stockade/configuration.toml`, then built-in defaults.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+pub const ETC_CONFIG: &str = "/etc/stockade/configuration.toml";
+pub const SHARE_CONFIG: &str = "/usr/share/stockade/configuration.toml";
+pub const CONFIG_ENV: &str = "STOCKADE_CONFIG";
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub runtime: RuntimeConfig,
+    pub hypervisor: HypervisorConfig,
+    pub container: ContainerConfig,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Weakest first: the ordering is "isolation strength".
+    Container,
+    Auto,
+    Vm,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Container => "container",
+            Mode::Auto => "auto",
+            Mode::Vm => "vm",
+        })
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "container" => Ok(Mode::Container),
+            "auto" => Ok(Mode::Auto),
+            "vm" => Ok(Mode::Vm),
+            other => Err(format!(
+                "unknown mode {other:?} (expected auto, vm or container)"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    pub mode: Mode,
+    /// Where per-sandbox state (libcontainer state, console sockets, hardened specs) lives.
+    pub state_dir: PathBuf,
+    /// error | warn | info | debug | trace
+    pub log_level: String,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            mode: Mode::Auto,
+            state_dir: PathBuf::from("/run/stockade"),
+            log_level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HypervisorConfig {
+    pub accel: Accel,
+    pub qemu: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub boot_timeout_secs: u64,
+}
+
+impl Default for HypervisorConfig {
+    fn default() -> Self {
+        HypervisorConfig {
+            accel: Accel::Kvm,
+            qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
+            kernel: PathBuf::from("/usr/share/stockade/vmlinuz"),
+            initrd: PathBuf::from("/usr/share/stockade/initrd.img"),
+            vcpus: 1,
+            memory_mib: 256,
+            boot_timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContainerConfig {
+    /// Force `process.noNewPrivileges = true` for the init and every exec.
+    pub no_new_privileges: bool,
+    /// Apply Stockade's default seccomp profile when the spec carries none.
+    pub default_seccomp: bool,
+    /// Deny the extra syscalls and socket families (see `linux::seccomp::EXTRA_DENY`)
+    /// even when the spec brings its own profile.
+    pub extra_seccomp_deny: bool,
+    /// Allow privileged containers (CAP_SYS_ADMIN requested, or seccomp/AppArmor
+    /// unconfined together with all capabilities). Refused when false.
+    pub allow_privileged: bool,
+    /// pids.max applied when the spec sets no pids limit; 0 disables.
+    pub default_pids_limit: i64,
+    /// Paths masked in addition to the spec's `maskedPaths`.
+    pub extra_masked_paths: Vec<String>,
+    /// Paths made read-only in addition to the spec's `readonlyPaths`.
+    pub extra_readonly_paths: Vec<String>,
+}
+
+impl Default for ContainerConfig {
+    fn default() -> Self {
+        ContainerConfig {
+            no_new_privileges: true,
+            default_seccomp: true,
+            extra_seccomp_deny: true,
+            allow_privileged: false,
+            default_pids_limit: 4096,
+            extra_masked_paths: [
+                "/proc/acpi",
+                "/proc/asound",
+                "/proc/kcore",
+                "/proc/keys",
+                "/proc/latency_stats",
+                "/proc/timer_list",
+                "/proc/timer_stats",
+                "/proc/sched_debug",
+                "/proc/scsi",
+                "/proc/interrupts",
+                "/proc/kallsyms",
+                "/sys/firmware",
+                "/sys/devices/virtual/powercap",
+                "/sys/kernel/debug",
+                "/sys/kernel/security",
+            ]
+            .map(String::from)
+            .to_vec(),
+            extra_readonly_paths: [
+                "/proc/bus",
+                "/proc/fs",
+                "/proc/irq",
+                "/proc/sys",
+                "/proc/sysrq-trigger",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+}
+
+/// Where a configuration may come from besides the files on disk.
+#[derive(Debug, Default, Clone)]
+pub struct ConfigSource {
+    /// `ConfigBody` of containerd's `runtimeoptions.v1.Options`.
+    pub body: Option<String>,
+    /// `ConfigPath` of containerd's `runtimeoptions.v1.Options`.
+    pub path: Option<PathBuf>,
+}
+
+impl Config {
+    pub fn parse(text: &str, origin: &Path) -> Result<Config> {
+        toml::from_str(text).map_err(|e| Error::Config {
+            path: origin.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Resolve the configuration with the documented precedence.
+    pub fn load(source: &ConfigSource) -> Result<Config> {
+        if let Some(body) = source.body.as_deref().filter(|b| !b.trim().is_empty()) {
+            return Self::parse(body, Path::new("<runtime options ConfigBody>"));
+        }
+        if let Some(path) = source.path.as_deref().filter(|p| !p.as_os_str().is_empty()) {
+            return Self::from_file(path);
+        }
+        if let Some(path) = std::env::var_os(CONFIG_ENV).filter(|p| !p.is_empty()) {
+            return Self::from_file(Path::new(&path));
+        }
+        for candidate in [ETC_CONFIG, SHARE_CONFIG] {
+            let path = Path::new(candidate);
+            if path.exists() {
+                return Self::from_file(path);
+            }
+        }
+        Ok(Config::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_defaults() {
+        assert_eq!(Config::parse("", Path::new("x")).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_the_file() {
+        let err = Config::parse("[runtime]\nmoed = \"vm\"\n", Path::new("/x.toml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("/x.toml") && msg.contains("moed"), "{msg}");
+    }
+
+    #[test]
+    fn body_wins_over_path() {
+        let src = ConfigSource {
+            body: Some("[runtime]\nmode = \"container\"\n".into()),
+            path: Some("/nonexistent".into()),
+        };
+        assert_eq!(Config::load(&src).unwrap().runtime.mode, Mode::Container);
+    }
+
+    #[test]
+    fn missing_config_path_is_an_error() {
+        let src = ConfigSource {
+            body: None,
+            path: Some("/nonexistent/stockade.toml".into()),
+        };
+        assert!(Config::load(&src).is_err());
+    }
+
+    #[test]
+    fn every_shipped_config_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml")
+                && path.file_name().is_some_and(|f| f.to_string_lossy().starts_with("configuration"))
+            {
+                Config::from_file(&path).unwrap();
+                n += 1;
+            }
+        }
+        assert!(n >= 1, "no configuration*.toml in {}", dir.display());
+    }
+
+    #[test]
+    fn shipped_config_matches_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/configuration.toml");
+        assert_eq!(Config::from_file(&path).unwrap(), Config::default());
+    }
+}

@@ -1,0 +1,82 @@
+//! Exit statuses of child processes, fed by the one reaper the process has.
+//!
+//! The shim crate reaps every child with `waitpid(-1)`, so `Child::wait` cannot be used:
+//! every exit (helper processes and container processes alike) arrives here, and whoever
+//! cares about a pid waits on it. An exit that arrives before anybody waits for its pid
+//! is kept for a while, so a process that dies right after it was spawned is not lost.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+const KEEP_UNCLAIMED: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+struct Inner {
+    waiters: HashMap<i32, Vec<oneshot::Sender<i32>>>,
+    unclaimed: HashMap<i32, (i32, Instant)>,
+}
+
+/// Exit codes follow runc: the exit status, or 128 + signal for a signal death.
+#[derive(Clone, Default)]
+pub struct Exits {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Exits {
+    pub fn notify(&self, pid: i32, code: i32) {
+        let mut inner = self.inner.lock().expect("exits lock");
+        if let Some(waiters) = inner.waiters.remove(&pid) {
+            for w in waiters {
+                let _ = w.send(code);
+            }
+            return;
+        }
+        let now = Instant::now();
+        inner
+            .unclaimed
+            .retain(|_, (_, at)| now.duration_since(*at) < KEEP_UNCLAIMED);
+        inner.unclaimed.insert(pid, (code, now));
+    }
+
+    /// A receiver that resolves with the exit code of `pid`.
+    pub fn subscribe(&self, pid: i32) -> oneshot::Receiver<i32> {
+        let (tx, rx) = oneshot::channel();
+        let mut inner = self.inner.lock().expect("exits lock");
+        if let Some((code, _)) = inner.unclaimed.remove(&pid) {
+            let _ = tx.send(code);
+        } else {
+            inner.waiters.entry(pid).or_default().push(tx);
+        }
+        rx
+    }
+
+    pub async fn wait(&self, pid: i32) -> i32 {
+        // The sender is only dropped with the registry itself.
+        self.subscribe(pid).await.unwrap_or(255)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn early_exit_is_kept_for_a_late_waiter() {
+        let exits = Exits::default();
+        exits.notify(42, 137);
+        assert_eq!(exits.wait(42).await, 137);
+    }
+
+    #[tokio::test]
+    async fn waiters_get_the_exit() {
+        let exits = Exits::default();
+        let a = exits.subscribe(7);
+        let b = exits.subscribe(7);
+        exits.notify(7, 3);
+        assert_eq!(a.await.unwrap(), 3);
+        assert_eq!(b.await.unwrap(), 3);
+    }
+}

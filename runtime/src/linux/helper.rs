@@ -1,0 +1,222 @@
+//! libcontainer runs in a short-lived helper process, never in the multithreaded shim.
+//!
+//! libcontainer forks, changes the cwd and waits for hook processes; none of that is
+//! safe beside tokio's threads and the shim's `waitpid(-1)` reaper. The shim runs
+//! `<sealed copy of itself> __stockade-linux-helper <request json> <response file>`;
+//! the helper does one libcontainer call and writes a [`Response`]. The container's
+//! stdio arrive as fds 3, 4 and 5.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use libcontainer::container::Container;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::signal::Signal;
+use libcontainer::syscall::syscall::SyscallType;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::exits::Exits;
+use crate::linux::sealed::SealedExe;
+
+pub const HELPER_ARG: &str = "__stockade-linux-helper";
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    Create {
+        id: String,
+        bundle: PathBuf,
+        root: PathBuf,
+        systemd: bool,
+        console_socket: Option<PathBuf>,
+        stdio: [bool; 3],
+    },
+    Start {
+        id: String,
+        root: PathBuf,
+    },
+    Exec {
+        id: String,
+        root: PathBuf,
+        process: PathBuf,
+        console_socket: Option<PathBuf>,
+        stdio: [bool; 3],
+    },
+    Kill {
+        id: String,
+        root: PathBuf,
+        signal: i32,
+        all: bool,
+    },
+    Delete {
+        id: String,
+        root: PathBuf,
+        force: bool,
+    },
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Response {
+    pub pid: Option<i32>,
+    pub error: Option<String>,
+}
+
+/// Run one request in a helper process (shim side).
+pub async fn run(
+    exe: &SealedExe,
+    exits: &Exits,
+    scratch: &Path,
+    req: &Request,
+    stdio: [Option<OwnedFd>; 3],
+) -> Result<Response> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let resp_path = scratch.join(format!(
+        "helper-{}-{}.json",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let json = serde_json::to_string(req).map_err(|e| Error::Backend(e.to_string()))?;
+    let raw: [i32; 3] = [0, 1, 2].map(|i| stdio[i].as_ref().map_or(-1, |f| f.as_raw_fd()));
+    let mut cmd = Command::new(exe.path());
+    cmd.arg(HELPER_ARG)
+        .arg(&json)
+        .arg(&resp_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    // SAFETY: the closure only calls dup2, which is async-signal-safe, on fds that
+    // stay open in the parent until spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (i, fd) in raw.iter().enumerate() {
+                if *fd >= 0 && libc::dup2(*fd, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(Error::io("spawn libcontainer helper"))?;
+    // Our copies of the container's stdio must close, or readers never see EOF.
+    drop(stdio);
+    let code = exits.wait(child.id() as i32).await;
+    let text = std::fs::read_to_string(&resp_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&resp_path);
+    let resp: Response = serde_json::from_str(&text).unwrap_or_else(|_| Response {
+        pid: None,
+        error: Some(format!("libcontainer helper exited with status {code} and no answer")),
+    });
+    if let Some(err) = resp.error {
+        return Err(Error::Backend(err));
+    }
+    Ok(resp)
+}
+
+/// The helper's own `main` (helper side). Returns the process exit code.
+pub fn main(args: &[String]) -> i32 {
+    let (Some(json), Some(resp_path)) = (args.first(), args.get(1)) else {
+        eprintln!("usage: {HELPER_ARG} <request> <response-file>");
+        return 2;
+    };
+    let resp = match serde_json::from_str::<Request>(json) {
+        Ok(req) => match handle(req) {
+            Ok(pid) => Response { pid, error: None },
+            Err(e) => Response { pid: None, error: Some(e) },
+        },
+        Err(e) => Response { pid: None, error: Some(format!("bad helper request: {e}")) },
+    };
+    let ok = resp.error.is_none();
+    let text = serde_json::to_string(&resp).unwrap_or_default();
+    if std::fs::write(resp_path, text).is_err() {
+        return 3;
+    }
+    if ok { 0 } else { 1 }
+}
+
+fn builder(
+    id: &str,
+    root: &Path,
+    console_socket: Option<PathBuf>,
+    stdio: [bool; 3],
+) -> std::result::Result<ContainerBuilder, String> {
+    let tty = console_socket.is_some();
+    let mut b = ContainerBuilder::new(id.to_string(), SyscallType::default())
+        .with_root_path(root)
+        .map_err(|e| e.to_string())?
+        .with_console_socket(console_socket);
+    if !tty {
+        let fds = stdio_fds(stdio)?;
+        let [i, o, e] = fds;
+        b = b.with_stdin(i).with_stdout(o).with_stderr(e);
+    }
+    Ok(b)
+}
+
+/// fds 3/4/5 when the shim passed them, /dev/null otherwise: never the helper's own.
+fn stdio_fds(present: [bool; 3]) -> std::result::Result<[OwnedFd; 3], String> {
+    use std::os::fd::FromRawFd;
+    let mut out = Vec::with_capacity(3);
+    for (i, p) in present.iter().enumerate() {
+        if *p {
+            // SAFETY: the shim dup2'ed an open fd to 3+i before exec; we take it over once.
+            out.push(unsafe { OwnedFd::from_raw_fd(3 + i as i32) });
+        } else {
+            let f = std::fs::OpenOptions::new()
+                .read(i == 0)
+                .write(i != 0)
+                .open("/dev/null")
+                .map_err(|e| format!("open /dev/null: {e}"))?;
+            out.push(f.into());
+        }
+    }
+    let [a, b, c]: [OwnedFd; 3] = out.try_into().map_err(|_| "stdio".to_string())?;
+    Ok([a, b, c])
+}
+
+fn handle(req: Request) -> std::result::Result<Option<i32>, String> {
+    match req {
+        Request::Create { id, bundle, root, systemd, console_socket, stdio } => {
+            let container = builder(&id, &root, console_socket, stdio)?
+                .validate_id()
+                .map_err(|e| e.to_string())?
+                .as_init(&bundle)
+                .with_systemd(systemd)
+                .with_detach(true)
+                .build()
+                .map_err(|e| format!("create container {id}: {e}"))?;
+            Ok(container.pid().map(|p| p.as_raw()))
+        }
+        Request::Start { id, root } => {
+            let mut c = Container::load(root.join(&id)).map_err(|e| e.to_string())?;
+            c.start().map_err(|e| format!("start container {id}: {e}"))?;
+            Ok(None)
+        }
+        Request::Exec { id, root, process, console_socket, stdio } => {
+            let pid = builder(&id, &root, console_socket, stdio)?
+                .as_tenant()
+                .with_process(Some(process))
+                .with_detach(true)
+                .build()
+                .map_err(|e| format!("exec in container {id}: {e}"))?;
+            Ok(Some(pid.as_raw()))
+        }
+        Request::Kill { id, root, signal, all } => {
+            let mut c = Container::load(root.join(&id)).map_err(|e| e.to_string())?;
+            let sig = Signal::try_from(signal).map_err(|e| e.to_string())?;
+            c.kill(sig, all).map_err(|e| format!("kill container {id}: {e}"))?;
+            Ok(None)
+        }
+        Request::Delete { id, root, force } => {
+            let dir = root.join(&id);
+            if !dir.exists() {
+                return Ok(None);
+            }
+            let mut c = Container::load(dir).map_err(|e| e.to_string())?;
+            c.delete(force).map_err(|e| format!("delete container {id}: {e}"))?;
+            Ok(None)
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! The hardened container backend: youki's libcontainer, driven through helper processes.
+
+pub mod hardening;
+pub mod helper;
+pub mod oom;
+pub mod sealed;
+pub mod seccomp;
+pub mod stats;
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::exits::Exits;
+use helper::Request;
+use sealed::SealedExe;
+
+/// Where one container's backend state lives: `<state_dir>/<namespace>/<id>/`.
+#[derive(Debug, Clone)]
+pub struct ContainerDirs {
+    pub state: PathBuf,
+    /// libcontainer's root (it keeps `<lc_root>/<id>/state.json`).
+    pub lc_root: PathBuf,
+    /// The bundle libcontainer reads: the hardened config.json.
+    pub bundle: PathBuf,
+}
+
+impl ContainerDirs {
+    pub fn new(state_dir: &Path, namespace: &str, id: &str) -> ContainerDirs {
+        let state = state_dir.join(namespace).join(id);
+        ContainerDirs {
+            lc_root: state.join("lc"),
+            bundle: state.join("bundle"),
+            state,
+        }
+    }
+}
+
+pub struct LinuxBackend {
+    exits: Exits,
+    exe: Mutex<Option<Arc<SealedExe>>>,
+}
+
+impl LinuxBackend {
+    pub fn new(exits: Exits) -> LinuxBackend {
+        LinuxBackend { exits, exe: Mutex::new(None) }
+    }
+
+    fn exe(&self) -> Result<Arc<SealedExe>> {
+        let mut slot = self.exe.lock().expect("exe lock");
+        if let Some(exe) = slot.as_ref() {
+            return Ok(exe.clone());
+        }
+        let exe = Arc::new(SealedExe::new()?);
+        *slot = Some(exe.clone());
+        Ok(exe)
+    }
+
+    async fn run(
+        &self,
+        dirs: &ContainerDirs,
+        req: Request,
+        stdio: [Option<OwnedFd>; 3],
+    ) -> Result<Option<i32>> {
+        let exe = self.exe()?;
+        Ok(helper::run(&exe, &self.exits, &dirs.state, &req, stdio).await?.pid)
+    }
+
+    pub async fn create(
+        &self,
+        dirs: &ContainerDirs,
+        id: &str,
+        systemd: bool,
+        console_socket: Option<PathBuf>,
+        stdio: [Option<OwnedFd>; 3],
+    ) -> Result<i32> {
+        let present = [0, 1, 2].map(|i| stdio[i].is_some());
+        let req = Request::Create {
+            id: id.into(),
+            bundle: dirs.bundle.clone(),
+            root: dirs.lc_root.clone(),
+            systemd,
+            console_socket,
+            stdio: present,
+        };
+        self.run(dirs, req, stdio)
+            .await?
+            .ok_or_else(|| Error::Backend("libcontainer returned no init pid".into()))
+    }
+
+    pub async fn start(&self, dirs: &ContainerDirs, id: &str) -> Result<()> {
+        let req = Request::Start { id: id.into(), root: dirs.lc_root.clone() };
+        self.run(dirs, req, [None, None, None]).await.map(|_| ())
+    }
+
+    pub async fn exec(
+        &self,
+        dirs: &ContainerDirs,
+        id: &str,
+        process: &Path,
+        console_socket: Option<PathBuf>,
+        stdio: [Option<OwnedFd>; 3],
+    ) -> Result<i32> {
+        let present = [0, 1, 2].map(|i| stdio[i].is_some());
+        let req = Request::Exec {
+            id: id.into(),
+            root: dirs.lc_root.clone(),
+            process: process.to_path_buf(),
+            console_socket,
+            stdio: present,
+        };
+        self.run(dirs, req, stdio)
+            .await?
+            .ok_or_else(|| Error::Backend("libcontainer returned no exec pid".into()))
+    }
+
+    pub async fn kill_all(&self, dirs: &ContainerDirs, id: &str, signal: i32) -> Result<()> {
+        let req = Request::Kill { id: id.into(), root: dirs.lc_root.clone(), signal, all: true };
+        self.run(dirs, req, [None, None, None]).await.map(|_| ())
+    }
+
+    /// Remove libcontainer's state and the container's cgroup, killing what is left.
+    pub async fn delete(&self, dirs: &ContainerDirs, id: &str) -> Result<()> {
+        if !dirs.lc_root.join(id).exists() {
+            return Ok(());
+        }
+        let req = Request::Delete { id: id.into(), root: dirs.lc_root.clone(), force: true };
+        self.run(dirs, req, [None, None, None]).await.map(|_| ())
+    }
+
+    /// Freeze or thaw; touches only the freezer cgroup, so it runs in-process.
+    pub async fn set_paused(&self, dirs: &ContainerDirs, id: &str, paused: bool) -> Result<()> {
+        let dir = dirs.lc_root.join(id);
+        let id = id.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut c = libcontainer::container::Container::load(dir)
+                .map_err(|e| Error::Backend(format!("load container {id}: {e}")))?;
+            if paused { c.pause() } else { c.resume() }
+                .map_err(|e| Error::FailedPrecondition(format!("container {id}: {e}")))
+        })
+        .await
+        .map_err(|e| Error::Backend(e.to_string()))?
+    }
+}

@@ -1,0 +1,293 @@
+//! Stockade's default seccomp profile and the extra deny list.
+//!
+//! The default profile follows moby's default for a container without CAP_SYS_ADMIN:
+//! an allow list, EPERM for everything else, `clone` without namespace flags, `clone3`
+//! answering ENOSYS (so libcs fall back to `clone`), a restricted `personality`.
+//! The extra deny list is applied on top of any profile, the spec's own included.
+
+use oci_spec::runtime::{
+    Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompArgBuilder, LinuxSeccompBuilder,
+    LinuxSeccompOperator, LinuxSyscall, LinuxSyscallBuilder,
+};
+
+use crate::error::{Error, Result};
+
+const EPERM: u32 = libc::EPERM as u32;
+const ENOSYS: u32 = libc::ENOSYS as u32;
+
+/// Namespace flags that `clone` may not carry (CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC |
+/// NEWUSER | NEWPID | NEWNET), as in moby's profile.
+const CLONE_NS_MASK: u64 = 0x7E02_0000;
+
+/// Syscalls denied in every container, whatever profile the spec brings.
+pub const EXTRA_DENY: &[&str] = &[
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "userfaultfd",
+    "bpf",
+    "perf_event_open",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "kexec_load",
+    "kexec_file_load",
+    "open_by_handle_at",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "unshare",
+    "setns",
+    "mount",
+    "umount",
+    "umount2",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "open_tree",
+    "move_mount",
+    "mount_setattr",
+    "pivot_root",
+    "lookup_dcookie",
+    "quotactl",
+    "swapon",
+    "swapoff",
+    "reboot",
+    "acct",
+];
+
+/// Socket families a container may never open: AF_VSOCK (it could reach a VM agent),
+/// AF_ALG (kernel crypto attack surface), AF_RXRPC.
+pub const DENIED_SOCKET_FAMILIES: &[u64] = &[
+    libc::AF_VSOCK as u64,
+    libc::AF_ALG as u64,
+    libc::AF_RXRPC as u64,
+];
+
+const ALLOW: &[&str] = &[
+    "accept", "accept4", "access", "adjtimex", "alarm", "arch_prctl", "bind", "brk", "cachestat",
+    "capget", "capset", "chdir", "chmod", "chown", "chroot", "clock_adjtime", "clock_getres",
+    "clock_gettime", "clock_nanosleep", "close", "close_range", "connect", "copy_file_range",
+    "creat", "dup", "dup2", "dup3", "epoll_create", "epoll_create1", "epoll_ctl", "epoll_pwait",
+    "epoll_pwait2", "epoll_wait", "eventfd", "eventfd2", "execve", "execveat", "exit",
+    "exit_group", "faccessat", "faccessat2", "fadvise64", "fallocate", "fanotify_mark",
+    "fchdir", "fchmod", "fchmodat", "fchmodat2", "fchown", "fchownat", "fcntl", "fdatasync",
+    "fgetxattr", "flistxattr", "flock", "fork", "fremovexattr", "fsetxattr", "fstat",
+    "fstatfs", "fsync", "ftruncate", "futex", "futex_requeue", "futex_wait", "futex_waitv",
+    "futex_wake", "futimesat", "getcpu", "getcwd", "getdents", "getdents64", "getegid",
+    "geteuid", "getgid", "getgroups", "getitimer", "getpeername", "getpgid", "getpgrp",
+    "getpid", "getppid", "getpriority", "getrandom", "getresgid", "getresuid", "getrlimit",
+    "get_robust_list", "getrusage", "getsid", "getsockname", "getsockopt", "gettid",
+    "gettimeofday", "getuid", "getxattr", "inotify_add_watch", "inotify_init",
+    "inotify_init1", "inotify_rm_watch", "io_cancel", "ioctl", "io_destroy", "io_getevents",
+    "io_pgetevents", "ioprio_get", "ioprio_set", "io_setup", "io_submit", "kill",
+    "landlock_add_rule", "landlock_create_ruleset", "landlock_restrict_self", "lchown",
+    "lgetxattr", "link", "linkat", "listen", "listxattr", "llistxattr", "lremovexattr",
+    "lseek", "lsetxattr", "lstat", "madvise", "map_shadow_stack", "membarrier",
+    "memfd_create", "memfd_secret", "mincore", "mkdir", "mkdirat", "mknod", "mknodat",
+    "mlock", "mlock2", "mlockall", "mmap", "modify_ldt", "mprotect", "mq_getsetattr",
+    "mq_notify", "mq_open", "mq_timedreceive", "mq_timedsend", "mq_unlink", "mremap",
+    "msgctl", "msgget", "msgrcv", "msgsnd", "msync", "munlock", "munlockall", "munmap",
+    "name_to_handle_at", "nanosleep", "newfstatat", "open", "openat", "openat2", "pause",
+    "pidfd_open", "pidfd_send_signal", "pipe", "pipe2", "pkey_alloc", "pkey_free",
+    "pkey_mprotect", "poll", "ppoll", "prctl", "pread64", "preadv", "preadv2", "prlimit64",
+    "process_mrelease", "pselect6", "ptrace", "pwrite64", "pwritev", "pwritev2", "read",
+    "readahead", "readlink", "readlinkat", "readv", "recvfrom", "recvmmsg", "recvmsg",
+    "remap_file_pages", "removexattr", "rename", "renameat", "renameat2", "restart_syscall",
+    "rmdir", "rseq", "rt_sigaction", "rt_sigpending", "rt_sigprocmask", "rt_sigqueueinfo",
+    "rt_sigreturn", "rt_sigsuspend", "rt_sigtimedwait", "rt_tgsigqueueinfo",
+    "sched_getaffinity", "sched_getattr", "sched_getparam", "sched_get_priority_max",
+    "sched_get_priority_min", "sched_getscheduler", "sched_rr_get_interval",
+    "sched_setaffinity", "sched_setattr", "sched_setparam", "sched_setscheduler",
+    "sched_yield", "seccomp", "select", "semctl", "semget", "semop", "semtimedop",
+    "sendfile", "sendmmsg", "sendmsg", "sendto", "setdomainname", "setfsgid", "setfsuid",
+    "setgid", "setgroups", "sethostname", "setitimer", "setpgid", "setpriority", "setregid",
+    "setresgid", "setresuid", "setreuid", "setrlimit", "set_robust_list", "setsid",
+    "setsockopt", "set_tid_address", "setuid", "setxattr", "shmat", "shmctl", "shmdt",
+    "shmget", "shutdown", "sigaltstack", "signalfd", "signalfd4", "socket", "socketpair",
+    "splice", "stat", "statfs", "statx", "symlink", "symlinkat", "sync", "sync_file_range",
+    "syncfs", "sysinfo", "tee", "tgkill", "time", "timer_create", "timer_delete",
+    "timer_getoverrun", "timer_gettime", "timer_settime", "timerfd_create",
+    "timerfd_gettime", "timerfd_settime", "times", "tkill", "truncate", "umask", "uname",
+    "unlink", "unlinkat", "utime", "utimensat", "utimes", "vfork", "vmsplice", "wait4",
+    "waitid", "write", "writev",
+];
+
+/// personality(2) values moby allows; ADDR_NO_RANDOMIZE is not among them.
+const PERSONALITIES: &[u64] = &[0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
+
+fn rule(
+    names: &[&str],
+    action: LinuxSeccompAction,
+    errno: Option<u32>,
+    args: Vec<LinuxSeccompArg>,
+) -> Result<LinuxSyscall> {
+    let mut b = LinuxSyscallBuilder::default()
+        .names(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .action(action);
+    if let Some(errno) = errno {
+        b = b.errno_ret(errno);
+    }
+    if !args.is_empty() {
+        b = b.args(args);
+    }
+    b.build()
+        .map_err(|e| Error::Backend(format!("building seccomp rule: {e}")))
+}
+
+fn arg(index: usize, value: u64, value_two: u64, op: LinuxSeccompOperator) -> LinuxSeccompArg {
+    LinuxSeccompArgBuilder::default()
+        .index(index)
+        .value(value)
+        .value_two(value_two)
+        .op(op)
+        .build()
+        .expect("all fields set")
+}
+
+pub fn default_profile() -> Result<LinuxSeccomp> {
+    let mut rules = vec![rule(ALLOW, LinuxSeccompAction::ScmpActAllow, None, vec![])?];
+    rules.push(rule(
+        &["clone"],
+        LinuxSeccompAction::ScmpActAllow,
+        None,
+        vec![arg(0, CLONE_NS_MASK, 0, LinuxSeccompOperator::ScmpCmpMaskedEq)],
+    )?);
+    rules.push(rule(
+        &["clone3"],
+        LinuxSeccompAction::ScmpActErrno,
+        Some(ENOSYS),
+        vec![],
+    )?);
+    for p in PERSONALITIES {
+        rules.push(rule(
+            &["personality"],
+            LinuxSeccompAction::ScmpActAllow,
+            None,
+            vec![arg(0, *p, 0, LinuxSeccompOperator::ScmpCmpEq)],
+        )?);
+    }
+    LinuxSeccompBuilder::default()
+        .default_action(LinuxSeccompAction::ScmpActErrno)
+        .default_errno_ret(EPERM)
+        .architectures(vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32])
+        .syscalls(rules)
+        .build()
+        .map_err(|e| Error::Backend(format!("building seccomp profile: {e}")))
+}
+
+fn is_errno(action: LinuxSeccompAction) -> bool {
+    matches!(
+        action,
+        LinuxSeccompAction::ScmpActErrno
+            | LinuxSeccompAction::ScmpActKill
+            | LinuxSeccompAction::ScmpActKillProcess
+            | LinuxSeccompAction::ScmpActKillThread
+            | LinuxSeccompAction::ScmpActTrap
+    )
+}
+
+/// Remove the denied syscalls from every permissive rule and add explicit EPERM rules,
+/// so the deny holds whatever the profile's default action is.
+pub fn apply_extra_deny(profile: &mut LinuxSeccomp) -> Result<()> {
+    let mut rules = profile.syscalls().clone().unwrap_or_default();
+    let mut had_clone = false;
+    for r in rules.iter_mut() {
+        if is_errno(r.action()) {
+            continue;
+        }
+        let unconditional = r.args().as_ref().is_none_or(|a| a.is_empty());
+        let names: Vec<String> = r
+            .names()
+            .iter()
+            .filter(|n| {
+                let is_clone = unconditional && n.as_str() == "clone";
+                had_clone |= is_clone;
+                !EXTRA_DENY.contains(&n.as_str()) && !is_clone
+            })
+            .cloned()
+            .collect();
+        r.set_names(names);
+    }
+    rules.retain(|r| !r.names().is_empty());
+    // clone stays allowed for threads and fork, without namespace flags.
+    if had_clone {
+        rules.push(rule(
+            &["clone"],
+            LinuxSeccompAction::ScmpActAllow,
+            None,
+            vec![arg(0, CLONE_NS_MASK, 0, LinuxSeccompOperator::ScmpCmpMaskedEq)],
+        )?);
+    }
+    rules.push(rule(
+        &["clone"],
+        LinuxSeccompAction::ScmpActErrno,
+        Some(EPERM),
+        vec![arg(
+            0,
+            libc::CLONE_NEWUSER as u64,
+            libc::CLONE_NEWUSER as u64,
+            LinuxSeccompOperator::ScmpCmpMaskedEq,
+        )],
+    )?);
+    rules.push(rule(
+        EXTRA_DENY,
+        LinuxSeccompAction::ScmpActErrno,
+        Some(EPERM),
+        vec![],
+    )?);
+    for family in DENIED_SOCKET_FAMILIES {
+        rules.push(rule(
+            &["socket"],
+            LinuxSeccompAction::ScmpActErrno,
+            Some(libc::EAFNOSUPPORT as u32),
+            vec![arg(0, *family, 0, LinuxSeccompOperator::ScmpCmpEq)],
+        )?);
+    }
+    profile.set_syscalls(Some(rules));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names_with(profile: &LinuxSeccomp, action: LinuxSeccompAction) -> Vec<String> {
+        profile
+            .syscalls()
+            .iter()
+            .flatten()
+            .filter(|r| r.action() == action)
+            .flat_map(|r| r.names().clone())
+            .collect()
+    }
+
+    #[test]
+    fn default_profile_denies_by_default() {
+        let p = default_profile().unwrap();
+        assert_eq!(p.default_action(), LinuxSeccompAction::ScmpActErrno);
+        let allowed = names_with(&p, LinuxSeccompAction::ScmpActAllow);
+        assert!(allowed.contains(&"read".to_string()));
+        for denied in EXTRA_DENY {
+            assert!(!allowed.contains(&denied.to_string()), "{denied} allowed");
+        }
+    }
+
+    #[test]
+    fn extra_deny_strips_allow_rules() {
+        let mut p = LinuxSeccompBuilder::default()
+            .default_action(LinuxSeccompAction::ScmpActAllow)
+            .syscalls(vec![
+                rule(&["read", "bpf", "unshare"], LinuxSeccompAction::ScmpActAllow, None, vec![])
+                    .unwrap(),
+            ])
+            .build()
+            .unwrap();
+        apply_extra_deny(&mut p).unwrap();
+        let allowed = names_with(&p, LinuxSeccompAction::ScmpActAllow);
+        assert_eq!(allowed, vec!["read".to_string()]);
+        let denied = names_with(&p, LinuxSeccompAction::ScmpActErrno);
+        assert!(denied.contains(&"bpf".to_string()) && denied.contains(&"socket".to_string()));
+    }
+}

@@ -1,0 +1,687 @@
+//! The runtime the shim drives: containers, their processes and the events they emit.
+//!
+//! Every event goes through one ordered channel. A process's exit is published only
+//! after its start was (a gate per process), after its output is copied, and for an
+//! init after the other processes of its container are gone.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process as OciProcess, Spec};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{Config, ConfigSource};
+use crate::error::{Error, Result};
+use crate::exits::Exits;
+use crate::linux::{ContainerDirs, LinuxBackend, hardening, oom, stats};
+use crate::mounts::{self, Mount};
+use crate::probe::{RealHost, probe_kvm};
+use crate::select::{Backend, select};
+use crate::stdio::{ChildIo, ProcessIo, StdioPaths};
+
+const OUTPUT_GRACE: Duration = Duration::from_secs(5);
+const EXIT_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitInfo {
+    pub pid: u32,
+    pub code: u32,
+    pub at: SystemTime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Created,
+    Running,
+    Paused,
+    Stopped,
+}
+
+#[derive(Debug, Clone)]
+pub struct TaskState {
+    pub id: String,
+    pub exec_id: String,
+    pub bundle: PathBuf,
+    pub pid: u32,
+    pub status: Status,
+    pub stdio: StdioPaths,
+    pub exit: Option<ExitInfo>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    Create { id: String, bundle: PathBuf, pid: u32, rootfs: Vec<Mount>, stdio: StdioPaths },
+    Start { id: String, pid: u32 },
+    ExecAdded { id: String, exec_id: String },
+    ExecStarted { id: String, exec_id: String, pid: u32 },
+    Exit { id: String, exec_id: String, info: ExitInfo },
+    Delete { id: String, info: ExitInfo },
+    Oom { id: String },
+    Paused { id: String },
+    Resumed { id: String },
+}
+
+pub struct CreateRequest {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub rootfs: Vec<Mount>,
+    pub stdio: StdioPaths,
+    pub config: ConfigSource,
+    pub systemd_cgroup: bool,
+}
+
+/// An exec's process as containerd sends it (the OCI `process` JSON).
+pub struct ProcessSpec {
+    pub json: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProcState {
+    Created,
+    Running,
+    Stopped(ExitInfo),
+}
+
+struct Process {
+    exec_id: String,
+    stdio: StdioPaths,
+    io: ProcessIo,
+    /// An exec's side of its stdio, handed to the process at Start.
+    child: Mutex<Option<ChildIo>>,
+    pid: Mutex<u32>,
+    state: Mutex<ProcState>,
+    exited: watch::Sender<Option<ExitInfo>>,
+    /// Opened by Start (or Kill/Delete of a process never started): the exit may be published.
+    gate: watch::Sender<bool>,
+}
+
+impl Process {
+    fn new(exec_id: &str, stdio: StdioPaths, io: ProcessIo, pid: u32) -> Arc<Process> {
+        Arc::new(Process {
+            exec_id: exec_id.into(),
+            stdio,
+            io,
+            child: Mutex::new(None),
+            pid: Mutex::new(pid),
+            state: Mutex::new(ProcState::Created),
+            exited: watch::channel(None).0,
+            gate: watch::channel(false).0,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        *self.pid.lock().expect("pid lock")
+    }
+
+    fn state(&self) -> ProcState {
+        *self.state.lock().expect("state lock")
+    }
+
+    fn open_gate(&self) {
+        self.gate.send_replace(true);
+    }
+
+    async fn wait_exit(&self) -> ExitInfo {
+        let mut rx = self.exited.subscribe();
+        let got = rx.wait_for(|e| e.is_some()).await;
+        got.map(|e| e.expect("checked")).unwrap_or(ExitInfo {
+            pid: self.pid(),
+            code: 255,
+            at: SystemTime::now(),
+        })
+    }
+}
+
+struct Container {
+    id: String,
+    bundle: PathBuf,
+    dirs: ContainerDirs,
+    mounted_rootfs: Option<PathBuf>,
+    init: Arc<Process>,
+    execs: Mutex<HashMap<String, Arc<Process>>>,
+    cgroup_path: PathBuf,
+    systemd: bool,
+    own_pid_ns: bool,
+    paused: Mutex<bool>,
+    no_new_privileges: bool,
+}
+
+impl Container {
+    fn process(&self, exec_id: &str) -> Result<Arc<Process>> {
+        if exec_id.is_empty() {
+            return Ok(self.init.clone());
+        }
+        self.execs
+            .lock()
+            .expect("execs lock")
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("exec {exec_id} in container {}", self.id)))
+    }
+}
+
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    namespace: String,
+    exits: Exits,
+    events: mpsc::UnboundedSender<Event>,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    linux: LinuxBackend,
+}
+
+impl Runtime {
+    pub fn new(namespace: &str, exits: Exits) -> (Runtime, mpsc::UnboundedReceiver<Event>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inner = Inner {
+            namespace: namespace.into(),
+            linux: LinuxBackend::new(exits.clone()),
+            exits,
+            events: tx,
+            containers: Mutex::new(HashMap::new()),
+        };
+        (Runtime { inner: Arc::new(inner) }, rx)
+    }
+
+    fn emit(&self, e: Event) {
+        let _ = self.inner.events.send(e);
+    }
+
+    fn container(&self, id: &str) -> Result<Arc<Container>> {
+        self.inner
+            .containers
+            .lock()
+            .expect("containers lock")
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("container {id}")))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.containers.lock().expect("containers lock").is_empty()
+    }
+
+    pub async fn create(&self, req: CreateRequest) -> Result<u32> {
+        if self.inner.containers.lock().expect("containers lock").contains_key(&req.id) {
+            return Err(Error::AlreadyExists(format!("container {}", req.id)));
+        }
+        let config = Config::load(&req.config)?;
+        let spec_path = req.bundle.join("config.json");
+        let mut spec = Spec::load(&spec_path).map_err(|e| {
+            Error::InvalidArgument(format!("invalid bundle {}: {e}", spec_path.display()))
+        })?;
+        let annotations = spec.annotations().clone().unwrap_or_default();
+        let selection = select(&config, &annotations, || probe_kvm(&RealHost))?;
+        log::info!(id = req.id.as_str(), backend:? = selection.backend, reason = selection.reason.as_str(); "backend selected");
+        if let Backend::Vm { .. } = selection.backend {
+            return Err(Error::VmUnavailable { reason: selection.reason });
+        }
+
+        let dirs = ContainerDirs::new(&config.runtime.state_dir, &self.inner.namespace, &req.id);
+        if dirs.state.exists() {
+            // Left by a shim that died: nothing in it is trusted or reused.
+            let _ = self.inner.linux.delete(&dirs, &req.id).await;
+            let _ = std::fs::remove_dir_all(&dirs.state);
+        }
+        std::fs::create_dir_all(&dirs.bundle)
+            .map_err(Error::io(format!("create {}", dirs.bundle.display())))?;
+        set_mode(&dirs.state, 0o700);
+
+        let mut mounted = None;
+        let result = self
+            .create_in(&req, &config, &mut spec, &dirs, &mut mounted)
+            .await;
+        match result {
+            Ok(pid) => Ok(pid),
+            Err(e) => {
+                let _ = self.inner.linux.delete(&dirs, &req.id).await;
+                if let Some(target) = &mounted {
+                    let _ = mounts::unmount_all(target);
+                }
+                let _ = std::fs::remove_dir_all(&dirs.state);
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_in(
+        &self,
+        req: &CreateRequest,
+        config: &Config,
+        spec: &mut Spec,
+        dirs: &ContainerDirs,
+        mounted: &mut Option<PathBuf>,
+    ) -> Result<u32> {
+        if !req.rootfs.is_empty() {
+            let target = req.bundle.join("rootfs");
+            std::fs::create_dir_all(&target)
+                .map_err(Error::io(format!("create {}", target.display())))?;
+            mounts::mount_all(&req.rootfs, &target)?;
+            *mounted = Some(target);
+        }
+        hardening::harden(spec, &req.bundle, &config.container)?;
+        let terminal = spec.process().as_ref().is_some_and(|p| p.terminal().unwrap_or(false));
+        if terminal != req.stdio.terminal {
+            log::warn!(id = req.id.as_str(); "spec terminal and request terminal differ; using the request's");
+        }
+        if let Some(p) = spec.process_mut() {
+            p.set_terminal(Some(req.stdio.terminal));
+        }
+        spec.save(dirs.bundle.join("config.json"))
+            .map_err(|e| Error::Backend(format!("write hardened spec: {e}")))?;
+
+        let linux = spec.linux().as_ref();
+        let cgroup_path = linux
+            .and_then(|l| l.cgroups_path().clone())
+            .unwrap_or_else(|| PathBuf::from(format!("/stockade/{}", req.id)));
+        let own_pid_ns = linux
+            .and_then(|l| l.namespaces().as_ref())
+            .is_some_and(|ns| {
+                ns.iter().any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_none())
+            });
+
+        let (io, mut child) = ProcessIo::new(&req.stdio, &dirs.state, "init")?;
+        let console = io.attach_console(&mut child, &req.stdio);
+        let created = self
+            .inner
+            .linux
+            .create(dirs, &req.id, req.systemd_cgroup, child.console_socket.clone(), std::mem::take(&mut child.fds))
+            .await;
+        let pid = match created {
+            Ok(pid) => pid,
+            Err(e) => {
+                io.shutdown();
+                if let Some(c) = console {
+                    c.abort();
+                }
+                return Err(e);
+            }
+        };
+        if let Some(c) = console {
+            let res = c.await.map_err(|e| Error::Backend(e.to_string())).and_then(|r| r);
+            if let Err(e) = res {
+                io.shutdown();
+                return Err(e);
+            }
+        }
+
+        let init = Process::new("", req.stdio.clone(), io, pid as u32);
+        let container = Arc::new(Container {
+            id: req.id.clone(),
+            bundle: req.bundle.clone(),
+            dirs: dirs.clone(),
+            mounted_rootfs: mounted.clone(),
+            init: init.clone(),
+            execs: Mutex::new(HashMap::new()),
+            cgroup_path,
+            systemd: req.systemd_cgroup,
+            own_pid_ns,
+            paused: Mutex::new(false),
+            no_new_privileges: config.container.no_new_privileges,
+        });
+        self.inner
+            .containers
+            .lock()
+            .expect("containers lock")
+            .insert(req.id.clone(), container.clone());
+        self.spawn_exit_watch(container.clone(), init, pid);
+        let events = self.inner.events.clone();
+        let id = req.id.clone();
+        oom::watch(&container.cgroup_path, move || {
+            log::warn!(id = id.as_str(); "OOM kill in container");
+            let _ = events.send(Event::Oom { id: id.clone() });
+        });
+        self.emit(Event::Create {
+            id: req.id.clone(),
+            bundle: req.bundle.clone(),
+            pid: pid as u32,
+            rootfs: req.rootfs.clone(),
+            stdio: req.stdio.clone(),
+        });
+        Ok(pid as u32)
+    }
+
+    fn spawn_exit_watch(&self, container: Arc<Container>, proc: Arc<Process>, pid: i32) {
+        let rt = self.clone();
+        let exit = self.inner.exits.subscribe(pid);
+        tokio::spawn(async move {
+            let code = exit.await.unwrap_or(255);
+            let at = SystemTime::now();
+            proc.io.wait_output(OUTPUT_GRACE).await;
+            let _ = proc.gate.subscribe().wait_for(|open| *open).await;
+            if proc.exec_id.is_empty() {
+                rt.settle_execs(&container).await;
+            }
+            let info = ExitInfo { pid: pid as u32, code: code as u32, at };
+            {
+                let mut state = proc.state.lock().expect("state lock");
+                *state = ProcState::Stopped(info);
+                rt.emit(Event::Exit {
+                    id: container.id.clone(),
+                    exec_id: proc.exec_id.clone(),
+                    info,
+                });
+            }
+            log::info!(id = container.id.as_str(), exec = proc.exec_id.as_str(), pid, code; "process exited");
+            proc.exited.send_replace(Some(info));
+        });
+    }
+
+    /// After the init died: without a pid namespace of its own the other processes
+    /// survive it, so kill them; then wait for their exits to be published first.
+    async fn settle_execs(&self, c: &Container) {
+        let running: Vec<Arc<Process>> = c
+            .execs
+            .lock()
+            .expect("execs lock")
+            .values()
+            .filter(|p| p.state() == ProcState::Running)
+            .cloned()
+            .collect();
+        if running.is_empty() {
+            return;
+        }
+        if !c.own_pid_ns {
+            let _ = self.inner.linux.kill_all(&c.dirs, &c.id, libc::SIGKILL).await;
+        }
+        for p in running {
+            let _ = tokio::time::timeout(EXIT_GRACE, p.wait_exit()).await;
+        }
+    }
+
+    pub async fn start(&self, id: &str, exec_id: &str) -> Result<u32> {
+        let c = self.container(id)?;
+        let p = c.process(exec_id)?;
+        if p.state() != ProcState::Created {
+            return Err(Error::FailedPrecondition(format!(
+                "process {id}/{exec_id} is not in the created state"
+            )));
+        }
+        if exec_id.is_empty() {
+            let res = self.inner.linux.start(&c.dirs, id).await;
+            if let Err(e) = res {
+                p.open_gate();
+                return Err(e);
+            }
+            *p.state.lock().expect("state lock") = ProcState::Running;
+            self.emit(Event::Start { id: id.into(), pid: p.pid() });
+            p.open_gate();
+            return Ok(p.pid());
+        }
+        if c.init.state() != ProcState::Running {
+            return Err(Error::FailedPrecondition(format!("container {id} is not running")));
+        }
+        let spec_file = c.dirs.state.join(format!("exec-{exec_id}.json"));
+        let mut child = p
+            .child
+            .lock()
+            .expect("child lock")
+            .take()
+            .ok_or_else(|| Error::FailedPrecondition(format!("exec {exec_id} was already started")))?;
+        let console = p.io.attach_console(&mut child, &p.stdio);
+        let started = self
+            .inner
+            .linux
+            .exec(&c.dirs, id, &spec_file, child.console_socket.clone(), std::mem::take(&mut child.fds))
+            .await;
+        let _ = std::fs::remove_file(&spec_file);
+        let pid = match started {
+            Ok(pid) => pid,
+            Err(e) => {
+                if let Some(h) = console {
+                    h.abort();
+                }
+                p.io.shutdown();
+                c.execs.lock().expect("execs lock").remove(exec_id);
+                return Err(e);
+            }
+        };
+        if let Some(h) = console {
+            let _ = h.await;
+        }
+        *p.pid.lock().expect("pid lock") = pid as u32;
+        *p.state.lock().expect("state lock") = ProcState::Running;
+        self.spawn_exit_watch(c.clone(), p.clone(), pid);
+        self.emit(Event::ExecStarted { id: id.into(), exec_id: exec_id.into(), pid: pid as u32 });
+        p.open_gate();
+        Ok(pid as u32)
+    }
+
+    pub async fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        spec: ProcessSpec,
+        stdio: StdioPaths,
+    ) -> Result<()> {
+        let c = self.container(id)?;
+        if exec_id.is_empty() {
+            return Err(Error::InvalidArgument("exec id must not be empty".into()));
+        }
+        if c.init.state() != ProcState::Running {
+            return Err(Error::FailedPrecondition(format!("container {id} is not running")));
+        }
+        if c.execs.lock().expect("execs lock").contains_key(exec_id) {
+            return Err(Error::AlreadyExists(format!("exec {exec_id}")));
+        }
+        let mut process: OciProcess = serde_json::from_slice(&spec.json)
+            .map_err(|e| Error::InvalidArgument(format!("invalid exec process spec: {e}")))?;
+        if c.no_new_privileges {
+            process.set_no_new_privileges(Some(true));
+        }
+        let mut stdio = stdio;
+        stdio.terminal = process.terminal().unwrap_or(false) || stdio.terminal;
+        process.set_terminal(Some(stdio.terminal));
+        let spec_file = c.dirs.state.join(format!("exec-{exec_id}.json"));
+        std::fs::write(
+            &spec_file,
+            serde_json::to_vec(&process).map_err(|e| Error::Backend(e.to_string()))?,
+        )
+        .map_err(Error::io("write exec spec"))?;
+        let name = format!("exec-{exec_id}");
+        let (io, child) = ProcessIo::new(&stdio, &c.dirs.state, &name)?;
+        let p = Process::new(exec_id, stdio, io, 0);
+        *p.child.lock().expect("child lock") = Some(child);
+        c.execs.lock().expect("execs lock").insert(exec_id.into(), p);
+        self.emit(Event::ExecAdded { id: id.into(), exec_id: exec_id.into() });
+        Ok(())
+    }
+
+    pub async fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+        let c = self.container(id)?;
+        let p = c.process(exec_id)?;
+        match p.state() {
+            ProcState::Stopped(_) => {
+                return Err(Error::NotFound(format!("process {id}/{exec_id}: already finished")));
+            }
+            ProcState::Created if !exec_id.is_empty() => {
+                return Err(Error::FailedPrecondition(format!("exec {exec_id} was not started")));
+            }
+            _ => {}
+        }
+        p.open_gate();
+        if all && exec_id.is_empty() {
+            return self.inner.linux.kill_all(&c.dirs, id, signal as i32).await;
+        }
+        let sig = nix::sys::signal::Signal::try_from(signal as i32)
+            .map_err(|_| Error::InvalidArgument(format!("invalid signal {signal}")))?;
+        match nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid() as i32), sig) {
+            Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
+            Err(e) => Err(Error::Backend(format!("kill {}: {e}", p.pid()))),
+        }
+    }
+
+    pub async fn wait(&self, id: &str, exec_id: &str) -> Result<ExitInfo> {
+        let p = self.container(id)?.process(exec_id)?;
+        Ok(p.wait_exit().await)
+    }
+
+    pub async fn delete(&self, id: &str, exec_id: &str) -> Result<ExitInfo> {
+        let c = self.container(id)?;
+        let p = c.process(exec_id)?;
+        if !exec_id.is_empty() {
+            let info = match p.state() {
+                ProcState::Running => {
+                    return Err(Error::FailedPrecondition(format!("exec {exec_id} is still running")));
+                }
+                ProcState::Stopped(info) => info,
+                ProcState::Created => ExitInfo { pid: 0, code: 0, at: SystemTime::now() },
+            };
+            p.io.shutdown();
+            c.execs.lock().expect("execs lock").remove(exec_id);
+            return Ok(info);
+        }
+        let info = match p.state() {
+            ProcState::Running => {
+                return Err(Error::FailedPrecondition(format!("container {id} is still running")));
+            }
+            ProcState::Stopped(info) => info,
+            ProcState::Created => {
+                // Never started: libcontainer kills the waiting init; report its exit.
+                p.open_gate();
+                self.inner.linux.delete(&c.dirs, id).await?;
+                tokio::time::timeout(EXIT_GRACE, p.wait_exit())
+                    .await
+                    .unwrap_or(ExitInfo { pid: p.pid(), code: 137, at: SystemTime::now() })
+            }
+        };
+        for e in c.execs.lock().expect("execs lock").drain() {
+            e.1.io.shutdown();
+        }
+        self.inner.linux.delete(&c.dirs, id).await?;
+        p.io.shutdown();
+        if let Some(target) = &c.mounted_rootfs {
+            mounts::unmount_all(target)?;
+        }
+        let _ = std::fs::remove_dir_all(&c.dirs.state);
+        self.inner.containers.lock().expect("containers lock").remove(id);
+        self.emit(Event::Delete { id: id.into(), info });
+        Ok(info)
+    }
+
+    pub fn state(&self, id: &str, exec_id: &str) -> Result<TaskState> {
+        let c = self.container(id)?;
+        let p = c.process(exec_id)?;
+        let (status, exit) = match p.state() {
+            ProcState::Created => (Status::Created, None),
+            ProcState::Running if *c.paused.lock().expect("paused lock") => (Status::Paused, None),
+            ProcState::Running => (Status::Running, None),
+            ProcState::Stopped(info) => (Status::Stopped, Some(info)),
+        };
+        Ok(TaskState {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            bundle: c.bundle.clone(),
+            pid: p.pid(),
+            status,
+            stdio: p.stdio.clone(),
+            exit,
+        })
+    }
+
+    /// The container's processes: (pid, exec id if the pid is an exec's).
+    pub async fn pids(&self, id: &str) -> Result<Vec<(u32, Option<String>)>> {
+        use libcgroups::common::CgroupManager;
+        let c = self.container(id)?;
+        let (path, systemd, cid) = (c.cgroup_path.clone(), c.systemd, c.id.clone());
+        let pids = tokio::task::spawn_blocking(move || {
+            stats::manager(&path, systemd, &cid)?
+                .get_all_pids()
+                .map_err(|e| Error::Backend(format!("list pids: {e}")))
+        })
+        .await
+        .map_err(|e| Error::Backend(e.to_string()))??;
+        let execs: HashMap<u32, String> = c
+            .execs
+            .lock()
+            .expect("execs lock")
+            .values()
+            .map(|p| (p.pid(), p.exec_id.clone()))
+            .collect();
+        Ok(pids
+            .into_iter()
+            .map(|p| {
+                let pid = p.as_raw() as u32;
+                (pid, execs.get(&pid).cloned())
+            })
+            .collect())
+    }
+
+    pub async fn set_paused(&self, id: &str, paused: bool) -> Result<()> {
+        let c = self.container(id)?;
+        if c.init.state() != ProcState::Running {
+            return Err(Error::FailedPrecondition(format!("container {id} is not running")));
+        }
+        self.inner.linux.set_paused(&c.dirs, id, paused).await?;
+        *c.paused.lock().expect("paused lock") = paused;
+        self.emit(if paused {
+            Event::Paused { id: id.into() }
+        } else {
+            Event::Resumed { id: id.into() }
+        });
+        Ok(())
+    }
+
+    pub async fn stats(&self, id: &str) -> Result<(stats::CgroupVersion, stats::Metrics)> {
+        let c = self.container(id)?;
+        let (path, systemd, cid) = (c.cgroup_path.clone(), c.systemd, c.id.clone());
+        let m = tokio::task::spawn_blocking(move || stats::collect(&path, systemd, &cid))
+            .await
+            .map_err(|e| Error::Backend(e.to_string()))??;
+        Ok((stats::cgroup_version(), m))
+    }
+
+    pub async fn update(&self, id: &str, resources_json: &[u8]) -> Result<()> {
+        use libcgroups::common::{CgroupManager, ControllerOpt};
+        let c = self.container(id)?;
+        let resources: LinuxResources = serde_json::from_slice(resources_json)
+            .map_err(|e| Error::InvalidArgument(format!("invalid resources: {e}")))?;
+        let (path, systemd, cid) = (c.cgroup_path.clone(), c.systemd, c.id.clone());
+        tokio::task::spawn_blocking(move || {
+            let opt = ControllerOpt {
+                resources: &resources,
+                disable_oom_killer: false,
+                oom_score_adj: None,
+                freezer_state: None,
+            };
+            stats::manager(&path, systemd, &cid)?
+                .apply(&opt)
+                .map_err(|e| Error::InvalidArgument(format!("update resources: {e}")))
+        })
+        .await
+        .map_err(|e| Error::Backend(e.to_string()))?
+    }
+
+    pub fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        self.container(id)?.process(exec_id)?.io.resize(width, height)
+    }
+
+    pub fn close_io(&self, id: &str, exec_id: &str) -> Result<()> {
+        self.container(id)?.process(exec_id)?.io.close_stdin();
+        Ok(())
+    }
+
+    /// The shim's `delete` subcommand: clean up after a shim that died, from disk alone.
+    pub async fn cleanup(&self, id: &str, bundle: &Path, config: &Config) -> Result<()> {
+        let dirs = ContainerDirs::new(&config.runtime.state_dir, &self.inner.namespace, id);
+        if dirs.state.exists() {
+            self.inner.linux.delete(&dirs, id).await?;
+        }
+        mounts::unmount_all(&bundle.join("rootfs"))?;
+        if dirs.state.exists() {
+            std::fs::remove_dir_all(&dirs.state)
+                .map_err(Error::io(format!("remove {}", dirs.state.display())))?;
+        }
+        Ok(())
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+}
