@@ -170,7 +170,7 @@ impl Default for ContainerConfig {
 }
 
 /// Where a configuration may come from besides the files on disk.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ConfigSource {
     /// `ConfigBody` of containerd's `runtimeoptions.v1.Options`.
     pub body: Option<String>,

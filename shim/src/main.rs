@@ -1,1 +1,36 @@
-fn main() {}
+//! `containerd-shim-stockade-v2`: containerd's runtime v2 shim for Stockade.
+
+mod error;
+mod events;
+mod metrics;
+mod options;
+mod shim;
+mod start;
+mod task;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    // libcontainer helper: a single-threaded re-exec of the sealed shim binary.
+    // It must run before any thread (tokio's included) exists.
+    if args.get(1).map(String::as_str) == Some(stockade_runtime::linux::helper::HELPER_ARG) {
+        std::process::exit(stockade_runtime::linux::helper::main(&args[2..]));
+    }
+    if args.iter().any(|a| a == "-v" || a == "--version" || a == "-version") {
+        println!(
+            "{}:\n  Version: {}\n  Revision: {}",
+            args[0],
+            env!("CARGO_PKG_VERSION"),
+            option_env!("STOCKADE_REVISION").unwrap_or("unknown")
+        );
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(containerd_shim::asynchronous::run::<shim::Shim>(
+        "io.containerd.stockade.v2",
+        None,
+    ));
+}

@@ -40,6 +40,9 @@ pub fn harden(spec: &mut Spec, bundle: &Path, cfg: &ContainerConfig) -> Result<(
     }
 
     let linux = spec.linux_mut().get_or_insert_with(Default::default);
+    if let Some(profile) = linux.seccomp_mut() {
+        seccomp::to_libcontainer_encoding(profile);
+    }
     if linux.seccomp().is_none() && cfg.default_seccomp && !privileged {
         linux.set_seccomp(Some(seccomp::default_profile()?));
     }

@@ -105,7 +105,7 @@ const ALLOW: &[&str] = &[
     "setgid", "setgroups", "sethostname", "setitimer", "setpgid", "setpriority", "setregid",
     "setresgid", "setresuid", "setreuid", "setrlimit", "set_robust_list", "setsid",
     "setsockopt", "set_tid_address", "setuid", "setxattr", "shmat", "shmctl", "shmdt",
-    "shmget", "shutdown", "sigaltstack", "signalfd", "signalfd4", "socket", "socketpair",
+    "shmget", "shutdown", "sigaltstack", "signalfd", "signalfd4", "socketpair",
     "splice", "stat", "statfs", "statx", "symlink", "symlinkat", "sync", "sync_file_range",
     "syncfs", "sysinfo", "tee", "tgkill", "time", "timer_create", "timer_delete",
     "timer_getoverrun", "timer_gettime", "timer_settime", "timerfd_create",
@@ -113,6 +113,30 @@ const ALLOW: &[&str] = &[
     "unlink", "unlinkat", "utime", "utimensat", "utimes", "vfork", "vmsplice", "wait4",
     "waitid", "write", "writev",
 ];
+
+/// Socket families above AF_RXRPC (33) that stay allowed; everything below 33 is allowed,
+/// AF_RXRPC, AF_ALG (38) and AF_VSOCK (40) are not.
+const ALLOWED_HIGH_FAMILIES: &[u64] = &[34, 35, 36, 37, 39, 41, 42, 43, 44, 45];
+
+/// Allow rules for socket(2): one comparison each, so no unconditional `socket` rule
+/// competes with a conditional one (libseccomp refuses mixing those with different actions).
+fn socket_allow_rules() -> Result<Vec<LinuxSyscall>> {
+    let mut rules = vec![rule(
+        &["socket"],
+        LinuxSeccompAction::ScmpActAllow,
+        None,
+        vec![arg(0, libc::AF_RXRPC as u64, 0, LinuxSeccompOperator::ScmpCmpLt)],
+    )?];
+    for f in ALLOWED_HIGH_FAMILIES {
+        rules.push(rule(
+            &["socket"],
+            LinuxSeccompAction::ScmpActAllow,
+            None,
+            vec![arg(0, *f, 0, LinuxSeccompOperator::ScmpCmpEq)],
+        )?);
+    }
+    Ok(rules)
+}
 
 /// personality(2) values moby allows; ADDR_NO_RANDOMIZE is not among them.
 const PERSONALITIES: &[u64] = &[0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
@@ -146,13 +170,43 @@ fn arg(index: usize, value: u64, value_two: u64, op: LinuxSeccompOperator) -> Li
         .expect("all fields set")
 }
 
+/// `(arg & mask) == datum`, encoded the way libcontainer 0.7 reads it: it takes the
+/// mask from `valueTwo` and the datum from `value`, the reverse of runc and of the OCI
+/// profiles Docker writes (`value` = mask). See [`to_libcontainer_encoding`].
+fn masked_eq(index: usize, mask: u64, datum: u64) -> LinuxSeccompArg {
+    arg(index, datum, mask, LinuxSeccompOperator::ScmpCmpMaskedEq)
+}
+
+/// Re-encode a profile written for runc (Docker's, a pod's) for libcontainer: swap
+/// `value`/`valueTwo` of every SCMP_CMP_MASKED_EQ comparison. Without this, moby's
+/// `clone` rule `(flags & 0x7E020000) == 0` becomes `(flags & 0) == 0x7E020000`.
+pub fn to_libcontainer_encoding(profile: &mut LinuxSeccomp) {
+    let Some(mut rules) = profile.syscalls().clone() else { return };
+    for r in rules.iter_mut() {
+        let Some(args) = r.args().clone() else { continue };
+        let fixed = args
+            .into_iter()
+            .map(|a| {
+                if a.op() == LinuxSeccompOperator::ScmpCmpMaskedEq {
+                    masked_eq(a.index(), a.value(), a.value_two().unwrap_or(0))
+                } else {
+                    a
+                }
+            })
+            .collect();
+        r.set_args(Some(fixed));
+    }
+    profile.set_syscalls(Some(rules));
+}
+
 pub fn default_profile() -> Result<LinuxSeccomp> {
     let mut rules = vec![rule(ALLOW, LinuxSeccompAction::ScmpActAllow, None, vec![])?];
+    rules.extend(socket_allow_rules()?);
     rules.push(rule(
         &["clone"],
         LinuxSeccompAction::ScmpActAllow,
         None,
-        vec![arg(0, CLONE_NS_MASK, 0, LinuxSeccompOperator::ScmpCmpMaskedEq)],
+        vec![masked_eq(0, CLONE_NS_MASK, 0)],
     )?);
     rules.push(rule(
         &["clone3"],
@@ -191,8 +245,9 @@ fn is_errno(action: LinuxSeccompAction) -> bool {
 /// Remove the denied syscalls from every permissive rule and add explicit EPERM rules,
 /// so the deny holds whatever the profile's default action is.
 pub fn apply_extra_deny(profile: &mut LinuxSeccomp) -> Result<()> {
+    let deny_by_default = is_errno(profile.default_action());
     let mut rules = profile.syscalls().clone().unwrap_or_default();
-    let mut had_clone = false;
+    let (mut had_clone, mut had_socket) = (false, false);
     for r in rules.iter_mut() {
         if is_errno(r.action()) {
             continue;
@@ -202,48 +257,46 @@ pub fn apply_extra_deny(profile: &mut LinuxSeccomp) -> Result<()> {
             .names()
             .iter()
             .filter(|n| {
-                let is_clone = unconditional && n.as_str() == "clone";
-                had_clone |= is_clone;
-                !EXTRA_DENY.contains(&n.as_str()) && !is_clone
+                // Unconditional clone/socket allows are replaced by argument-checked ones.
+                let strip = unconditional && matches!(n.as_str(), "clone" | "socket");
+                had_clone |= strip && n.as_str() == "clone";
+                had_socket |= strip && n.as_str() == "socket";
+                !EXTRA_DENY.contains(&n.as_str()) && !strip
             })
             .cloned()
             .collect();
         r.set_names(names);
     }
     rules.retain(|r| !r.names().is_empty());
-    // clone stays allowed for threads and fork, without namespace flags.
-    if had_clone {
+    if deny_by_default {
+        // Only argument-checked allows: the default action denies the rest.
+        if had_clone {
+            rules.push(rule(
+                &["clone"],
+                LinuxSeccompAction::ScmpActAllow,
+                None,
+                vec![masked_eq(0, CLONE_NS_MASK, 0)],
+            )?);
+        }
+        if had_socket {
+            rules.extend(socket_allow_rules()?);
+        }
+    } else {
         rules.push(rule(
             &["clone"],
-            LinuxSeccompAction::ScmpActAllow,
-            None,
-            vec![arg(0, CLONE_NS_MASK, 0, LinuxSeccompOperator::ScmpCmpMaskedEq)],
-        )?);
-    }
-    rules.push(rule(
-        &["clone"],
-        LinuxSeccompAction::ScmpActErrno,
-        Some(EPERM),
-        vec![arg(
-            0,
-            libc::CLONE_NEWUSER as u64,
-            libc::CLONE_NEWUSER as u64,
-            LinuxSeccompOperator::ScmpCmpMaskedEq,
-        )],
-    )?);
-    rules.push(rule(
-        EXTRA_DENY,
-        LinuxSeccompAction::ScmpActErrno,
-        Some(EPERM),
-        vec![],
-    )?);
-    for family in DENIED_SOCKET_FAMILIES {
-        rules.push(rule(
-            &["socket"],
             LinuxSeccompAction::ScmpActErrno,
-            Some(libc::EAFNOSUPPORT as u32),
-            vec![arg(0, *family, 0, LinuxSeccompOperator::ScmpCmpEq)],
+            Some(EPERM),
+            vec![masked_eq(0, libc::CLONE_NEWUSER as u64, libc::CLONE_NEWUSER as u64)],
         )?);
+        for family in DENIED_SOCKET_FAMILIES {
+            rules.push(rule(
+                &["socket"],
+                LinuxSeccompAction::ScmpActErrno,
+                Some(EPERM),
+                vec![arg(0, *family, 0, LinuxSeccompOperator::ScmpCmpEq)],
+            )?);
+        }
+        rules.push(rule(EXTRA_DENY, LinuxSeccompAction::ScmpActErrno, Some(EPERM), vec![])?);
     }
     profile.set_syscalls(Some(rules));
     Ok(())
@@ -289,5 +342,24 @@ mod tests {
         assert_eq!(allowed, vec!["read".to_string()]);
         let denied = names_with(&p, LinuxSeccompAction::ScmpActErrno);
         assert!(denied.contains(&"bpf".to_string()) && denied.contains(&"socket".to_string()));
+    }
+
+    #[test]
+    fn deny_by_default_profile_loses_unconditional_socket_and_clone() {
+        let mut p = LinuxSeccompBuilder::default()
+            .default_action(LinuxSeccompAction::ScmpActErrno)
+            .syscalls(vec![
+                rule(&["read", "socket", "clone"], LinuxSeccompAction::ScmpActAllow, None, vec![])
+                    .unwrap(),
+            ])
+            .build()
+            .unwrap();
+        apply_extra_deny(&mut p).unwrap();
+        for r in p.syscalls().iter().flatten() {
+            let unconditional = r.args().as_ref().is_none_or(|a| a.is_empty());
+            if unconditional {
+                assert!(!r.names().iter().any(|n| n == "socket" || n == "clone"), "{r:?}");
+            }
+        }
     }
 }

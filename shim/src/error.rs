@@ -1,0 +1,56 @@
+//! The one place runtime errors become ttrpc status codes.
+
+use containerd_shim_protos::ttrpc::{self, Code};
+use stockade_runtime::Error;
+
+pub fn to_ttrpc(e: Error) -> ttrpc::Error {
+    let code = match &e {
+        Error::NotFound(_) => Code::NOT_FOUND,
+        Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
+        Error::FailedPrecondition(_) | Error::VmUnavailable { .. } => Code::FAILED_PRECONDITION,
+        Error::InvalidArgument(_) | Error::Config { .. } => Code::INVALID_ARGUMENT,
+        Error::Unimplemented(_) => Code::UNIMPLEMENTED,
+        Error::Io { .. } | Error::Backend(_) => Code::UNKNOWN,
+    };
+    // The whole chain, once: containerd shows this message to the user.
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    log::warn!(code:? = code; "{msg}");
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg))
+}
+
+pub trait IntoTtrpc<T> {
+    fn rpc(self) -> ttrpc::Result<T>;
+}
+
+impl<T> IntoTtrpc<T> for Result<T, Error> {
+    fn rpc(self) -> ttrpc::Result<T> {
+        self.map_err(to_ttrpc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(e: Error) -> Code {
+        match to_ttrpc(e) {
+            ttrpc::Error::RpcStatus(s) => s.code(),
+            _ => panic!("not a status"),
+        }
+    }
+
+    #[test]
+    fn codes_follow_containerd_expectations() {
+        assert_eq!(code(Error::NotFound("x".into())), Code::NOT_FOUND);
+        assert_eq!(code(Error::AlreadyExists("x".into())), Code::ALREADY_EXISTS);
+        assert_eq!(code(Error::Unimplemented("Checkpoint")), Code::UNIMPLEMENTED);
+        assert_eq!(code(Error::FailedPrecondition("x".into())), Code::FAILED_PRECONDITION);
+        assert_eq!(code(Error::InvalidArgument("x".into())), Code::INVALID_ARGUMENT);
+    }
+}

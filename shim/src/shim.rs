@@ -1,0 +1,86 @@
+//! containerd's shim lifecycle: `start`, `delete`, and serving the task service.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use containerd_shim::asynchronous::monitor::monitor_subscribe;
+use containerd_shim::asynchronous::publisher::RemotePublisher;
+use containerd_shim::asynchronous::{ExitSignal, Shim as ShimTrait};
+use containerd_shim::monitor::{Subject, Topic};
+use containerd_shim::{Config as ShimConfig, Flags, StartOpts};
+use containerd_shim_protos::api::DeleteResponse;
+use stockade_runtime::exits::Exits;
+use stockade_runtime::{Config, Runtime};
+
+use crate::task::TaskService;
+
+pub struct Shim {
+    namespace: String,
+    id: String,
+    exit: Arc<ExitSignal>,
+    exits: Exits,
+}
+
+/// Feed every reaped child into `exits`: the shim crate's reaper is the only `waitpid`.
+async fn forward_exits(exits: Exits) {
+    let Ok(mut sub) = monitor_subscribe(Topic::Pid).await else {
+        log::error!("cannot subscribe to the exit monitor");
+        return;
+    };
+    tokio::spawn(async move {
+        while let Some(e) = sub.rx.recv().await {
+            if let Subject::Pid(pid) = e.subject {
+                exits.notify(pid, e.exit_code);
+            }
+        }
+    });
+}
+
+#[async_trait]
+impl ShimTrait for Shim {
+    type T = TaskService;
+
+    async fn new(_runtime_id: &str, args: &Flags, config: &mut ShimConfig) -> Self {
+        config.default_log_level = std::env::var("STOCKADE_LOG_LEVEL").unwrap_or_else(|_| "info".into());
+        let exits = Exits::default();
+        forward_exits(exits.clone()).await;
+        Shim {
+            namespace: args.namespace.clone(),
+            id: args.id.clone(),
+            exit: Arc::new(ExitSignal::default()),
+            exits,
+        }
+    }
+
+    async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
+        tokio::task::spawn_blocking(move || crate::start::start(&opts))
+            .await
+            .map_err(|e| containerd_shim::Error::Other(e.to_string()))?
+            .map_err(|e| containerd_shim::Error::Other(format!("{e:#}")))
+    }
+
+    async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
+        let bundle = std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
+        let source = crate::task::saved_config_source(&bundle);
+        let config = Config::load(&source).unwrap_or_default();
+        let (runtime, _events) = Runtime::new(&self.namespace, self.exits.clone());
+        if let Err(e) = runtime.cleanup(&self.id, &bundle, &config).await {
+            // containerd only logs this; say what was left so an operator can act.
+            eprintln!("stockade: cleanup of {} incomplete: {e}", self.id);
+        }
+        let mut resp = DeleteResponse::new();
+        resp.exit_status = 128 + libc::SIGKILL as u32;
+        resp.set_exited_at(containerd_shim::util::timestamp()?);
+        Ok(resp)
+    }
+
+    async fn wait(&mut self) {
+        self.exit.wait().await;
+    }
+
+    async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
+        let (runtime, events) = Runtime::new(&self.namespace, self.exits.clone());
+        crate::events::forward(events, publisher, self.namespace.clone());
+        TaskService::new(runtime, self.exit.clone())
+    }
+}

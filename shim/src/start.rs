@@ -1,0 +1,106 @@
+//! The `start` subcommand: one shim per pod, a socket named the way containerd names it.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result};
+use containerd_shim::{StartOpts, socket_address};
+
+const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+
+/// The id that names the shim serving this container: its pod's sandbox id for a
+/// CRI container, else its own id.
+pub fn grouping(bundle: &Path, id: &str) -> String {
+    let Ok(text) = std::fs::read_to_string(bundle.join("config.json")) else {
+        return id.to_string();
+    };
+    let Ok(spec) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return id.to_string();
+    };
+    let ann = &spec["annotations"];
+    match (ann[CONTAINER_TYPE].as_str(), ann[SANDBOX_ID].as_str()) {
+        (Some("container"), Some(sandbox)) if !sandbox.is_empty() => sandbox.to_string(),
+        _ => id.to_string(),
+    }
+}
+
+/// Spawn the shim server (or find the pod's running one) and return its address.
+pub fn start(opts: &StartOpts) -> Result<String> {
+    let mut options = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut options);
+    let runtime_options = crate::options::parse_bytes(&options).unwrap_or_default();
+
+    let cwd = std::env::current_dir().context("current dir")?;
+    let group = grouping(&cwd, &opts.id);
+    let address = socket_address(&opts.address, &opts.namespace, &group);
+
+    let exe = std::env::current_exe().context("current exe")?;
+    let mut cmd = Command::new(exe);
+    cmd.current_dir(&cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .args(["-namespace", &opts.namespace, "-id", &opts.id, "-address", &opts.address])
+        .args(["-socket", &address]);
+    if opts.debug {
+        cmd.arg("-debug");
+    }
+    let mut child = cmd.spawn().context("spawn shim server")?;
+    let pid = child.id();
+    if !runtime_options.shim_cgroup.is_empty() {
+        let procs = Path::new("/sys/fs/cgroup")
+            .join(runtime_options.shim_cgroup.trim_start_matches('/'))
+            .join("cgroup.procs");
+        if let Err(e) = std::fs::write(&procs, pid.to_string()) {
+            eprintln!("stockade: cannot move shim to {}: {e}", procs.display());
+        }
+    }
+    adjust_oom_score(pid);
+    // The server closes its stdout once it serves (or found the pod's shim serving).
+    let mut out = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        let _ = stdout.read_to_string(&mut out);
+    }
+    // A server that exits at once found the pod's shim already serving.
+    let _ = child.try_wait();
+    std::fs::write(cwd.join("address"), &address).context("write address file")?;
+    Ok(address)
+}
+
+/// The shim should be killed before containerd under memory pressure: parent's score + 1.
+/// Where that is not permitted (no CAP_SYS_RESOURCE) the score stays as it is.
+fn adjust_oom_score(pid: u32) {
+    let parent = std::os::unix::process::parent_id();
+    let Ok(score) = std::fs::read_to_string(format!("/proc/{parent}/oom_score_adj")) else {
+        return;
+    };
+    let Ok(score) = score.trim().parse::<i64>() else { return };
+    if score < 1000 {
+        let _ = std::fs::write(format!("/proc/{pid}/oom_score_adj"), (score + 1).to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cri_containers_group_under_their_sandbox() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"annotations":{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.sandbox-id":"pod1"}}"#,
+        )
+        .unwrap();
+        assert_eq!(grouping(dir.path(), "c1"), "pod1");
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"annotations":{"io.kubernetes.cri.container-type":"sandbox","io.kubernetes.cri.sandbox-id":"pod1"}}"#,
+        )
+        .unwrap();
+        assert_eq!(grouping(dir.path(), "pod1"), "pod1");
+        assert_eq!(grouping(Path::new("/nonexistent"), "c2"), "c2");
+    }
+}
