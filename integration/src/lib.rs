@@ -1,1 +1,391 @@
+//! Harness for Stockade's end-to-end tests: a private containerd (and dockerd) in a
+//! temp dir, the test image built offline and imported, and leak checks.
+//!
+//! ```no_run
+//! let env = stockade_integration::TestContainerd::start().unwrap();
+//! let out = env.ctr(&["run", "--rm", "--runtime", stockade_integration::RUNTIME, &env.image, "t1", "echo", "hi"]);
+//! assert_eq!(out.stdout.trim(), "hi");
+//! ```
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+pub const RUNTIME: &str = "io.containerd.stockade.v2";
+pub const NAMESPACE: &str = "stockade-test";
+pub const IMAGE: &str = "stockade.test/busybox:latest";
+pub const DOCKER: &str = "/usr/bin/docker";
+
+/// What a command printed and how it ended.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn ok(&self) -> bool {
+        self.code == 0
+    }
+}
+
+pub fn run(cmd: &mut Command) -> Out {
+    match cmd.stdin(Stdio::null()).output() {
+        Ok(o) => Out {
+            code: o.status.code().unwrap_or(128 + 9),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        },
+        Err(e) => Out { code: -1, stdout: String::new(), stderr: e.to_string() },
+    }
+}
+
+pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Out {
+    use std::io::Write;
+    let child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return Out { code: -1, stdout: String::new(), stderr: e.to_string() },
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(input);
+    }
+    match child.wait_with_output() {
+        Ok(o) => Out {
+            code: o.status.code().unwrap_or(137),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        },
+        Err(e) => Out { code: -1, stdout: String::new(), stderr: e.to_string() },
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf()
+}
+
+/// The directory holding the shim binary under test (release build unless overridden).
+pub fn shim_dir() -> Result<PathBuf> {
+    let dir = std::env::var_os("STOCKADE_SHIM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/release"));
+    if !dir.join("containerd-shim-stockade-v2").exists() {
+        bail!(
+            "{}/containerd-shim-stockade-v2 missing: run `cargo build --release` first",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+/// Why the end-to-end suite cannot run here, if it cannot.
+pub fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root: containerd and the shim need root".into());
+    }
+    for bin in ["/usr/bin/containerd", "/usr/bin/ctr"] {
+        if !Path::new(bin).exists() {
+            return Some(format!("{bin} missing: run packaging/setup.sh --deps"));
+        }
+    }
+    None
+}
+
+fn wait_for(path: &Path, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    while !path.exists() {
+        if start.elapsed() > timeout {
+            bail!("timed out waiting for {}", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// A private containerd: own root, state, sockets and config, stopped on drop.
+pub struct TestContainerd {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub stockade_state: PathBuf,
+    pub config: PathBuf,
+    child: Child,
+}
+
+impl TestContainerd {
+    pub fn start() -> Result<TestContainerd> {
+        let dir = tempfile::Builder::new().prefix("stockade-it-").tempdir_in("/tmp")?;
+        let d = dir.path();
+        let socket = d.join("containerd.sock");
+        let stockade_state = d.join("stockade-state");
+        let config = d.join("stockade.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[runtime]\nmode = \"auto\"\nstate_dir = \"{}\"\n",
+                stockade_state.display()
+            ),
+        )?;
+        let ctd_config = d.join("containerd.toml");
+        std::fs::write(
+            &ctd_config,
+            format!(
+                r#"version = 2
+root = "{root}"
+state = "{state}"
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d}/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  restrict_oom_score_adj = true
+"#,
+                root = d.join("root").display(),
+                state = d.join("state").display(),
+                sock = socket.display(),
+                d = d.display()
+            ),
+        )?;
+        let path = format!(
+            "{}:{}",
+            shim_dir()?.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let log = std::fs::File::create(d.join("containerd.log"))?;
+        let child = Command::new("/usr/bin/containerd")
+            .arg("--config")
+            .arg(&ctd_config)
+            .env("PATH", path)
+            .env("STOCKADE_CONFIG", &config)
+            .env("STOCKADE_LOG_LEVEL", "debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start containerd")?;
+        let env = TestContainerd {
+            state_dir: d.join("state"),
+            dir,
+            socket,
+            stockade_state,
+            config,
+            child,
+        };
+        wait_for(&env.socket, Duration::from_secs(20))?;
+        Ok(env)
+    }
+
+    pub fn ctr_cmd(&self) -> Command {
+        let mut c = Command::new("/usr/bin/ctr");
+        c.arg("--address").arg(&self.socket).arg("--namespace").arg(NAMESPACE);
+        c
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> Out {
+        run(self.ctr_cmd().args(args))
+    }
+
+    /// `ctr run --rm --runtime stockade IMAGE ID ARGS...`
+    pub fn run_rm(&self, id: &str, args: &[&str]) -> Out {
+        let mut a = vec!["run", "--rm", "--runtime", RUNTIME, IMAGE, id];
+        a.extend_from_slice(args);
+        self.ctr(&a)
+    }
+
+    pub fn import_image(&self, tar: &Path) -> Result<()> {
+        let out = self.ctr(&["images", "import", &tar.display().to_string()]);
+        if !out.ok() {
+            bail!("image import failed: {}", out.stderr);
+        }
+        Ok(())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// Everything one container may leave behind, checked after it is gone.
+    pub fn leaks(&self, namespace: &str, id: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        let state = self.stockade_state.join(namespace).join(id);
+        if state.exists() {
+            found.push(format!("state dir {}", state.display()));
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for line in mounts.lines() {
+            if line.contains(&format!("/{id}/rootfs")) {
+                found.push(format!("mount {line}"));
+            }
+        }
+        for ctl in ["memory", "pids", "cpu", "freezer"] {
+            for root in [format!("/sys/fs/cgroup/{ctl}"), "/sys/fs/cgroup".to_string()] {
+                let dir = Path::new(&root).join(namespace).join(id);
+                if dir.exists() {
+                    found.push(format!("cgroup {}", dir.display()));
+                }
+            }
+        }
+        let ps = run(Command::new("pgrep").args(["-f", &format!("stockade.*{id}")]));
+        if ps.ok() && !ps.stdout.trim().is_empty() {
+            found.push(format!("processes {}", ps.stdout.trim()));
+        }
+        found
+    }
+
+    /// Shim processes this containerd started that are still alive.
+    pub fn shims(&self) -> Vec<String> {
+        let ps = run(Command::new("pgrep").args(["-a", "-f", "containerd-shim-stockade-v2"]));
+        let addr = self.socket.display().to_string();
+        ps.stdout
+            .lines()
+            .filter(|l| l.contains(&addr))
+            .map(String::from)
+            .collect()
+    }
+}
+
+impl Drop for TestContainerd {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // containerd leaves its snapshot mounts behind on exit.
+        let _ = run(Command::new("sh").arg("-c").arg(format!(
+            "grep -o ' {d}[^ ]*' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l",
+            d = self.dir.path().display()
+        )));
+    }
+}
+
+/// A private dockerd on top of a [`TestContainerd`], with a named runtime in daemon.json.
+pub struct TestDocker {
+    pub dir: tempfile::TempDir,
+    pub host: String,
+    child: Child,
+}
+
+impl TestDocker {
+    pub fn start(ctd: &TestContainerd) -> Result<TestDocker> {
+        let dockerd = ["/usr/sbin/dockerd", "/usr/bin/dockerd"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .context("dockerd missing: run packaging/setup.sh --deps")?;
+        let dir = tempfile::Builder::new().prefix("stockade-dk-").tempdir_in("/tmp")?;
+        let d = dir.path();
+        let daemon_json = d.join("daemon.json");
+        std::fs::write(
+            &daemon_json,
+            format!(r#"{{"runtimes": {{"stockade": {{"runtimeType": "{RUNTIME}"}}}}}}"#),
+        )?;
+        let sock = d.join("docker.sock");
+        let log = std::fs::File::create(d.join("dockerd.log"))?;
+        let path = format!(
+            "{}:{}",
+            shim_dir()?.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let child = Command::new(dockerd)
+            .arg("--config-file")
+            .arg(&daemon_json)
+            .arg("--containerd")
+            .arg(&ctd.socket)
+            .arg("--data-root")
+            .arg(d.join("root"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .arg("--pidfile")
+            .arg(d.join("docker.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", sock.display()))
+            .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
+            .env("PATH", path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start dockerd")?;
+        let env = TestDocker { host: format!("unix://{}", sock.display()), dir, child };
+        let start = Instant::now();
+        loop {
+            if env.docker(&["version"]).ok() {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!("dockerd did not come up:\n{}", env.log());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(env)
+    }
+
+    pub fn docker(&self, args: &[&str]) -> Out {
+        run(Command::new(DOCKER).arg("-H").arg(&self.host).args(args))
+    }
+
+    pub fn docker_cmd(&self) -> Command {
+        let mut c = Command::new(DOCKER);
+        c.arg("-H").arg(&self.host);
+        c
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for TestDocker {
+    fn drop(&mut self) {
+        let ids = self.docker(&["ps", "-aq"]).stdout;
+        for id in ids.split_whitespace() {
+            let _ = self.docker(&["rm", "-f", "-v", id]);
+        }
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(15) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = run(Command::new("sh").arg("-c").arg(format!(
+            "grep -o ' {d}[^ ]*' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l",
+            d = self.dir.path().display()
+        )));
+    }
+}
+
+/// Build the test image tarball with integration/image/build.sh.
+pub fn build_image(out: &Path) -> Result<()> {
+    let script = workspace_root().join("integration/image/build.sh");
+    let o = run(Command::new("bash").arg(script).arg(out).arg(IMAGE));
+    if !o.ok() {
+        bail!("building the test image failed: {}{}", o.stdout, o.stderr);
+    }
+    Ok(())
+}
+
+/// Run `cmd` under a pseudo-terminal (util-linux `script`), as a user at a terminal would.
+pub fn in_tty(cmd: &str) -> Out {
+    run(Command::new("script").args(["-qec", cmd, "/dev/null"]))
+}

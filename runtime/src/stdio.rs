@@ -74,7 +74,7 @@ impl ProcessIo {
         if paths.terminal {
             let sock = scratch.join(format!("{name}.console"));
             let _ = std::fs::remove_file(&sock);
-            let listener = UnixListener::bind(&sock)
+            let listener = bind_long(scratch, &format!("{name}.console"))
                 .map_err(Error::io(format!("bind console socket {}", sock.display())))?;
             return Ok((
                 io,
@@ -281,6 +281,18 @@ async fn copy_until_closed<W: tokio::io::AsyncWrite + Unpin>(
         }
     }
     let _ = dst.shutdown().await;
+}
+
+/// Bind a Unix socket in `dir` even when the full path exceeds sun_path (108 bytes):
+/// bind through `/proc/self/fd/<dirfd>/<name>`, which is short and names the same file.
+fn bind_long(dir: &Path, name: &str) -> std::io::Result<UnixListener> {
+    let full = dir.join(name);
+    if full.as_os_str().len() < 100 {
+        return UnixListener::bind(&full);
+    }
+    let dirfd = File::open(dir)?;
+    let short = format!("/proc/self/fd/{}/{name}", dirfd.as_raw_fd());
+    UnixListener::bind(short)
 }
 
 fn receive_fd(sock: i32) -> Result<OwnedFd> {

@@ -1,0 +1,454 @@
+//! End-to-end tests of the container backend through a real containerd 1.7 and a real
+//! dockerd 26. One containerd and one dockerd serve the whole suite; every case cleans
+//! up after itself and the suite checks that nothing leaked.
+//!
+//! Runs as part of `cargo test --release`; needs root and the binaries setup.sh installs.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Result, bail, ensure};
+use stockade_integration::{
+    IMAGE, NAMESPACE, Out, RUNTIME, TestContainerd, TestDocker, build_image, in_tty, run,
+    run_with_stdin, skip_reason,
+};
+
+struct Suite {
+    ctd: TestContainerd,
+    docker: Option<TestDocker>,
+}
+
+fn expect_code(out: &Out, code: i32, what: &str) -> Result<()> {
+    ensure!(
+        out.code == code,
+        "{what}: exit code {} (expected {code})\nstdout: {}\nstderr: {}",
+        out.code,
+        out.stdout,
+        out.stderr
+    );
+    Ok(())
+}
+
+fn expect_clean(s: &Suite, ns: &str, id: &str) -> Result<()> {
+    // Cleanup is asynchronous to the client returning only for the shim's exit.
+    for _ in 0..50 {
+        if s.ctd.leaks(ns, id).is_empty() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("{id} left behind: {:?}", s.ctd.leaks(ns, id))
+}
+
+fn ctr_output_and_exit_codes(s: &Suite) -> Result<()> {
+    let out = s.ctd.run_rm("out1", &["echo", "hi"]);
+    expect_code(&out, 0, "echo")?;
+    ensure!(out.stdout == "hi\n", "stdout {:?}", out.stdout);
+    let out = s.ctd.run_rm("out2", &["sh", "-c", "echo to-err >&2; exit 7"]);
+    expect_code(&out, 7, "exit 7")?;
+    ensure!(out.stderr.contains("to-err"), "stderr {:?}", out.stderr);
+    expect_clean(s, NAMESPACE, "out1")?;
+    expect_clean(s, NAMESPACE, "out2")
+}
+
+fn ctr_large_output_is_whole(s: &Suite) -> Result<()> {
+    let out = s.ctd.run_rm("big", &["sh", "-c", "head -c 5000000 /dev/zero | tr '\\0' a"]);
+    expect_code(&out, 0, "large output")?;
+    ensure!(out.stdout.len() == 5_000_000, "got {} bytes", out.stdout.len());
+    ensure!(out.stdout.bytes().all(|b| b == b'a'), "corrupted output");
+    Ok(())
+}
+
+fn ctr_stdin(s: &Suite) -> Result<()> {
+    let input: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let out = run_with_stdin(
+        s.ctd.ctr_cmd().args(["run", "--rm", "--runtime", RUNTIME, IMAGE, "stdin1", "sh", "-c", "wc -c; echo done"]),
+        &input,
+    );
+    expect_code(&out, 0, "stdin")?;
+    ensure!(out.stdout.contains("200000") && out.stdout.contains("done"), "stdout {:?}", out.stdout);
+    Ok(())
+}
+
+fn ctr_tty(s: &Suite) -> Result<()> {
+    let cmd = format!(
+        "/usr/bin/ctr --address {} --namespace {NAMESPACE} run --rm -t --runtime {RUNTIME} {IMAGE} tty1 sh -c 'tty; exit 5'",
+        s.ctd.socket.display()
+    );
+    let out = in_tty(&cmd);
+    expect_code(&out, 5, "tty")?;
+    ensure!(out.stdout.contains("/dev/pts/"), "no pty: {:?}", out.stdout);
+    expect_clean(s, NAMESPACE, "tty1")
+}
+
+fn ctr_exec_ps_metrics_pause(s: &Suite) -> Result<()> {
+    let id = "life1";
+    expect_code(&s.ctd.ctr(&["run", "-d", "--runtime", RUNTIME, IMAGE, id, "sleep", "1000"]), 0, "run -d")?;
+    let result = (|| -> Result<()> {
+        let out = s.ctd.ctr(&["task", "exec", "--exec-id", "e1", id, "sh", "-c", "echo exec-out; exit 3"]);
+        expect_code(&out, 3, "exec")?;
+        ensure!(out.stdout.contains("exec-out"), "exec stdout {:?}", out.stdout);
+        let cmd = format!(
+            "/usr/bin/ctr --address {} --namespace {NAMESPACE} task exec -t --exec-id e2 {id} sh -c 'tty; exit 4'",
+            s.ctd.socket.display()
+        );
+        let out = in_tty(&cmd);
+        expect_code(&out, 4, "exec -t")?;
+        ensure!(out.stdout.contains("/dev/pts/"), "exec tty {:?}", out.stdout);
+
+        let ps = s.ctd.ctr(&["task", "ps", id]);
+        expect_code(&ps, 0, "ps")?;
+        let ls = s.ctd.ctr(&["task", "ls"]);
+        let pid = ls
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(id))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("?")
+            .to_string();
+        ensure!(ps.stdout.contains(&pid), "ps {:?} lacks init pid {pid}", ps.stdout);
+
+        let m = s.ctd.ctr(&["task", "metrics", id]);
+        expect_code(&m, 0, "metrics")?;
+        let usage = m
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("memory.usage_in_bytes") || l.starts_with("memory.usage"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        ensure!(usage > 0, "no memory usage in metrics: {}", m.stdout);
+        ensure!(m.stdout.contains("pids.limit") && m.stdout.contains("4096"), "pids limit: {}", m.stdout);
+
+        expect_code(&s.ctd.ctr(&["task", "pause", id]), 0, "pause")?;
+        ensure!(s.ctd.ctr(&["task", "ls"]).stdout.contains("PAUSED"), "not paused");
+        let frozen = run(Command::new("sh").arg("-c").arg(format!(
+            "cat /sys/fs/cgroup/freezer/{NAMESPACE}/{id}/freezer.state 2>/dev/null || cat /sys/fs/cgroup/{NAMESPACE}/{id}/cgroup.freeze"
+        )));
+        ensure!(frozen.stdout.contains("FROZEN") || frozen.stdout.trim() == "1", "cgroup not frozen: {:?}", frozen.stdout);
+        expect_code(&s.ctd.ctr(&["task", "resume", id]), 0, "resume")?;
+        ensure!(s.ctd.ctr(&["task", "ls"]).stdout.contains("RUNNING"), "not resumed");
+
+        // An exec that dies of an unhandled SIGTERM reports 143, as runc does.
+        let mut sleeper = s
+            .ctd
+            .ctr_cmd()
+            .args(["task", "exec", "--exec-id", "e3", id, "sleep", "1000"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let mut killed = false;
+        for _ in 0..50 {
+            std::thread::sleep(Duration::from_millis(100));
+            if s.ctd.ctr(&["task", "kill", "--exec-id", "e3", "--signal", "SIGTERM", id]).ok() {
+                killed = true;
+                break;
+            }
+        }
+        ensure!(killed, "could not signal exec e3");
+        let status = sleeper.wait()?;
+        ensure!(status.code() == Some(143), "exec killed by SIGTERM: {status:?}");
+        Ok(())
+    })();
+    let _ = s.ctd.ctr(&["task", "kill", "--signal", "SIGKILL", id]);
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = s.ctd.ctr(&["task", "delete", id]);
+    let _ = s.ctd.ctr(&["container", "delete", id]);
+    result?;
+    expect_clean(s, NAMESPACE, id)
+}
+
+fn ctr_kill_reports_137(s: &Suite) -> Result<()> {
+    let id = "kill1";
+    let mut child = s
+        .ctd
+        .ctr_cmd()
+        .args(["run", "--rm", "--runtime", RUNTIME, IMAGE, id, "sleep", "1000"])
+        .stdin(std::process::Stdio::null())
+        .spawn()?;
+    let mut sent = false;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        if s.ctd.ctr(&["task", "ls"]).stdout.contains("RUNNING")
+            && s.ctd.ctr(&["task", "kill", "--signal", "SIGKILL", id]).ok()
+        {
+            sent = true;
+            break;
+        }
+    }
+    let status = child.wait()?;
+    ensure!(sent, "never saw {id} running");
+    ensure!(status.code() == Some(137), "ctr run after SIGKILL: {status:?}");
+    expect_clean(s, NAMESPACE, id)
+}
+
+fn hardening_seen_from_inside(s: &Suite) -> Result<()> {
+    let script = "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status; \
+        for t in vsock alg userns netns clone-userns io_uring bpf keyctl userfaultfd perf inet; do echo \"$t: $(probe $t)\"; done; \
+        echo \"kcore: $(wc -c < /proc/kcore 2>/dev/null || echo none)\"; \
+        echo \"keys: $(cat /proc/keys 2>&1 | wc -c)\"; \
+        (echo x > /proc/sys/kernel/hostname) 2>&1 | grep -q 'Read-only' && echo 'procsys: ro'; \
+        (echo x > /proc/sysrq-trigger) 2>&1 | grep -q 'Read-only' && echo 'sysrq: ro'; \
+        echo \"fds: $(ls /proc/self/fd | wc -l)\"; \
+        (mknod /tmp/kvm c 10 232 && cat /tmp/kvm) >/dev/null 2>&1 || echo 'kvm: denied'";
+    let out = s.ctd.run_rm("hard1", &["sh", "-c", script]);
+    expect_code(&out, 0, "hardening probe")?;
+    let o = &out.stdout;
+    for want in [
+        "NoNewPrivs:\t1",
+        "Seccomp:\t2",
+        "userns: denied",
+        "netns: denied",
+        "clone-userns: denied",
+        "io_uring: denied",
+        "bpf: denied",
+        "keyctl: denied",
+        "userfaultfd: denied",
+        "perf: denied",
+        "vsock: denied",
+        "alg: denied",
+        "inet: allowed",
+        "procsys: ro",
+        "kvm: denied",
+    ] {
+        ensure!(o.contains(want), "missing {want:?} in:\n{o}");
+    }
+    // Some kernels (this CI's among them) have no /proc/sysrq-trigger at all.
+    if std::path::Path::new("/proc/sysrq-trigger").exists() {
+        ensure!(o.contains("sysrq: ro"), "/proc/sysrq-trigger writable:\n{o}");
+    }
+    ensure!(o.contains("kcore: 0") || o.contains("kcore: none"), "kcore readable:\n{o}");
+    ensure!(o.contains("keys: 0"), "/proc/keys readable:\n{o}");
+    // ls itself holds one fd open for the directory: stdio + that one.
+    ensure!(o.contains("fds: 4"), "leaked fds:\n{o}");
+    Ok(())
+}
+
+fn bad_input_fails_cleanly(s: &Suite) -> Result<()> {
+    let out = s.ctd.ctr(&[
+        "run", "--rm", "--runtime", RUNTIME, "--mount", "type=nosuchfs,src=none,dst=/mnt", IMAGE, "bad1", "true",
+    ]);
+    ensure!(!out.ok() && out.stderr.contains("unknown mount type"), "unknown mount type: {out:?}");
+    expect_clean(s, NAMESPACE, "bad1")?;
+
+    let out = s.ctd.ctr(&["run", "--rm", "--runtime", RUNTIME, "--rootfs", "/nonexistent/rootfs", "bad2", "true"]);
+    ensure!(!out.ok() && out.stderr.contains("/nonexistent/rootfs"), "missing rootfs: {out:?}");
+    expect_clean(s, NAMESPACE, "bad2")?;
+
+    // A spec containerd accepts but that is not a valid OCI runtime spec.
+    let spec = s.ctd.ctr(&["oci", "spec"]).stdout;
+    let mut v: serde_json::Value = serde_json::from_str(&spec)?;
+    v["ociVersion"] = "0.1.0".into();
+    v["process"]["cwd"] = "relative/cwd".into();
+    let rootfs = s.ctd.dir.path().join("empty-rootfs");
+    std::fs::create_dir_all(&rootfs)?;
+    v["root"]["path"] = rootfs.display().to_string().into();
+    let path = s.ctd.dir.path().join("bad-spec.json");
+    std::fs::write(&path, v.to_string())?;
+    let out = s.ctd.ctr(&[
+        "run", "--rm", "--runtime", RUNTIME, "--config", &path.display().to_string(), "bad3",
+    ]);
+    ensure!(!out.ok() && out.stderr.contains("bad3"), "malformed spec: {out:?}");
+    ensure!(!out.stderr.contains("panic"), "shim panicked: {}", out.stderr);
+    expect_clean(s, NAMESPACE, "bad3")?;
+
+    let out = s.ctd.run_rm("bad4", &["/no/such/binary"]);
+    ensure!(!out.ok() && out.stderr.contains("/no/such/binary"), "missing binary: {out:?}");
+    expect_clean(s, NAMESPACE, "bad4")?;
+    for id in ["bad1", "bad2", "bad3", "bad4"] {
+        let _ = s.ctd.ctr(&["container", "delete", id]);
+    }
+    Ok(())
+}
+
+fn backend_selection_fails_closed(s: &Suite) -> Result<()> {
+    let vm = s.ctd.dir.path().join("vm.toml");
+    std::fs::write(&vm, "[runtime]\nmode = \"vm\"\n[hypervisor]\naccel = \"kvm\"\n")?;
+    let vm_path = vm.display().to_string();
+    let out = s.ctd.ctr(&[
+        "run", "--rm", "--runtime", RUNTIME, "--runtime-config-path", &vm_path, IMAGE, "sel1", "true",
+    ]);
+    let probe_ok = stockade_runtime_probe_usable();
+    if !probe_ok {
+        ensure!(!out.ok() && out.stderr.contains("KVM"), "mode=vm without KVM must fail: {out:?}");
+    }
+    // With software emulation asked for, the VM backend is chosen; until it exists the
+    // shim must refuse rather than run a weaker container.
+    std::fs::write(&vm, "[runtime]\nmode = \"vm\"\n[hypervisor]\naccel = \"tcg\"\n")?;
+    let out = s.ctd.ctr(&[
+        "run", "--rm", "--runtime", RUNTIME, "--runtime-config-path", &vm_path, IMAGE, "sel2", "true",
+    ]);
+    ensure!(!out.ok() && out.stderr.contains("refusing to run a weaker container"), "mode=vm tcg: {out:?}");
+    let bad = s.ctd.dir.path().join("bad.toml");
+    std::fs::write(&bad, "[runtime]\nmode = \"fast\"\n")?;
+    let out = s.ctd.ctr(&[
+        "run", "--rm", "--runtime", RUNTIME, "--runtime-config-path", &bad.display().to_string(), IMAGE, "sel3", "true",
+    ]);
+    ensure!(!out.ok() && out.stderr.contains("bad.toml"), "bad config: {out:?}");
+    for id in ["sel1", "sel2", "sel3"] {
+        let _ = s.ctd.ctr(&["container", "delete", id]);
+        expect_clean(s, NAMESPACE, id)?;
+    }
+    Ok(())
+}
+
+fn stockade_runtime_probe_usable() -> bool {
+    // Mirrors the shim's probe: PVM-only KVM never counts.
+    !std::path::Path::new("/sys/module/kvm_pvm").exists()
+        && std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.contains(" vmx") || c.contains(" svm"))
+        && std::path::Path::new("/dev/kvm").exists()
+}
+
+fn docker_of(s: &Suite) -> Result<&TestDocker> {
+    s.docker.as_ref().ok_or_else(|| anyhow::anyhow!("dockerd did not start"))
+}
+
+fn docker_run_exec_stop_stats(s: &Suite) -> Result<()> {
+    let d = docker_of(s)?;
+    let out = d.docker(&["run", "--rm", "--runtime", RUNTIME, IMAGE, "echo", "hi"]);
+    expect_code(&out, 0, "docker run")?;
+    ensure!(out.stdout == "hi\n", "stdout {:?}", out.stdout);
+    expect_code(&d.docker(&["run", "--rm", "--runtime", RUNTIME, IMAGE, "sh", "-c", "exit 9"]), 9, "docker exit 9")?;
+    // The named runtime from daemon.json (runtimeType).
+    let out = d.docker(&["run", "--rm", "--runtime", "stockade", IMAGE, "sh", "-c", "grep Seccomp: /proc/self/status; probe vsock; probe clone-userns; true"]);
+    expect_code(&out, 0, "named runtime")?;
+    ensure!(out.stdout.contains("Seccomp:\t2"), "{:?}", out.stdout);
+    ensure!(out.stdout.matches("denied").count() == 2, "docker profile not hardened: {:?}", out.stdout);
+    let out = run_with_stdin(d.docker_cmd().args(["run", "--rm", "-i", "--runtime", RUNTIME, IMAGE, "cat"]), b"via-stdin\n");
+    ensure!(out.stdout == "via-stdin\n", "docker -i: {out:?}");
+    let out = in_tty(&format!("{} -H {} run --rm -it --runtime {RUNTIME} {IMAGE} sh -c 'tty; exit 3'", stockade_integration::DOCKER, d.host));
+    expect_code(&out, 3, "docker -it")?;
+    ensure!(out.stdout.contains("/dev/pts/"), "docker -it: {:?}", out.stdout);
+
+    let out = d.docker(&["run", "-d", "--name", "dk1", "--runtime", RUNTIME, IMAGE, "sleep", "1000"]);
+    expect_code(&out, 0, "docker run -d")?;
+    let result = (|| -> Result<()> {
+        let out = d.docker(&["exec", "dk1", "sh", "-c", "echo in-exec; exit 4"]);
+        expect_code(&out, 4, "docker exec")?;
+        ensure!(out.stdout.contains("in-exec"), "{:?}", out.stdout);
+        let out = d.docker(&["stats", "--no-stream", "--format", "{{.MemUsage}} {{.PIDs}}", "dk1"]);
+        expect_code(&out, 0, "docker stats")?;
+        ensure!(!out.stdout.starts_with("0B") && out.stdout.trim().ends_with(" 1"), "docker stats: {:?}", out.stdout);
+        // sleep as PID 1 ignores SIGTERM: docker stop escalates to SIGKILL.
+        expect_code(&d.docker(&["stop", "-t", "1", "dk1"]), 0, "docker stop")?;
+        let code = d.docker(&["inspect", "-f", "{{.State.ExitCode}}", "dk1"]);
+        ensure!(code.stdout.trim() == "137", "exit after stop: {:?}", code.stdout);
+        Ok(())
+    })();
+    let _ = d.docker(&["rm", "-f", "dk1"]);
+    result
+}
+
+fn docker_bad_input(s: &Suite) -> Result<()> {
+    let d = docker_of(s)?;
+    let out = d.docker(&["run", "--rm", "--runtime", RUNTIME, "--privileged", IMAGE, "true"]);
+    ensure!(!out.ok() && out.stderr.contains("privileged"), "privileged must be refused: {out:?}");
+    let out = d.docker(&["run", "--rm", "--runtime", RUNTIME, IMAGE, "/no/such/binary"]);
+    ensure!(!out.ok() && out.stderr.contains("/no/such/binary"), "missing binary: {out:?}");
+    Ok(())
+}
+
+fn no_stray_shims(s: &Suite) -> Result<()> {
+    for _ in 0..50 {
+        if s.ctd.shims().is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ensure!(s.ctd.shims().is_empty(), "stray shims: {:?}", s.ctd.shims());
+    let left: Vec<_> = std::fs::read_dir(&s.ctd.stockade_state)
+        .map(|r| r.flatten().flat_map(|ns| std::fs::read_dir(ns.path()).into_iter().flatten().flatten()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    ensure!(left.is_empty(), "state dirs left: {left:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let rootfs: Vec<_> = mounts
+        .lines()
+        .filter(|l| l.contains("io.containerd.runtime.v2.task") && l.contains("/rootfs"))
+        .collect();
+    ensure!(rootfs.is_empty(), "rootfs mounts left: {rootfs:?}");
+    Ok(())
+}
+
+type Case = (&'static str, fn(&Suite) -> Result<()>);
+
+fn main() {
+    if let Some(why) = skip_reason() {
+        println!("SKIPPED e2e: {why}");
+        println!("0 passed, 0 failed, 1 skipped");
+        return;
+    }
+    let setup = (|| -> Result<Suite> {
+        let ctd = TestContainerd::start()?;
+        let tar = ctd.dir.path().join("busybox.tar");
+        build_image(&tar)?;
+        ctd.import_image(&tar)?;
+        let docker = match TestDocker::start(&ctd) {
+            Ok(d) => {
+                let o = d.docker(&["load", "-i", &tar.display().to_string()]);
+                if !o.ok() {
+                    bail!("docker load: {}", o.stderr);
+                }
+                Some(d)
+            }
+            Err(e) => {
+                eprintln!("dockerd failed to start: {e:#}");
+                None
+            }
+        };
+        Ok(Suite { ctd, docker })
+    })();
+    let suite = match setup {
+        Ok(s) => s,
+        Err(e) => {
+            println!("e2e setup failed: {e:#}");
+            println!("0 passed, 1 failed");
+            std::process::exit(1);
+        }
+    };
+    let cases: &[Case] = &[
+        ("ctr_output_and_exit_codes", ctr_output_and_exit_codes),
+        ("ctr_large_output_is_whole", ctr_large_output_is_whole),
+        ("ctr_stdin", ctr_stdin),
+        ("ctr_tty", ctr_tty),
+        ("ctr_exec_ps_metrics_pause", ctr_exec_ps_metrics_pause),
+        ("ctr_kill_reports_137", ctr_kill_reports_137),
+        ("hardening_seen_from_inside", hardening_seen_from_inside),
+        ("bad_input_fails_cleanly", bad_input_fails_cleanly),
+        ("backend_selection_fails_closed", backend_selection_fails_closed),
+        ("docker_run_exec_stop_stats", docker_run_exec_stop_stats),
+        ("docker_bad_input", docker_bad_input),
+        ("no_stray_shims", no_stray_shims),
+    ];
+    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let (mut passed, mut failed) = (0, 0);
+    for (name, case) in cases {
+        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        let start = std::time::Instant::now();
+        match case(&suite) {
+            Ok(()) => {
+                passed += 1;
+                println!("test {name} ... ok ({:.1}s)", start.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                failed += 1;
+                println!("test {name} ... FAILED ({:.1}s)\n{e:#}", start.elapsed().as_secs_f64());
+            }
+        }
+    }
+    if failed > 0 {
+        let log = suite.ctd.log();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        println!("--- containerd log (last lines) ---");
+        for l in tail.into_iter().rev() {
+            println!("{l}");
+        }
+    }
+    drop(suite);
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
