@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Stockade setup for a fresh Debian 12 (bookworm) machine. Idempotent.
 #
-#   packaging/setup.sh            install system deps, build, install the shim + config
+#   packaging/setup.sh            deps, build, install the shim + config, then run a
+#                                 container through Stockade to show it works
 #   packaging/setup.sh --deps     only the system dependencies (what the tests need)
+#   packaging/setup.sh --no-demo  everything but the demo container
 #
 # Debian 12's containerd (1.6) and docker.io (20.10) cannot drive shim v2 runtimes the
 # way we need, so containerd 1.7 and docker.io 26 come from Debian 13 (trixie) .debs,
@@ -65,10 +67,6 @@ SRC
   rm -f /usr/sbin/policy-rc.d
 fi
 
-# Host-wide daemons started by the packages would fight our private ones for nothing.
-if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-  systemctl disable --now docker.service docker.socket >/dev/null 2>&1 || true
-fi
 
 [ "$MODE" = "--deps" ] && { log "dependencies ready"; exit 0; }
 
@@ -84,3 +82,47 @@ else
   log "keeping the existing /etc/stockade/configuration.toml"
 fi
 log "installed $PREFIX/bin/containerd-shim-stockade-v2"
+
+# On a systemd host, the node's own containerd and dockerd serve Stockade from now on.
+if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+  systemctl enable --now containerd.service docker.service >/dev/null 2>&1 || true
+fi
+
+[ "$MODE" = "--no-demo" ] && exit 0
+
+# Demo: run a container through Stockade. Uses the node's dockerd or containerd when
+# they answer, else a throwaway containerd in a temp dir (removed afterwards).
+log "running a container through Stockade"
+tar=/var/cache/stockade/busybox.tar
+mkdir -p /var/cache/stockade
+bash "$ROOT/integration/image/build.sh" "$tar" busybox:latest
+if docker info >/dev/null 2>&1 && docker load -i "$tar" >/dev/null; then
+  docker run --rm --runtime io.containerd.stockade.v2 busybox echo "hello from a Stockade container (docker)"
+elif ctr version >/dev/null 2>&1; then
+  ctr images import "$tar" >/dev/null
+  ctr run --rm --runtime io.containerd.stockade.v2 docker.io/library/busybox:latest stockade-demo-$$ \
+    echo "hello from a Stockade container (containerd)"
+else
+  tmp=$(mktemp -d /tmp/stockade-demo.XXXXXX)
+  cat >"$tmp/config.toml" <<TOML
+version = 2
+root = "$tmp/root"
+state = "$tmp/state"
+[grpc]
+  address = "$tmp/containerd.sock"
+[ttrpc]
+  address = "$tmp/containerd.sock.ttrpc"
+TOML
+  containerd --config "$tmp/config.toml" >"$tmp/containerd.log" 2>&1 &
+  ctd=$!
+  cleanup() {
+    kill "$ctd" 2>/dev/null; wait "$ctd" 2>/dev/null || true
+    grep -o " $tmp[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+    rm -rf "$tmp"
+  }
+  trap cleanup EXIT
+  for _ in $(seq 100); do [ -S "$tmp/containerd.sock" ] && break; sleep 0.1; done
+  ctr -a "$tmp/containerd.sock" images import "$tar" >/dev/null
+  ctr -a "$tmp/containerd.sock" run --rm --runtime io.containerd.stockade.v2 \
+    docker.io/library/busybox:latest demo echo "hello from a Stockade container (containerd)"
+fi

@@ -39,7 +39,11 @@ pub fn run(cmd: &mut Command) -> Out {
             stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
         },
-        Err(e) => Out { code: -1, stdout: String::new(), stderr: e.to_string() },
+        Err(e) => Out {
+            code: -1,
+            stdout: String::new(),
+            stderr: e.to_string(),
+        },
     }
 }
 
@@ -52,7 +56,13 @@ pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Out {
         .spawn();
     let mut child = match child {
         Ok(c) => c,
-        Err(e) => return Out { code: -1, stdout: String::new(), stderr: e.to_string() },
+        Err(e) => {
+            return Out {
+                code: -1,
+                stdout: String::new(),
+                stderr: e.to_string(),
+            };
+        }
     };
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(input);
@@ -63,12 +73,19 @@ pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Out {
             stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
         },
-        Err(e) => Out { code: -1, stdout: String::new(), stderr: e.to_string() },
+        Err(e) => Out {
+            code: -1,
+            stdout: String::new(),
+            stderr: e.to_string(),
+        },
     }
 }
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_path_buf()
 }
 
 /// The directory holding the shim binary under test (release build unless overridden).
@@ -122,7 +139,9 @@ pub struct TestContainerd {
 
 impl TestContainerd {
     pub fn start() -> Result<TestContainerd> {
-        let dir = tempfile::Builder::new().prefix("stockade-it-").tempdir_in("/tmp")?;
+        let dir = tempfile::Builder::new()
+            .prefix("stockade-it-")
+            .tempdir_in("/tmp")?;
         let d = dir.path();
         let socket = d.join("containerd.sock");
         let stockade_state = d.join("stockade-state");
@@ -187,7 +206,10 @@ state = "{state}"
 
     pub fn ctr_cmd(&self) -> Command {
         let mut c = Command::new("/usr/bin/ctr");
-        c.arg("--address").arg(&self.socket).arg("--namespace").arg(NAMESPACE);
+        c.arg("--address")
+            .arg(&self.socket)
+            .arg("--namespace")
+            .arg(NAMESPACE);
         c
     }
 
@@ -228,7 +250,10 @@ state = "{state}"
             }
         }
         for ctl in ["memory", "pids", "cpu", "freezer"] {
-            for root in [format!("/sys/fs/cgroup/{ctl}"), "/sys/fs/cgroup".to_string()] {
+            for root in [
+                format!("/sys/fs/cgroup/{ctl}"),
+                "/sys/fs/cgroup".to_string(),
+            ] {
                 let dir = Path::new(&root).join(namespace).join(id);
                 if dir.exists() {
                     found.push(format!("cgroup {}", dir.display()));
@@ -288,7 +313,9 @@ impl TestDocker {
             .into_iter()
             .find(|p| Path::new(p).exists())
             .context("dockerd missing: run packaging/setup.sh --deps")?;
-        let dir = tempfile::Builder::new().prefix("stockade-dk-").tempdir_in("/tmp")?;
+        let dir = tempfile::Builder::new()
+            .prefix("stockade-dk-")
+            .tempdir_in("/tmp")?;
         let d = dir.path();
         let daemon_json = d.join("daemon.json");
         std::fs::write(
@@ -322,7 +349,11 @@ impl TestDocker {
             .stderr(log)
             .spawn()
             .context("start dockerd")?;
-        let env = TestDocker { host: format!("unix://{}", sock.display()), dir, child };
+        let env = TestDocker {
+            host: format!("unix://{}", sock.display()),
+            dir,
+            child,
+        };
         let start = Instant::now();
         loop {
             if env.docker(&["version"]).ok() {

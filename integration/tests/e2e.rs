@@ -44,7 +44,9 @@ fn ctr_output_and_exit_codes(s: &Suite) -> Result<()> {
     let out = s.ctd.run_rm("out1", &["echo", "hi"]);
     expect_code(&out, 0, "echo")?;
     ensure!(out.stdout == "hi\n", "stdout {:?}", out.stdout);
-    let out = s.ctd.run_rm("out2", &["sh", "-c", "echo to-err >&2; exit 7"]);
+    let out = s
+        .ctd
+        .run_rm("out2", &["sh", "-c", "echo to-err >&2; exit 7"]);
     expect_code(&out, 7, "exit 7")?;
     ensure!(out.stderr.contains("to-err"), "stderr {:?}", out.stderr);
     expect_clean(s, NAMESPACE, "out1")?;
@@ -52,9 +54,16 @@ fn ctr_output_and_exit_codes(s: &Suite) -> Result<()> {
 }
 
 fn ctr_large_output_is_whole(s: &Suite) -> Result<()> {
-    let out = s.ctd.run_rm("big", &["sh", "-c", "head -c 5000000 /dev/zero | tr '\\0' a"]);
+    let out = s.ctd.run_rm(
+        "big",
+        &["sh", "-c", "head -c 5000000 /dev/zero | tr '\\0' a"],
+    );
     expect_code(&out, 0, "large output")?;
-    ensure!(out.stdout.len() == 5_000_000, "got {} bytes", out.stdout.len());
+    ensure!(
+        out.stdout.len() == 5_000_000,
+        "got {} bytes",
+        out.stdout.len()
+    );
     ensure!(out.stdout.bytes().all(|b| b == b'a'), "corrupted output");
     Ok(())
 }
@@ -62,11 +71,25 @@ fn ctr_large_output_is_whole(s: &Suite) -> Result<()> {
 fn ctr_stdin(s: &Suite) -> Result<()> {
     let input: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
     let out = run_with_stdin(
-        s.ctd.ctr_cmd().args(["run", "--rm", "--runtime", RUNTIME, IMAGE, "stdin1", "sh", "-c", "wc -c; echo done"]),
+        s.ctd.ctr_cmd().args([
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            "stdin1",
+            "sh",
+            "-c",
+            "wc -c; echo done",
+        ]),
         &input,
     );
     expect_code(&out, 0, "stdin")?;
-    ensure!(out.stdout.contains("200000") && out.stdout.contains("done"), "stdout {:?}", out.stdout);
+    ensure!(
+        out.stdout.contains("200000") && out.stdout.contains("done"),
+        "stdout {:?}",
+        out.stdout
+    );
     Ok(())
 }
 
@@ -83,18 +106,48 @@ fn ctr_tty(s: &Suite) -> Result<()> {
 
 fn ctr_exec_ps_metrics_pause(s: &Suite) -> Result<()> {
     let id = "life1";
-    expect_code(&s.ctd.ctr(&["run", "-d", "--runtime", RUNTIME, IMAGE, id, "sleep", "1000"]), 0, "run -d")?;
+    expect_code(
+        &s.ctd.ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            id,
+            "sleep",
+            "1000",
+        ]),
+        0,
+        "run -d",
+    )?;
     let result = (|| -> Result<()> {
-        let out = s.ctd.ctr(&["task", "exec", "--exec-id", "e1", id, "sh", "-c", "echo exec-out; exit 3"]);
+        let out = s.ctd.ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "e1",
+            id,
+            "sh",
+            "-c",
+            "echo exec-out; exit 3",
+        ]);
         expect_code(&out, 3, "exec")?;
-        ensure!(out.stdout.contains("exec-out"), "exec stdout {:?}", out.stdout);
+        ensure!(
+            out.stdout.contains("exec-out"),
+            "exec stdout {:?}",
+            out.stdout
+        );
         let cmd = format!(
             "/usr/bin/ctr --address {} --namespace {NAMESPACE} task exec -t --exec-id e2 {id} sh -c 'tty; exit 4'",
             s.ctd.socket.display()
         );
         let out = in_tty(&cmd);
         expect_code(&out, 4, "exec -t")?;
-        ensure!(out.stdout.contains("/dev/pts/"), "exec tty {:?}", out.stdout);
+        ensure!(
+            out.stdout.contains("/dev/pts/"),
+            "exec tty {:?}",
+            out.stdout
+        );
 
         let ps = s.ctd.ctr(&["task", "ps", id]);
         expect_code(&ps, 0, "ps")?;
@@ -106,7 +159,11 @@ fn ctr_exec_ps_metrics_pause(s: &Suite) -> Result<()> {
             .and_then(|l| l.split_whitespace().nth(1))
             .unwrap_or("?")
             .to_string();
-        ensure!(ps.stdout.contains(&pid), "ps {:?} lacks init pid {pid}", ps.stdout);
+        ensure!(
+            ps.stdout.contains(&pid),
+            "ps {:?} lacks init pid {pid}",
+            ps.stdout
+        );
 
         let m = s.ctd.ctr(&["task", "metrics", id]);
         expect_code(&m, 0, "metrics")?;
@@ -118,16 +175,30 @@ fn ctr_exec_ps_metrics_pause(s: &Suite) -> Result<()> {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
         ensure!(usage > 0, "no memory usage in metrics: {}", m.stdout);
-        ensure!(m.stdout.contains("pids.limit") && m.stdout.contains("4096"), "pids limit: {}", m.stdout);
+        ensure!(
+            m.stdout.contains("pids.limit") && m.stdout.contains("4096"),
+            "pids limit: {}",
+            m.stdout
+        );
 
         expect_code(&s.ctd.ctr(&["task", "pause", id]), 0, "pause")?;
-        ensure!(s.ctd.ctr(&["task", "ls"]).stdout.contains("PAUSED"), "not paused");
+        ensure!(
+            s.ctd.ctr(&["task", "ls"]).stdout.contains("PAUSED"),
+            "not paused"
+        );
         let frozen = run(Command::new("sh").arg("-c").arg(format!(
             "cat /sys/fs/cgroup/freezer/{NAMESPACE}/{id}/freezer.state 2>/dev/null || cat /sys/fs/cgroup/{NAMESPACE}/{id}/cgroup.freeze"
         )));
-        ensure!(frozen.stdout.contains("FROZEN") || frozen.stdout.trim() == "1", "cgroup not frozen: {:?}", frozen.stdout);
+        ensure!(
+            frozen.stdout.contains("FROZEN") || frozen.stdout.trim() == "1",
+            "cgroup not frozen: {:?}",
+            frozen.stdout
+        );
         expect_code(&s.ctd.ctr(&["task", "resume", id]), 0, "resume")?;
-        ensure!(s.ctd.ctr(&["task", "ls"]).stdout.contains("RUNNING"), "not resumed");
+        ensure!(
+            s.ctd.ctr(&["task", "ls"]).stdout.contains("RUNNING"),
+            "not resumed"
+        );
 
         // An exec that dies of an unhandled SIGTERM reports 143, as runc does.
         let mut sleeper = s
@@ -141,14 +212,20 @@ fn ctr_exec_ps_metrics_pause(s: &Suite) -> Result<()> {
         let mut killed = false;
         for _ in 0..50 {
             std::thread::sleep(Duration::from_millis(100));
-            if s.ctd.ctr(&["task", "kill", "--exec-id", "e3", "--signal", "SIGTERM", id]).ok() {
+            if s.ctd
+                .ctr(&["task", "kill", "--exec-id", "e3", "--signal", "SIGTERM", id])
+                .ok()
+            {
                 killed = true;
                 break;
             }
         }
         ensure!(killed, "could not signal exec e3");
         let status = sleeper.wait()?;
-        ensure!(status.code() == Some(143), "exec killed by SIGTERM: {status:?}");
+        ensure!(
+            status.code() == Some(143),
+            "exec killed by SIGTERM: {status:?}"
+        );
         Ok(())
     })();
     let _ = s.ctd.ctr(&["task", "kill", "--signal", "SIGKILL", id]);
@@ -164,7 +241,16 @@ fn ctr_kill_reports_137(s: &Suite) -> Result<()> {
     let mut child = s
         .ctd
         .ctr_cmd()
-        .args(["run", "--rm", "--runtime", RUNTIME, IMAGE, id, "sleep", "1000"])
+        .args([
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            id,
+            "sleep",
+            "1000",
+        ])
         .stdin(std::process::Stdio::null())
         .spawn()?;
     let mut sent = false;
@@ -179,7 +265,10 @@ fn ctr_kill_reports_137(s: &Suite) -> Result<()> {
     }
     let status = child.wait()?;
     ensure!(sent, "never saw {id} running");
-    ensure!(status.code() == Some(137), "ctr run after SIGKILL: {status:?}");
+    ensure!(
+        status.code() == Some(137),
+        "ctr run after SIGKILL: {status:?}"
+    );
     expect_clean(s, NAMESPACE, id)
 }
 
@@ -216,9 +305,15 @@ fn hardening_seen_from_inside(s: &Suite) -> Result<()> {
     }
     // Some kernels (this CI's among them) have no /proc/sysrq-trigger at all.
     if std::path::Path::new("/proc/sysrq-trigger").exists() {
-        ensure!(o.contains("sysrq: ro"), "/proc/sysrq-trigger writable:\n{o}");
+        ensure!(
+            o.contains("sysrq: ro"),
+            "/proc/sysrq-trigger writable:\n{o}"
+        );
     }
-    ensure!(o.contains("kcore: 0") || o.contains("kcore: none"), "kcore readable:\n{o}");
+    ensure!(
+        o.contains("kcore: 0") || o.contains("kcore: none"),
+        "kcore readable:\n{o}"
+    );
     ensure!(o.contains("keys: 0"), "/proc/keys readable:\n{o}");
     // ls itself holds one fd open for the directory: stdio + that one.
     ensure!(o.contains("fds: 4"), "leaked fds:\n{o}");
@@ -227,13 +322,36 @@ fn hardening_seen_from_inside(s: &Suite) -> Result<()> {
 
 fn bad_input_fails_cleanly(s: &Suite) -> Result<()> {
     let out = s.ctd.ctr(&[
-        "run", "--rm", "--runtime", RUNTIME, "--mount", "type=nosuchfs,src=none,dst=/mnt", IMAGE, "bad1", "true",
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--mount",
+        "type=nosuchfs,src=none,dst=/mnt",
+        IMAGE,
+        "bad1",
+        "true",
     ]);
-    ensure!(!out.ok() && out.stderr.contains("unknown mount type"), "unknown mount type: {out:?}");
+    ensure!(
+        !out.ok() && out.stderr.contains("unknown mount type"),
+        "unknown mount type: {out:?}"
+    );
     expect_clean(s, NAMESPACE, "bad1")?;
 
-    let out = s.ctd.ctr(&["run", "--rm", "--runtime", RUNTIME, "--rootfs", "/nonexistent/rootfs", "bad2", "true"]);
-    ensure!(!out.ok() && out.stderr.contains("/nonexistent/rootfs"), "missing rootfs: {out:?}");
+    let out = s.ctd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--rootfs",
+        "/nonexistent/rootfs",
+        "bad2",
+        "true",
+    ]);
+    ensure!(
+        !out.ok() && out.stderr.contains("/nonexistent/rootfs"),
+        "missing rootfs: {out:?}"
+    );
     expect_clean(s, NAMESPACE, "bad2")?;
 
     // A spec containerd accepts but that is not a valid OCI runtime spec.
@@ -247,14 +365,30 @@ fn bad_input_fails_cleanly(s: &Suite) -> Result<()> {
     let path = s.ctd.dir.path().join("bad-spec.json");
     std::fs::write(&path, v.to_string())?;
     let out = s.ctd.ctr(&[
-        "run", "--rm", "--runtime", RUNTIME, "--config", &path.display().to_string(), "bad3",
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--config",
+        &path.display().to_string(),
+        "bad3",
     ]);
-    ensure!(!out.ok() && out.stderr.contains("bad3"), "malformed spec: {out:?}");
-    ensure!(!out.stderr.contains("panic"), "shim panicked: {}", out.stderr);
+    ensure!(
+        !out.ok() && out.stderr.contains("bad3"),
+        "malformed spec: {out:?}"
+    );
+    ensure!(
+        !out.stderr.contains("panic"),
+        "shim panicked: {}",
+        out.stderr
+    );
     expect_clean(s, NAMESPACE, "bad3")?;
 
     let out = s.ctd.run_rm("bad4", &["/no/such/binary"]);
-    ensure!(!out.ok() && out.stderr.contains("/no/such/binary"), "missing binary: {out:?}");
+    ensure!(
+        !out.ok() && out.stderr.contains("/no/such/binary"),
+        "missing binary: {out:?}"
+    );
     expect_clean(s, NAMESPACE, "bad4")?;
     for id in ["bad1", "bad2", "bad3", "bad4"] {
         let _ = s.ctd.ctr(&["container", "delete", id]);
@@ -264,28 +398,67 @@ fn bad_input_fails_cleanly(s: &Suite) -> Result<()> {
 
 fn backend_selection_fails_closed(s: &Suite) -> Result<()> {
     let vm = s.ctd.dir.path().join("vm.toml");
-    std::fs::write(&vm, "[runtime]\nmode = \"vm\"\n[hypervisor]\naccel = \"kvm\"\n")?;
+    std::fs::write(
+        &vm,
+        "[runtime]\nmode = \"vm\"\n[hypervisor]\naccel = \"kvm\"\n",
+    )?;
     let vm_path = vm.display().to_string();
     let out = s.ctd.ctr(&[
-        "run", "--rm", "--runtime", RUNTIME, "--runtime-config-path", &vm_path, IMAGE, "sel1", "true",
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        &vm_path,
+        IMAGE,
+        "sel1",
+        "true",
     ]);
     let probe_ok = stockade_runtime_probe_usable();
     if !probe_ok {
-        ensure!(!out.ok() && out.stderr.contains("KVM"), "mode=vm without KVM must fail: {out:?}");
+        ensure!(
+            !out.ok() && out.stderr.contains("KVM"),
+            "mode=vm without KVM must fail: {out:?}"
+        );
     }
     // With software emulation asked for, the VM backend is chosen; until it exists the
     // shim must refuse rather than run a weaker container.
-    std::fs::write(&vm, "[runtime]\nmode = \"vm\"\n[hypervisor]\naccel = \"tcg\"\n")?;
+    std::fs::write(
+        &vm,
+        "[runtime]\nmode = \"vm\"\n[hypervisor]\naccel = \"tcg\"\n",
+    )?;
     let out = s.ctd.ctr(&[
-        "run", "--rm", "--runtime", RUNTIME, "--runtime-config-path", &vm_path, IMAGE, "sel2", "true",
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        &vm_path,
+        IMAGE,
+        "sel2",
+        "true",
     ]);
-    ensure!(!out.ok() && out.stderr.contains("refusing to run a weaker container"), "mode=vm tcg: {out:?}");
+    ensure!(
+        !out.ok() && out.stderr.contains("refusing to run a weaker container"),
+        "mode=vm tcg: {out:?}"
+    );
     let bad = s.ctd.dir.path().join("bad.toml");
     std::fs::write(&bad, "[runtime]\nmode = \"fast\"\n")?;
     let out = s.ctd.ctr(&[
-        "run", "--rm", "--runtime", RUNTIME, "--runtime-config-path", &bad.display().to_string(), IMAGE, "sel3", "true",
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        &bad.display().to_string(),
+        IMAGE,
+        "sel3",
+        "true",
     ]);
-    ensure!(!out.ok() && out.stderr.contains("bad.toml"), "bad config: {out:?}");
+    ensure!(
+        !out.ok() && out.stderr.contains("bad.toml"),
+        "bad config: {out:?}"
+    );
     for id in ["sel1", "sel2", "sel3"] {
         let _ = s.ctd.ctr(&["container", "delete", id]);
         expect_clean(s, NAMESPACE, id)?;
@@ -296,12 +469,15 @@ fn backend_selection_fails_closed(s: &Suite) -> Result<()> {
 fn stockade_runtime_probe_usable() -> bool {
     // Mirrors the shim's probe: PVM-only KVM never counts.
     !std::path::Path::new("/sys/module/kvm_pvm").exists()
-        && std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.contains(" vmx") || c.contains(" svm"))
+        && std::fs::read_to_string("/proc/cpuinfo")
+            .is_ok_and(|c| c.contains(" vmx") || c.contains(" svm"))
         && std::path::Path::new("/dev/kvm").exists()
 }
 
 fn docker_of(s: &Suite) -> Result<&TestDocker> {
-    s.docker.as_ref().ok_or_else(|| anyhow::anyhow!("dockerd did not start"))
+    s.docker
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("dockerd did not start"))
 }
 
 fn docker_run_exec_stop_stats(s: &Suite) -> Result<()> {
@@ -309,31 +485,93 @@ fn docker_run_exec_stop_stats(s: &Suite) -> Result<()> {
     let out = d.docker(&["run", "--rm", "--runtime", RUNTIME, IMAGE, "echo", "hi"]);
     expect_code(&out, 0, "docker run")?;
     ensure!(out.stdout == "hi\n", "stdout {:?}", out.stdout);
-    expect_code(&d.docker(&["run", "--rm", "--runtime", RUNTIME, IMAGE, "sh", "-c", "exit 9"]), 9, "docker exit 9")?;
+    expect_code(
+        &d.docker(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            "sh",
+            "-c",
+            "exit 9",
+        ]),
+        9,
+        "docker exit 9",
+    )?;
     // The named runtime from daemon.json (runtimeType).
-    let out = d.docker(&["run", "--rm", "--runtime", "stockade", IMAGE, "sh", "-c", "grep Seccomp: /proc/self/status; probe vsock; probe clone-userns; true"]);
+    let out = d.docker(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "stockade",
+        IMAGE,
+        "sh",
+        "-c",
+        "grep Seccomp: /proc/self/status; probe vsock; probe clone-userns; true",
+    ]);
     expect_code(&out, 0, "named runtime")?;
     ensure!(out.stdout.contains("Seccomp:\t2"), "{:?}", out.stdout);
-    ensure!(out.stdout.matches("denied").count() == 2, "docker profile not hardened: {:?}", out.stdout);
-    let out = run_with_stdin(d.docker_cmd().args(["run", "--rm", "-i", "--runtime", RUNTIME, IMAGE, "cat"]), b"via-stdin\n");
+    ensure!(
+        out.stdout.matches("denied").count() == 2,
+        "docker profile not hardened: {:?}",
+        out.stdout
+    );
+    let out = run_with_stdin(
+        d.docker_cmd()
+            .args(["run", "--rm", "-i", "--runtime", RUNTIME, IMAGE, "cat"]),
+        b"via-stdin\n",
+    );
     ensure!(out.stdout == "via-stdin\n", "docker -i: {out:?}");
-    let out = in_tty(&format!("{} -H {} run --rm -it --runtime {RUNTIME} {IMAGE} sh -c 'tty; exit 3'", stockade_integration::DOCKER, d.host));
+    let out = in_tty(&format!(
+        "{} -H {} run --rm -it --runtime {RUNTIME} {IMAGE} sh -c 'tty; exit 3'",
+        stockade_integration::DOCKER,
+        d.host
+    ));
     expect_code(&out, 3, "docker -it")?;
-    ensure!(out.stdout.contains("/dev/pts/"), "docker -it: {:?}", out.stdout);
+    ensure!(
+        out.stdout.contains("/dev/pts/"),
+        "docker -it: {:?}",
+        out.stdout
+    );
 
-    let out = d.docker(&["run", "-d", "--name", "dk1", "--runtime", RUNTIME, IMAGE, "sleep", "1000"]);
+    let out = d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "dk1",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "sleep",
+        "1000",
+    ]);
     expect_code(&out, 0, "docker run -d")?;
     let result = (|| -> Result<()> {
         let out = d.docker(&["exec", "dk1", "sh", "-c", "echo in-exec; exit 4"]);
         expect_code(&out, 4, "docker exec")?;
         ensure!(out.stdout.contains("in-exec"), "{:?}", out.stdout);
-        let out = d.docker(&["stats", "--no-stream", "--format", "{{.MemUsage}} {{.PIDs}}", "dk1"]);
+        let out = d.docker(&[
+            "stats",
+            "--no-stream",
+            "--format",
+            "{{.MemUsage}} {{.PIDs}}",
+            "dk1",
+        ]);
         expect_code(&out, 0, "docker stats")?;
-        ensure!(!out.stdout.starts_with("0B") && out.stdout.trim().ends_with(" 1"), "docker stats: {:?}", out.stdout);
+        ensure!(
+            !out.stdout.starts_with("0B") && out.stdout.trim().ends_with(" 1"),
+            "docker stats: {:?}",
+            out.stdout
+        );
         // sleep as PID 1 ignores SIGTERM: docker stop escalates to SIGKILL.
         expect_code(&d.docker(&["stop", "-t", "1", "dk1"]), 0, "docker stop")?;
         let code = d.docker(&["inspect", "-f", "{{.State.ExitCode}}", "dk1"]);
-        ensure!(code.stdout.trim() == "137", "exit after stop: {:?}", code.stdout);
+        ensure!(
+            code.stdout.trim() == "137",
+            "exit after stop: {:?}",
+            code.stdout
+        );
         Ok(())
     })();
     let _ = d.docker(&["rm", "-f", "dk1"]);
@@ -342,10 +580,31 @@ fn docker_run_exec_stop_stats(s: &Suite) -> Result<()> {
 
 fn docker_bad_input(s: &Suite) -> Result<()> {
     let d = docker_of(s)?;
-    let out = d.docker(&["run", "--rm", "--runtime", RUNTIME, "--privileged", IMAGE, "true"]);
-    ensure!(!out.ok() && out.stderr.contains("privileged"), "privileged must be refused: {out:?}");
-    let out = d.docker(&["run", "--rm", "--runtime", RUNTIME, IMAGE, "/no/such/binary"]);
-    ensure!(!out.ok() && out.stderr.contains("/no/such/binary"), "missing binary: {out:?}");
+    let out = d.docker(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--privileged",
+        IMAGE,
+        "true",
+    ]);
+    ensure!(
+        !out.ok() && out.stderr.contains("privileged"),
+        "privileged must be refused: {out:?}"
+    );
+    let out = d.docker(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "/no/such/binary",
+    ]);
+    ensure!(
+        !out.ok() && out.stderr.contains("/no/such/binary"),
+        "missing binary: {out:?}"
+    );
     Ok(())
 }
 
@@ -358,7 +617,12 @@ fn no_stray_shims(s: &Suite) -> Result<()> {
     }
     ensure!(s.ctd.shims().is_empty(), "stray shims: {:?}", s.ctd.shims());
     let left: Vec<_> = std::fs::read_dir(&s.ctd.stockade_state)
-        .map(|r| r.flatten().flat_map(|ns| std::fs::read_dir(ns.path()).into_iter().flatten().flatten()).map(|e| e.path()).collect())
+        .map(|r| {
+            r.flatten()
+                .flat_map(|ns| std::fs::read_dir(ns.path()).into_iter().flatten().flatten())
+                .map(|e| e.path())
+                .collect()
+        })
         .unwrap_or_default();
     ensure!(left.is_empty(), "state dirs left: {left:?}");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
@@ -415,12 +679,18 @@ fn main() {
         ("ctr_kill_reports_137", ctr_kill_reports_137),
         ("hardening_seen_from_inside", hardening_seen_from_inside),
         ("bad_input_fails_cleanly", bad_input_fails_cleanly),
-        ("backend_selection_fails_closed", backend_selection_fails_closed),
+        (
+            "backend_selection_fails_closed",
+            backend_selection_fails_closed,
+        ),
         ("docker_run_exec_stop_stats", docker_run_exec_stop_stats),
         ("docker_bad_input", docker_bad_input),
         ("no_stray_shims", no_stray_shims),
     ];
-    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let (mut passed, mut failed) = (0, 0);
     for (name, case) in cases {
         if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
@@ -434,7 +704,10 @@ fn main() {
             }
             Err(e) => {
                 failed += 1;
-                println!("test {name} ... FAILED ({:.1}s)\n{e:#}", start.elapsed().as_secs_f64());
+                println!(
+                    "test {name} ... FAILED ({:.1}s)\n{e:#}",
+                    start.elapsed().as_secs_f64()
+                );
             }
         }
     }

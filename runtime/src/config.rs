@@ -221,7 +221,10 @@ mod tests {
 
     #[test]
     fn empty_file_is_defaults() {
-        assert_eq!(Config::parse("", Path::new("x")).unwrap(), Config::default());
+        assert_eq!(
+            Config::parse("", Path::new("x")).unwrap(),
+            Config::default()
+        );
     }
 
     #[test]
@@ -256,7 +259,9 @@ mod tests {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml")
-                && path.file_name().is_some_and(|f| f.to_string_lossy().starts_with("configuration"))
+                && path
+                    .file_name()
+                    .is_some_and(|f| f.to_string_lossy().starts_with("configuration"))
             {
                 Config::from_file(&path).unwrap();
                 n += 1;

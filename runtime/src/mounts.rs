@@ -57,7 +57,10 @@ pub fn kernel_supports(kind: &str) -> bool {
         return true;
     }
     std::fs::read_to_string("/proc/filesystems")
-        .map(|fs| fs.lines().any(|l| l.split_whitespace().last() == Some(kind)))
+        .map(|fs| {
+            fs.lines()
+                .any(|l| l.split_whitespace().last() == Some(kind))
+        })
         .unwrap_or(false)
 }
 
@@ -85,7 +88,8 @@ fn mount_one(m: &Mount, target: &Path) -> Result<()> {
     if m.kind == "bind" || m.kind == "rbind" {
         flags.insert(MsFlags::MS_BIND);
     }
-    let kind = (!m.kind.is_empty() && m.kind != "bind" && m.kind != "rbind").then_some(m.kind.as_str());
+    let kind =
+        (!m.kind.is_empty() && m.kind != "bind" && m.kind != "rbind").then_some(m.kind.as_str());
     let data = (!data.is_empty()).then_some(data.as_str());
     // A read-only bind needs a remount to take effect.
     let ro_bind = flags.contains(MsFlags::MS_BIND) && flags.contains(MsFlags::MS_RDONLY);
@@ -117,10 +121,7 @@ pub fn unmount_all(target: &Path) -> Result<()> {
             Ok(()) => continue,
             Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => return Ok(()),
             Err(e) => {
-                return Err(Error::Backend(format!(
-                    "unmount {}: {e}",
-                    target.display()
-                )));
+                return Err(Error::Backend(format!("unmount {}: {e}", target.display())));
             }
         }
     }

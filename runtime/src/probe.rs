@@ -93,9 +93,7 @@ pub fn probe_kvm(host: &dyn KvmHost) -> KvmProbe {
         );
     }
     match host.cpu_flags() {
-        Ok(flags) if flags.split_whitespace().any(|f| f == "vmx" || f == "svm") => {
-            KvmProbe::Usable
-        }
+        Ok(flags) if flags.split_whitespace().any(|f| f == "vmx" || f == "svm") => KvmProbe::Usable,
         Ok(_) => KvmProbe::Unusable("the CPU has no vmx/svm virtualization extensions".into()),
         Err(e) => KvmProbe::Unusable(format!("cannot read /proc/cpuinfo: {e}")),
     }
@@ -126,23 +124,47 @@ mod tests {
 
     #[test]
     fn usable_needs_everything() {
-        let good = Fake { flags: "flags : fpu vmx sse", pvm: false, ioctls: Some((12, true)) };
+        let good = Fake {
+            flags: "flags : fpu vmx sse",
+            pvm: false,
+            ioctls: Some((12, true)),
+        };
         assert_eq!(probe_kvm(&good), KvmProbe::Usable);
     }
 
     #[test]
     fn pvm_is_not_usable() {
-        let pvm = Fake { flags: "flags : vmx", pvm: true, ioctls: Some((12, true)) };
+        let pvm = Fake {
+            flags: "flags : vmx",
+            pvm: true,
+            ioctls: Some((12, true)),
+        };
         assert!(probe_kvm(&pvm).to_string().contains("PVM"));
     }
 
     #[test]
     fn missing_device_wrong_api_or_no_vm_is_not_usable() {
         for fake in [
-            Fake { flags: "vmx", pvm: false, ioctls: None },
-            Fake { flags: "vmx", pvm: false, ioctls: Some((11, true)) },
-            Fake { flags: "vmx", pvm: false, ioctls: Some((12, false)) },
-            Fake { flags: "flags : fpu", pvm: false, ioctls: Some((12, true)) },
+            Fake {
+                flags: "vmx",
+                pvm: false,
+                ioctls: None,
+            },
+            Fake {
+                flags: "vmx",
+                pvm: false,
+                ioctls: Some((11, true)),
+            },
+            Fake {
+                flags: "vmx",
+                pvm: false,
+                ioctls: Some((12, false)),
+            },
+            Fake {
+                flags: "flags : fpu",
+                pvm: false,
+                ioctls: Some((12, true)),
+            },
         ] {
             assert!(!probe_kvm(&fake).is_usable());
         }

@@ -52,15 +52,44 @@ pub struct TaskState {
 
 #[derive(Debug, Clone)]
 pub enum Event {
-    Create { id: String, bundle: PathBuf, pid: u32, rootfs: Vec<Mount>, stdio: StdioPaths },
-    Start { id: String, pid: u32 },
-    ExecAdded { id: String, exec_id: String },
-    ExecStarted { id: String, exec_id: String, pid: u32 },
-    Exit { id: String, exec_id: String, info: ExitInfo },
-    Delete { id: String, info: ExitInfo },
-    Oom { id: String },
-    Paused { id: String },
-    Resumed { id: String },
+    Create {
+        id: String,
+        bundle: PathBuf,
+        pid: u32,
+        rootfs: Vec<Mount>,
+        stdio: StdioPaths,
+    },
+    Start {
+        id: String,
+        pid: u32,
+    },
+    ExecAdded {
+        id: String,
+        exec_id: String,
+    },
+    ExecStarted {
+        id: String,
+        exec_id: String,
+        pid: u32,
+    },
+    Exit {
+        id: String,
+        exec_id: String,
+        info: ExitInfo,
+    },
+    Delete {
+        id: String,
+        info: ExitInfo,
+    },
+    Oom {
+        id: String,
+    },
+    Paused {
+        id: String,
+    },
+    Resumed {
+        id: String,
+    },
 }
 
 pub struct CreateRequest {
@@ -185,7 +214,12 @@ impl Runtime {
             events: tx,
             containers: Mutex::new(HashMap::new()),
         };
-        (Runtime { inner: Arc::new(inner) }, rx)
+        (
+            Runtime {
+                inner: Arc::new(inner),
+            },
+            rx,
+        )
     }
 
     fn emit(&self, e: Event) {
@@ -203,11 +237,21 @@ impl Runtime {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.inner.containers.lock().expect("containers lock").is_empty()
+        self.inner
+            .containers
+            .lock()
+            .expect("containers lock")
+            .is_empty()
     }
 
     pub async fn create(&self, req: CreateRequest) -> Result<u32> {
-        if self.inner.containers.lock().expect("containers lock").contains_key(&req.id) {
+        if self
+            .inner
+            .containers
+            .lock()
+            .expect("containers lock")
+            .contains_key(&req.id)
+        {
             return Err(Error::AlreadyExists(format!("container {}", req.id)));
         }
         let config = Config::load(&req.config)?;
@@ -219,7 +263,9 @@ impl Runtime {
         let selection = select(&config, &annotations, || probe_kvm(&RealHost))?;
         log::info!(id = req.id.as_str(), backend:? = selection.backend, reason = selection.reason.as_str(); "backend selected");
         if let Backend::Vm { .. } = selection.backend {
-            return Err(Error::VmUnavailable { reason: selection.reason });
+            return Err(Error::VmUnavailable {
+                reason: selection.reason,
+            });
         }
 
         let dirs = ContainerDirs::new(&config.runtime.state_dir, &self.inner.namespace, &req.id);
@@ -265,7 +311,10 @@ impl Runtime {
             *mounted = Some(target);
         }
         hardening::harden(spec, &req.bundle, &config.container)?;
-        let terminal = spec.process().as_ref().is_some_and(|p| p.terminal().unwrap_or(false));
+        let terminal = spec
+            .process()
+            .as_ref()
+            .is_some_and(|p| p.terminal().unwrap_or(false));
         if terminal != req.stdio.terminal {
             log::warn!(id = req.id.as_str(); "spec terminal and request terminal differ; using the request's");
         }
@@ -282,7 +331,8 @@ impl Runtime {
         let own_pid_ns = linux
             .and_then(|l| l.namespaces().as_ref())
             .is_some_and(|ns| {
-                ns.iter().any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_none())
+                ns.iter()
+                    .any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_none())
             });
 
         let (io, mut child) = ProcessIo::new(&req.stdio, &dirs.state, "init")?;
@@ -290,7 +340,13 @@ impl Runtime {
         let created = self
             .inner
             .linux
-            .create(dirs, &req.id, req.systemd_cgroup, child.console_socket.clone(), std::mem::take(&mut child.fds))
+            .create(
+                dirs,
+                &req.id,
+                req.systemd_cgroup,
+                child.console_socket.clone(),
+                std::mem::take(&mut child.fds),
+            )
             .await;
         let pid = match created {
             Ok(pid) => pid,
@@ -303,7 +359,10 @@ impl Runtime {
             }
         };
         if let Some(c) = console {
-            let res = c.await.map_err(|e| Error::Backend(e.to_string())).and_then(|r| r);
+            let res = c
+                .await
+                .map_err(|e| Error::Backend(e.to_string()))
+                .and_then(|r| r);
             if let Err(e) = res {
                 io.shutdown();
                 return Err(e);
@@ -357,7 +416,11 @@ impl Runtime {
             if proc.exec_id.is_empty() {
                 rt.settle_execs(&container).await;
             }
-            let info = ExitInfo { pid: pid as u32, code: code as u32, at };
+            let info = ExitInfo {
+                pid: pid as u32,
+                code: code as u32,
+                at,
+            };
             {
                 let mut state = proc.state.lock().expect("state lock");
                 *state = ProcState::Stopped(info);
@@ -387,7 +450,11 @@ impl Runtime {
             return;
         }
         if !c.own_pid_ns {
-            let _ = self.inner.linux.kill_all(&c.dirs, &c.id, libc::SIGKILL).await;
+            let _ = self
+                .inner
+                .linux
+                .kill_all(&c.dirs, &c.id, libc::SIGKILL)
+                .await;
         }
         for p in running {
             let _ = tokio::time::timeout(EXIT_GRACE, p.wait_exit()).await;
@@ -409,25 +476,33 @@ impl Runtime {
                 return Err(e);
             }
             *p.state.lock().expect("state lock") = ProcState::Running;
-            self.emit(Event::Start { id: id.into(), pid: p.pid() });
+            self.emit(Event::Start {
+                id: id.into(),
+                pid: p.pid(),
+            });
             p.open_gate();
             return Ok(p.pid());
         }
         if c.init.state() != ProcState::Running {
-            return Err(Error::FailedPrecondition(format!("container {id} is not running")));
+            return Err(Error::FailedPrecondition(format!(
+                "container {id} is not running"
+            )));
         }
         let spec_file = c.dirs.state.join(format!("exec-{exec_id}.json"));
-        let mut child = p
-            .child
-            .lock()
-            .expect("child lock")
-            .take()
-            .ok_or_else(|| Error::FailedPrecondition(format!("exec {exec_id} was already started")))?;
+        let mut child = p.child.lock().expect("child lock").take().ok_or_else(|| {
+            Error::FailedPrecondition(format!("exec {exec_id} was already started"))
+        })?;
         let console = p.io.attach_console(&mut child, &p.stdio);
         let started = self
             .inner
             .linux
-            .exec(&c.dirs, id, &spec_file, child.console_socket.clone(), std::mem::take(&mut child.fds))
+            .exec(
+                &c.dirs,
+                id,
+                &spec_file,
+                child.console_socket.clone(),
+                std::mem::take(&mut child.fds),
+            )
             .await;
         let _ = std::fs::remove_file(&spec_file);
         let pid = match started {
@@ -447,7 +522,11 @@ impl Runtime {
         *p.pid.lock().expect("pid lock") = pid as u32;
         *p.state.lock().expect("state lock") = ProcState::Running;
         self.spawn_exit_watch(c.clone(), p.clone(), pid);
-        self.emit(Event::ExecStarted { id: id.into(), exec_id: exec_id.into(), pid: pid as u32 });
+        self.emit(Event::ExecStarted {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            pid: pid as u32,
+        });
         p.open_gate();
         Ok(pid as u32)
     }
@@ -464,7 +543,9 @@ impl Runtime {
             return Err(Error::InvalidArgument("exec id must not be empty".into()));
         }
         if c.init.state() != ProcState::Running {
-            return Err(Error::FailedPrecondition(format!("container {id} is not running")));
+            return Err(Error::FailedPrecondition(format!(
+                "container {id} is not running"
+            )));
         }
         if c.execs.lock().expect("execs lock").contains_key(exec_id) {
             return Err(Error::AlreadyExists(format!("exec {exec_id}")));
@@ -487,8 +568,14 @@ impl Runtime {
         let (io, child) = ProcessIo::new(&stdio, &c.dirs.state, &name)?;
         let p = Process::new(exec_id, stdio, io, 0);
         *p.child.lock().expect("child lock") = Some(child);
-        c.execs.lock().expect("execs lock").insert(exec_id.into(), p);
-        self.emit(Event::ExecAdded { id: id.into(), exec_id: exec_id.into() });
+        c.execs
+            .lock()
+            .expect("execs lock")
+            .insert(exec_id.into(), p);
+        self.emit(Event::ExecAdded {
+            id: id.into(),
+            exec_id: exec_id.into(),
+        });
         Ok(())
     }
 
@@ -497,10 +584,14 @@ impl Runtime {
         let p = c.process(exec_id)?;
         match p.state() {
             ProcState::Stopped(_) => {
-                return Err(Error::NotFound(format!("process {id}/{exec_id}: already finished")));
+                return Err(Error::NotFound(format!(
+                    "process {id}/{exec_id}: already finished"
+                )));
             }
             ProcState::Created if !exec_id.is_empty() => {
-                return Err(Error::FailedPrecondition(format!("exec {exec_id} was not started")));
+                return Err(Error::FailedPrecondition(format!(
+                    "exec {exec_id} was not started"
+                )));
             }
             _ => {}
         }
@@ -527,10 +618,16 @@ impl Runtime {
         if !exec_id.is_empty() {
             let info = match p.state() {
                 ProcState::Running => {
-                    return Err(Error::FailedPrecondition(format!("exec {exec_id} is still running")));
+                    return Err(Error::FailedPrecondition(format!(
+                        "exec {exec_id} is still running"
+                    )));
                 }
                 ProcState::Stopped(info) => info,
-                ProcState::Created => ExitInfo { pid: 0, code: 0, at: SystemTime::now() },
+                ProcState::Created => ExitInfo {
+                    pid: 0,
+                    code: 0,
+                    at: SystemTime::now(),
+                },
             };
             p.io.shutdown();
             c.execs.lock().expect("execs lock").remove(exec_id);
@@ -538,7 +635,9 @@ impl Runtime {
         }
         let info = match p.state() {
             ProcState::Running => {
-                return Err(Error::FailedPrecondition(format!("container {id} is still running")));
+                return Err(Error::FailedPrecondition(format!(
+                    "container {id} is still running"
+                )));
             }
             ProcState::Stopped(info) => info,
             ProcState::Created => {
@@ -547,7 +646,11 @@ impl Runtime {
                 self.inner.linux.delete(&c.dirs, id).await?;
                 tokio::time::timeout(EXIT_GRACE, p.wait_exit())
                     .await
-                    .unwrap_or(ExitInfo { pid: p.pid(), code: 137, at: SystemTime::now() })
+                    .unwrap_or(ExitInfo {
+                        pid: p.pid(),
+                        code: 137,
+                        at: SystemTime::now(),
+                    })
             }
         };
         for e in c.execs.lock().expect("execs lock").drain() {
@@ -559,8 +662,15 @@ impl Runtime {
             mounts::unmount_all(target)?;
         }
         let _ = std::fs::remove_dir_all(&c.dirs.state);
-        self.inner.containers.lock().expect("containers lock").remove(id);
-        self.emit(Event::Delete { id: id.into(), info });
+        self.inner
+            .containers
+            .lock()
+            .expect("containers lock")
+            .remove(id);
+        self.emit(Event::Delete {
+            id: id.into(),
+            info,
+        });
         Ok(info)
     }
 
@@ -615,7 +725,9 @@ impl Runtime {
     pub async fn set_paused(&self, id: &str, paused: bool) -> Result<()> {
         let c = self.container(id)?;
         if c.init.state() != ProcState::Running {
-            return Err(Error::FailedPrecondition(format!("container {id} is not running")));
+            return Err(Error::FailedPrecondition(format!(
+                "container {id} is not running"
+            )));
         }
         self.inner.linux.set_paused(&c.dirs, id, paused).await?;
         *c.paused.lock().expect("paused lock") = paused;
@@ -658,7 +770,10 @@ impl Runtime {
     }
 
     pub fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
-        self.container(id)?.process(exec_id)?.io.resize(width, height)
+        self.container(id)?
+            .process(exec_id)?
+            .io
+            .resize(width, height)
     }
 
     pub fn close_io(&self, id: &str, exec_id: &str) -> Result<()> {

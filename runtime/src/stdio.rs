@@ -78,7 +78,11 @@ impl ProcessIo {
                 .map_err(Error::io(format!("bind console socket {}", sock.display())))?;
             return Ok((
                 io,
-                ChildIo { fds: [None, None, None], console_socket: Some(sock), console: Some(listener) },
+                ChildIo {
+                    fds: [None, None, None],
+                    console_socket: Some(sock),
+                    console: Some(listener),
+                },
             ));
         }
         let mut fds: [Option<OwnedFd>; 3] = [None, None, None];
@@ -87,9 +91,13 @@ impl ProcessIo {
             fds[0] = Some(r);
             let close = io.stdin_close.clone();
             let task = tokio::spawn(async move {
-                let Ok(fifo) = open_fifo(stdin, false).await else { return };
-                let (Ok(src), Ok(dst)) = (pipe::Receiver::from_file(fifo), pipe::Sender::from_owned_fd(w))
-                else {
+                let Ok(fifo) = open_fifo(stdin, false).await else {
+                    return;
+                };
+                let (Ok(src), Ok(dst)) = (
+                    pipe::Receiver::from_file(fifo),
+                    pipe::Sender::from_owned_fd(w),
+                ) else {
                     return;
                 };
                 copy_until_closed(src, dst, close).await;
@@ -104,7 +112,9 @@ impl ProcessIo {
             fds[i] = Some(w);
             let path = PathBuf::from(path);
             let task = tokio::spawn(async move {
-                let Ok(src) = pipe::Receiver::from_owned_fd(r) else { return };
+                let Ok(src) = pipe::Receiver::from_owned_fd(r) else {
+                    return;
+                };
                 match open_fifo(path, true).await {
                     Ok(fifo) => match pipe::Sender::from_file(fifo) {
                         Ok(dst) => copy_all(src, dst).await,
@@ -118,12 +128,23 @@ impl ProcessIo {
             });
             io.output.lock().expect("io lock").push(task);
         }
-        Ok((io, ChildIo { fds, console_socket: None, console: None }))
+        Ok((
+            io,
+            ChildIo {
+                fds,
+                console_socket: None,
+                console: None,
+            },
+        ))
     }
 
     /// With a TTY: accept the PTY master the container sends and start copying.
     /// Call while (or after) the helper creates the process.
-    pub fn attach_console(&self, child: &mut ChildIo, paths: &StdioPaths) -> Option<JoinHandle<Result<()>>> {
+    pub fn attach_console(
+        &self,
+        child: &mut ChildIo,
+        paths: &StdioPaths,
+    ) -> Option<JoinHandle<Result<()>>> {
         let listener = child.console.take()?;
         let master_slot = self.master.clone();
         let close = self.stdin_close.clone();
@@ -133,10 +154,14 @@ impl ProcessIo {
         let task = tokio::spawn(async move {
             let (stream, _) = tokio::time::timeout(Duration::from_secs(30), listener.accept())
                 .await
-                .map_err(|_| Error::Backend("timed out waiting for the container's console".into()))?
+                .map_err(|_| {
+                    Error::Backend("timed out waiting for the container's console".into())
+                })?
                 .map_err(Error::io("accept console"))?;
             let stream = stream.into_std().map_err(Error::io("console stream"))?;
-            stream.set_nonblocking(false).map_err(Error::io("console stream"))?;
+            stream
+                .set_nonblocking(false)
+                .map_err(Error::io("console stream"))?;
             let master = tokio::task::spawn_blocking(move || receive_fd(stream.as_raw_fd()))
                 .await
                 .map_err(|e| Error::Backend(e.to_string()))??;
@@ -145,8 +170,12 @@ impl ProcessIo {
             *master_slot.lock().expect("master lock") = Some(master);
             if let Some(stdin) = stdin {
                 tokio::spawn(async move {
-                    let Ok(fifo) = open_fifo(stdin, false).await else { return };
-                    let Ok(src) = pipe::Receiver::from_file(fifo) else { return };
+                    let Ok(fifo) = open_fifo(stdin, false).await else {
+                        return;
+                    };
+                    let Ok(src) = pipe::Receiver::from_file(fifo) else {
+                        return;
+                    };
                     copy_until_closed(src, tokio::fs::File::from_std(writer), close).await;
                 });
             }
@@ -164,10 +193,10 @@ impl ProcessIo {
                         Ok(0) | Err(_) => break,
                         Ok(n) => n,
                     };
-                    if let Some(d) = dst.as_mut() {
-                        if d.write_all(&buf[..n]).await.is_err() {
-                            dst = None;
-                        }
+                    if let Some(d) = dst.as_mut()
+                        && d.write_all(&buf[..n]).await.is_err()
+                    {
+                        dst = None;
                     }
                 }
                 if let Some(mut d) = dst {
@@ -301,12 +330,14 @@ fn receive_fd(sock: i32) -> Result<OwnedFd> {
     let mut space = nix::cmsg_space!([i32; 1]);
     let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
     for cmsg in msg.cmsgs().map_err(Error::from)? {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            if let Some(fd) = fds.first() {
-                // SAFETY: the kernel just installed this fd in our table for us.
-                return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
-            }
+        if let ControlMessageOwned::ScmRights(fds) = cmsg
+            && let Some(fd) = fds.first()
+        {
+            // SAFETY: the kernel just installed this fd in our table for us.
+            return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
         }
     }
-    Err(Error::Backend("console socket carried no PTY master".into()))
+    Err(Error::Backend(
+        "console socket carried no PTY master".into(),
+    ))
 }

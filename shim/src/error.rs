@@ -49,8 +49,17 @@ mod tests {
     fn codes_follow_containerd_expectations() {
         assert_eq!(code(Error::NotFound("x".into())), Code::NOT_FOUND);
         assert_eq!(code(Error::AlreadyExists("x".into())), Code::ALREADY_EXISTS);
-        assert_eq!(code(Error::Unimplemented("Checkpoint")), Code::UNIMPLEMENTED);
-        assert_eq!(code(Error::FailedPrecondition("x".into())), Code::FAILED_PRECONDITION);
-        assert_eq!(code(Error::InvalidArgument("x".into())), Code::INVALID_ARGUMENT);
+        assert_eq!(
+            code(Error::Unimplemented("Checkpoint")),
+            Code::UNIMPLEMENTED
+        );
+        assert_eq!(
+            code(Error::FailedPrecondition("x".into())),
+            Code::FAILED_PRECONDITION
+        );
+        assert_eq!(
+            code(Error::InvalidArgument("x".into())),
+            Code::INVALID_ARGUMENT
+        );
     }
 }

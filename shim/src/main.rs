@@ -15,7 +15,10 @@ fn main() {
     if args.get(1).map(String::as_str) == Some(stockade_runtime::linux::helper::HELPER_ARG) {
         std::process::exit(stockade_runtime::linux::helper::main(&args[2..]));
     }
-    if args.iter().any(|a| a == "-v" || a == "--version" || a == "-version") {
+    if args
+        .iter()
+        .any(|a| a == "-v" || a == "--version" || a == "-version")
+    {
         println!(
             "{}:\n  Version: {}\n  Revision: {}",
             args[0],

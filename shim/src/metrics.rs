@@ -29,10 +29,22 @@ fn to_v1(m: &Metrics) -> v1::Metrics {
             .collect()
     };
     let entry = |usage, max, limit, failcnt| {
-        Some(v1::MemoryEntry { usage, max, limit, failcnt, ..Default::default() }).into()
+        Some(v1::MemoryEntry {
+            usage,
+            max,
+            limit,
+            failcnt,
+            ..Default::default()
+        })
+        .into()
     };
     v1::Metrics {
-        pids: Some(v1::PidsStat { current: m.pids_current, limit: m.pids_limit, ..Default::default() }).into(),
+        pids: Some(v1::PidsStat {
+            current: m.pids_current,
+            limit: m.pids_limit,
+            ..Default::default()
+        })
+        .into(),
         cpu: Some(v1::CPUStat {
             usage: Some(v1::CPUUsage {
                 total: m.cpu_total_ns,
@@ -102,7 +114,12 @@ fn to_v1(m: &Metrics) -> v1::Metrics {
 
 fn to_v2(m: &Metrics) -> v2::Metrics {
     v2::Metrics {
-        pids: Some(v2::PidsStat { current: m.pids_current, limit: m.pids_limit, ..Default::default() }).into(),
+        pids: Some(v2::PidsStat {
+            current: m.pids_current,
+            limit: m.pids_limit,
+            ..Default::default()
+        })
+        .into(),
         cpu: Some(v2::CPUStat {
             usage_usec: m.cpu_total_ns / 1000,
             user_usec: m.cpu_user_ns / 1000,
@@ -150,11 +167,15 @@ mod tests {
     fn type_urls_are_the_ones_containerd_decodes() {
         let m = Metrics::default();
         assert_eq!(
-            to_message(CgroupVersion::V1, &m).descriptor_dyn().full_name(),
+            to_message(CgroupVersion::V1, &m)
+                .descriptor_dyn()
+                .full_name(),
             "io.containerd.cgroups.v1.Metrics"
         );
         assert_eq!(
-            to_message(CgroupVersion::V2, &m).descriptor_dyn().full_name(),
+            to_message(CgroupVersion::V2, &m)
+                .descriptor_dyn()
+                .full_name(),
             "io.containerd.cgroups.v2.Metrics"
         );
     }

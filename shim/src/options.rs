@@ -37,15 +37,23 @@ fn decode_runtimeoptions(bytes: &[u8]) -> Result<ConfigSource, String> {
 }
 
 pub fn parse(any: Option<&Any>) -> Result<RuntimeOptions, String> {
-    let Some(any) = any else { return Ok(RuntimeOptions::default()) };
+    let Some(any) = any else {
+        return Ok(RuntimeOptions::default());
+    };
     let url = any.type_url.as_str();
     if url.is_empty() && any.value.is_empty() {
         return Ok(RuntimeOptions::default());
     }
     if url.ends_with("runtimeoptions.v1.Options") {
-        return Ok(RuntimeOptions { config: decode_runtimeoptions(&any.value)?, ..Default::default() });
+        return Ok(RuntimeOptions {
+            config: decode_runtimeoptions(&any.value)?,
+            ..Default::default()
+        });
     }
-    if url.ends_with("containerd.runc.v1.Options") || url.ends_with("io.containerd.runc.v2.Options") || url.ends_with("runc.v1.Options") {
+    if url.ends_with("containerd.runc.v1.Options")
+        || url.ends_with("io.containerd.runc.v2.Options")
+        || url.ends_with("runc.v1.Options")
+    {
         let o = RuncOptions::parse_from_bytes(&any.value).map_err(|e| e.to_string())?;
         return Ok(RuntimeOptions {
             config: ConfigSource::default(),
@@ -80,13 +88,20 @@ mod tests {
             os.write_string(3, body).unwrap();
             os.flush().unwrap();
         }
-        Any { type_url: "runtimeoptions.v1.Options".into(), value: buf, ..Default::default() }
+        Any {
+            type_url: "runtimeoptions.v1.Options".into(),
+            value: buf,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn reads_config_path_and_body() {
         let o = parse(Some(&runtimeoptions("/etc/x.toml", "[runtime]"))).unwrap();
-        assert_eq!(o.config.path.as_deref(), Some(std::path::Path::new("/etc/x.toml")));
+        assert_eq!(
+            o.config.path.as_deref(),
+            Some(std::path::Path::new("/etc/x.toml"))
+        );
         assert_eq!(o.config.body.as_deref(), Some("[runtime]"));
     }
 
@@ -105,7 +120,11 @@ mod tests {
     #[test]
     fn none_and_unknown_are_defaults() {
         assert_eq!(parse(None).unwrap(), RuntimeOptions::default());
-        let any = Any { type_url: "x.y.Z".into(), value: vec![1, 2, 3], ..Default::default() };
+        let any = Any {
+            type_url: "x.y.Z".into(),
+            value: vec![1, 2, 3],
+            ..Default::default()
+        };
         assert_eq!(parse(Some(&any)).unwrap(), RuntimeOptions::default());
     }
 }

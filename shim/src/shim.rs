@@ -41,7 +41,8 @@ impl ShimTrait for Shim {
     type T = TaskService;
 
     async fn new(_runtime_id: &str, args: &Flags, config: &mut ShimConfig) -> Self {
-        config.default_log_level = std::env::var("STOCKADE_LOG_LEVEL").unwrap_or_else(|_| "info".into());
+        config.default_log_level =
+            std::env::var("STOCKADE_LOG_LEVEL").unwrap_or_else(|_| "info".into());
         let exits = Exits::default();
         forward_exits(exits.clone()).await;
         Shim {
@@ -60,7 +61,8 @@ impl ShimTrait for Shim {
     }
 
     async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
-        let bundle = std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
+        let bundle =
+            std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
         let source = crate::task::saved_config_source(&bundle);
         let config = Config::load(&source).unwrap_or_default();
         let (runtime, _events) = Runtime::new(&self.namespace, self.exits.clone());

@@ -42,7 +42,14 @@ pub fn start(opts: &StartOpts) -> Result<String> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .args(["-namespace", &opts.namespace, "-id", &opts.id, "-address", &opts.address])
+        .args([
+            "-namespace",
+            &opts.namespace,
+            "-id",
+            &opts.id,
+            "-address",
+            &opts.address,
+        ])
         .args(["-socket", &address]);
     if opts.debug {
         cmd.arg("-debug");
@@ -76,9 +83,14 @@ fn adjust_oom_score(pid: u32) {
     let Ok(score) = std::fs::read_to_string(format!("/proc/{parent}/oom_score_adj")) else {
         return;
     };
-    let Ok(score) = score.trim().parse::<i64>() else { return };
+    let Ok(score) = score.trim().parse::<i64>() else {
+        return;
+    };
     if score < 1000 {
-        let _ = std::fs::write(format!("/proc/{pid}/oom_score_adj"), (score + 1).to_string());
+        let _ = std::fs::write(
+            format!("/proc/{pid}/oom_score_adj"),
+            (score + 1).to_string(),
+        );
     }
 }
 

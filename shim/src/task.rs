@@ -63,7 +63,11 @@ fn status(s: Status) -> PbStatus {
 
 #[async_trait]
 impl Task for TaskService {
-    async fn create(&self, _ctx: &TtrpcContext, req: CreateTaskRequest) -> ttrpc::Result<CreateTaskResponse> {
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateTaskRequest,
+    ) -> ttrpc::Result<CreateTaskResponse> {
         log::info!(id = req.id.as_str(), bundle = req.bundle.as_str(); "create");
         if !req.checkpoint.is_empty() {
             return Err(Error::Unimplemented("restore from checkpoint")).rpc();
@@ -85,7 +89,11 @@ impl Task for TaskService {
                 rootfs: req
                     .rootfs
                     .iter()
-                    .map(|m| Mount { kind: m.type_.clone(), source: m.source.clone(), options: m.options.clone() })
+                    .map(|m| Mount {
+                        kind: m.type_.clone(),
+                        source: m.source.clone(),
+                        options: m.options.clone(),
+                    })
                     .collect(),
                 stdio: StdioPaths {
                     stdin: req.stdin.clone(),
@@ -98,16 +106,26 @@ impl Task for TaskService {
             })
             .await
             .rpc()?;
-        Ok(CreateTaskResponse { pid, ..Default::default() })
+        Ok(CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
     }
 
     async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
         let pid = self.runtime.start(&req.id, &req.exec_id).await.rpc()?;
-        Ok(StartResponse { pid, ..Default::default() })
+        Ok(StartResponse {
+            pid,
+            ..Default::default()
+        })
     }
 
     async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<Empty> {
-        let spec = req.spec.as_ref().map(|a| a.value.clone()).unwrap_or_default();
+        let spec = req
+            .spec
+            .as_ref()
+            .map(|a| a.value.clone())
+            .unwrap_or_default();
         self.runtime
             .exec(
                 &req.id,
@@ -126,7 +144,10 @@ impl Task for TaskService {
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> ttrpc::Result<Empty> {
-        self.runtime.kill(&req.id, &req.exec_id, req.signal, req.all).await.rpc()?;
+        self.runtime
+            .kill(&req.id, &req.exec_id, req.signal, req.all)
+            .await
+            .rpc()?;
         Ok(Empty::new())
     }
 
@@ -139,7 +160,11 @@ impl Task for TaskService {
         })
     }
 
-    async fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> ttrpc::Result<DeleteResponse> {
+    async fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: DeleteRequest,
+    ) -> ttrpc::Result<DeleteResponse> {
         let info = self.runtime.delete(&req.id, &req.exec_id).await.rpc()?;
         Ok(DeleteResponse {
             pid: info.pid,
@@ -172,7 +197,10 @@ impl Task for TaskService {
         let processes = pids
             .into_iter()
             .map(|(pid, exec_id)| {
-                let mut info = ProcessInfo { pid, ..Default::default() };
+                let mut info = ProcessInfo {
+                    pid,
+                    ..Default::default()
+                };
                 if let Some(exec_id) = exec_id {
                     // containerd reads the exec id from a ProcessDetails Any.
                     let mut details = containerd_shim_protos::shim::oci::ProcessDetails::new();
@@ -182,7 +210,10 @@ impl Task for TaskService {
                 info
             })
             .collect();
-        Ok(PidsResponse { processes, ..Default::default() })
+        Ok(PidsResponse {
+            processes,
+            ..Default::default()
+        })
     }
 
     async fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> ttrpc::Result<Empty> {
@@ -195,7 +226,11 @@ impl Task for TaskService {
         Ok(Empty::new())
     }
 
-    async fn checkpoint(&self, _ctx: &TtrpcContext, _req: CheckpointTaskRequest) -> ttrpc::Result<Empty> {
+    async fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: CheckpointTaskRequest,
+    ) -> ttrpc::Result<Empty> {
         Err(Error::Unimplemented("Checkpoint")).rpc()
     }
 
@@ -204,17 +239,26 @@ impl Task for TaskService {
         let any = convert_to_any(crate::metrics::to_message(version, &m))
             .map_err(|e| Error::Backend(e.to_string()))
             .rpc()?;
-        Ok(StatsResponse { stats: Some(any).into(), ..Default::default() })
+        Ok(StatsResponse {
+            stats: Some(any).into(),
+            ..Default::default()
+        })
     }
 
     async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> ttrpc::Result<Empty> {
-        let resources = req.resources.as_ref().map(|a| a.value.clone()).unwrap_or_default();
+        let resources = req
+            .resources
+            .as_ref()
+            .map(|a| a.value.clone())
+            .unwrap_or_default();
         self.runtime.update(&req.id, &resources).await.rpc()?;
         Ok(Empty::new())
     }
 
     async fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> ttrpc::Result<Empty> {
-        self.runtime.resize_pty(&req.id, &req.exec_id, req.width, req.height).rpc()?;
+        self.runtime
+            .resize_pty(&req.id, &req.exec_id, req.width, req.height)
+            .rpc()?;
         Ok(Empty::new())
     }
 
@@ -225,7 +269,11 @@ impl Task for TaskService {
         Ok(Empty::new())
     }
 
-    async fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> ttrpc::Result<ConnectResponse> {
+    async fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ConnectRequest,
+    ) -> ttrpc::Result<ConnectResponse> {
         let task_pid = self.runtime.state(&req.id, "").map(|s| s.pid).unwrap_or(0);
         Ok(ConnectResponse {
             shim_pid: std::process::id(),

@@ -33,10 +33,8 @@ pub fn harden(spec: &mut Spec, bundle: &Path, cfg: &ContainerConfig) -> Result<(
         ));
     }
 
-    if cfg.no_new_privileges {
-        if let Some(process) = spec.process_mut() {
-            process.set_no_new_privileges(Some(true));
-        }
+    if let (true, Some(process)) = (cfg.no_new_privileges, spec.process_mut()) {
+        process.set_no_new_privileges(Some(true));
     }
 
     let linux = spec.linux_mut().get_or_insert_with(Default::default);
@@ -46,10 +44,8 @@ pub fn harden(spec: &mut Spec, bundle: &Path, cfg: &ContainerConfig) -> Result<(
     if linux.seccomp().is_none() && cfg.default_seccomp && !privileged {
         linux.set_seccomp(Some(seccomp::default_profile()?));
     }
-    if cfg.extra_seccomp_deny && !privileged {
-        if let Some(profile) = linux.seccomp_mut() {
-            seccomp::apply_extra_deny(profile)?;
-        }
+    if let (true, Some(profile)) = (cfg.extra_seccomp_deny && !privileged, linux.seccomp_mut()) {
+        seccomp::apply_extra_deny(profile)?;
     }
 
     if !privileged {
@@ -70,7 +66,9 @@ pub fn harden(spec: &mut Spec, bundle: &Path, cfg: &ContainerConfig) -> Result<(
     }
 
     if cfg.default_pids_limit > 0 {
-        let resources = linux.resources_mut().get_or_insert_with(LinuxResources::default);
+        let resources = linux
+            .resources_mut()
+            .get_or_insert_with(LinuxResources::default);
         if resources.pids().is_none() {
             let pids = LinuxPidsBuilder::default()
                 .limit(cfg.default_pids_limit)
@@ -151,13 +149,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut spec = spec_with_root(dir.path());
         harden(&mut spec, dir.path(), &ContainerConfig::default()).unwrap();
-        assert_eq!(spec.process().as_ref().unwrap().no_new_privileges(), Some(true));
+        assert_eq!(
+            spec.process().as_ref().unwrap().no_new_privileges(),
+            Some(true)
+        );
         let linux = spec.linux().as_ref().unwrap();
         let sc = linux.seccomp().as_ref().unwrap();
         assert_eq!(sc.default_action(), LinuxSeccompAction::ScmpActErrno);
-        assert!(linux.masked_paths().as_ref().unwrap().contains(&"/proc/kcore".to_string()));
+        assert!(
+            linux
+                .masked_paths()
+                .as_ref()
+                .unwrap()
+                .contains(&"/proc/kcore".to_string())
+        );
         assert_eq!(
-            linux.resources().as_ref().unwrap().pids().as_ref().unwrap().limit(),
+            linux
+                .resources()
+                .as_ref()
+                .unwrap()
+                .pids()
+                .as_ref()
+                .unwrap()
+                .limit(),
             4096
         );
     }
@@ -178,7 +192,13 @@ mod tests {
         harden(&mut spec, dir.path(), &cfg).unwrap();
         let linux = spec.linux().as_ref().unwrap();
         assert!(linux.seccomp().is_none());
-        assert!(linux.resources().as_ref().and_then(|r| r.pids().as_ref()).is_none());
+        assert!(
+            linux
+                .resources()
+                .as_ref()
+                .and_then(|r| r.pids().as_ref())
+                .is_none()
+        );
     }
 
     #[test]
@@ -193,12 +213,14 @@ mod tests {
     fn unknown_mount_type_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let mut spec = spec_with_root(dir.path());
-        spec.set_mounts(Some(vec![MountBuilder::default()
-            .destination("/x")
-            .typ("nosuchfs")
-            .source("/y")
-            .build()
-            .unwrap()]));
+        spec.set_mounts(Some(vec![
+            MountBuilder::default()
+                .destination("/x")
+                .typ("nosuchfs")
+                .source("/y")
+                .build()
+                .unwrap(),
+        ]));
         let err = harden(&mut spec, dir.path(), &ContainerConfig::default()).unwrap_err();
         assert!(err.to_string().contains("unknown mount type"), "{err}");
     }
@@ -209,9 +231,15 @@ mod tests {
         let mut spec = spec_with_root(dir.path());
         let mut caps = oci_spec::runtime::LinuxCapabilities::default();
         caps.set_bounding(Some([Capability::SysAdmin].into_iter().collect()));
-        spec.process_mut().as_mut().unwrap().set_capabilities(Some(caps));
+        spec.process_mut()
+            .as_mut()
+            .unwrap()
+            .set_capabilities(Some(caps));
         assert!(harden(&mut spec.clone(), dir.path(), &ContainerConfig::default()).is_err());
-        let cfg = ContainerConfig { allow_privileged: true, ..Default::default() };
+        let cfg = ContainerConfig {
+            allow_privileged: true,
+            ..Default::default()
+        };
         harden(&mut spec, dir.path(), &cfg).unwrap();
     }
 }

@@ -64,9 +64,26 @@ pub struct Response {
     pub error: Option<String>,
 }
 
+/// Which binary a helper runs from.
+pub enum HelperExe {
+    /// A sealed memfd copy: for calls that run code inside the container.
+    Sealed(SealedExe),
+    /// The shim's own binary: for calls that act from the host side only.
+    Host,
+}
+
+impl HelperExe {
+    fn path(&self) -> PathBuf {
+        match self {
+            HelperExe::Sealed(s) => s.path(),
+            HelperExe::Host => PathBuf::from("/proc/self/exe"),
+        }
+    }
+}
+
 /// Run one request in a helper process (shim side).
 pub async fn run(
-    exe: &SealedExe,
+    exe: &HelperExe,
     exits: &Exits,
     scratch: &Path,
     req: &Request,
@@ -99,7 +116,9 @@ pub async fn run(
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(Error::io("spawn libcontainer helper"))?;
+    let child = cmd
+        .spawn()
+        .map_err(Error::io("spawn libcontainer helper"))?;
     // Our copies of the container's stdio must close, or readers never see EOF.
     drop(stdio);
     let code = exits.wait(child.id() as i32).await;
@@ -107,7 +126,9 @@ pub async fn run(
     let _ = std::fs::remove_file(&resp_path);
     let resp: Response = serde_json::from_str(&text).unwrap_or_else(|_| Response {
         pid: None,
-        error: Some(format!("libcontainer helper exited with status {code} and no answer")),
+        error: Some(format!(
+            "libcontainer helper exited with status {code} and no answer"
+        )),
     });
     if let Some(err) = resp.error {
         return Err(Error::Backend(err));
@@ -124,9 +145,15 @@ pub fn main(args: &[String]) -> i32 {
     let resp = match serde_json::from_str::<Request>(json) {
         Ok(req) => match handle(req) {
             Ok(pid) => Response { pid, error: None },
-            Err(e) => Response { pid: None, error: Some(e) },
+            Err(e) => Response {
+                pid: None,
+                error: Some(e),
+            },
         },
-        Err(e) => Response { pid: None, error: Some(format!("bad helper request: {e}")) },
+        Err(e) => Response {
+            pid: None,
+            error: Some(format!("bad helper request: {e}")),
+        },
     };
     let ok = resp.error.is_none();
     let text = serde_json::to_string(&resp).unwrap_or_default();
@@ -178,7 +205,14 @@ fn stdio_fds(present: [bool; 3]) -> std::result::Result<[OwnedFd; 3], String> {
 
 fn handle(req: Request) -> std::result::Result<Option<i32>, String> {
     match req {
-        Request::Create { id, bundle, root, systemd, console_socket, stdio } => {
+        Request::Create {
+            id,
+            bundle,
+            root,
+            systemd,
+            console_socket,
+            stdio,
+        } => {
             let container = builder(&id, &root, console_socket, stdio)?
                 .validate_id()
                 .map_err(|e| e.to_string())?
@@ -191,10 +225,17 @@ fn handle(req: Request) -> std::result::Result<Option<i32>, String> {
         }
         Request::Start { id, root } => {
             let mut c = Container::load(root.join(&id)).map_err(|e| e.to_string())?;
-            c.start().map_err(|e| format!("start container {id}: {e}"))?;
+            c.start()
+                .map_err(|e| format!("start container {id}: {e}"))?;
             Ok(None)
         }
-        Request::Exec { id, root, process, console_socket, stdio } => {
+        Request::Exec {
+            id,
+            root,
+            process,
+            console_socket,
+            stdio,
+        } => {
             let pid = builder(&id, &root, console_socket, stdio)?
                 .as_tenant()
                 .with_process(Some(process))
@@ -203,10 +244,16 @@ fn handle(req: Request) -> std::result::Result<Option<i32>, String> {
                 .map_err(|e| format!("exec in container {id}: {e}"))?;
             Ok(Some(pid.as_raw()))
         }
-        Request::Kill { id, root, signal, all } => {
+        Request::Kill {
+            id,
+            root,
+            signal,
+            all,
+        } => {
             let mut c = Container::load(root.join(&id)).map_err(|e| e.to_string())?;
             let sig = Signal::try_from(signal).map_err(|e| e.to_string())?;
-            c.kill(sig, all).map_err(|e| format!("kill container {id}: {e}"))?;
+            c.kill(sig, all)
+                .map_err(|e| format!("kill container {id}: {e}"))?;
             Ok(None)
         }
         Request::Delete { id, root, force } => {
@@ -215,7 +262,8 @@ fn handle(req: Request) -> std::result::Result<Option<i32>, String> {
                 return Ok(None);
             }
             let mut c = Container::load(dir).map_err(|e| e.to_string())?;
-            c.delete(force).map_err(|e| format!("delete container {id}: {e}"))?;
+            c.delete(force)
+                .map_err(|e| format!("delete container {id}: {e}"))?;
             Ok(None)
         }
     }

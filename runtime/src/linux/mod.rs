@@ -9,11 +9,10 @@ pub mod stats;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::exits::Exits;
-use helper::Request;
+use helper::{HelperExe, Request};
 use sealed::SealedExe;
 
 /// Where one container's backend state lives: `<state_dir>/<namespace>/<id>/`.
@@ -39,32 +38,31 @@ impl ContainerDirs {
 
 pub struct LinuxBackend {
     exits: Exits,
-    exe: Mutex<Option<Arc<SealedExe>>>,
 }
 
 impl LinuxBackend {
     pub fn new(exits: Exits) -> LinuxBackend {
-        LinuxBackend { exits, exe: Mutex::new(None) }
+        LinuxBackend { exits }
     }
 
-    fn exe(&self) -> Result<Arc<SealedExe>> {
-        let mut slot = self.exe.lock().expect("exe lock");
-        if let Some(exe) = slot.as_ref() {
-            return Ok(exe.clone());
-        }
-        let exe = Arc::new(SealedExe::new()?);
-        *slot = Some(exe.clone());
-        Ok(exe)
-    }
-
+    /// Create and Exec run libcontainer's init inside the container: they run from a
+    /// sealed copy, made for the call and freed when the helper exits, so a shim keeps
+    /// no copy of its binary in memory. Start, Kill and Delete act from the host side only.
     async fn run(
         &self,
         dirs: &ContainerDirs,
         req: Request,
         stdio: [Option<OwnedFd>; 3],
     ) -> Result<Option<i32>> {
-        let exe = self.exe()?;
-        Ok(helper::run(&exe, &self.exits, &dirs.state, &req, stdio).await?.pid)
+        let enters_container = matches!(req, Request::Create { .. } | Request::Exec { .. });
+        let exe = if enters_container {
+            HelperExe::Sealed(SealedExe::new()?)
+        } else {
+            HelperExe::Host
+        };
+        Ok(helper::run(&exe, &self.exits, &dirs.state, &req, stdio)
+            .await?
+            .pid)
     }
 
     pub async fn create(
@@ -90,7 +88,10 @@ impl LinuxBackend {
     }
 
     pub async fn start(&self, dirs: &ContainerDirs, id: &str) -> Result<()> {
-        let req = Request::Start { id: id.into(), root: dirs.lc_root.clone() };
+        let req = Request::Start {
+            id: id.into(),
+            root: dirs.lc_root.clone(),
+        };
         self.run(dirs, req, [None, None, None]).await.map(|_| ())
     }
 
@@ -116,7 +117,12 @@ impl LinuxBackend {
     }
 
     pub async fn kill_all(&self, dirs: &ContainerDirs, id: &str, signal: i32) -> Result<()> {
-        let req = Request::Kill { id: id.into(), root: dirs.lc_root.clone(), signal, all: true };
+        let req = Request::Kill {
+            id: id.into(),
+            root: dirs.lc_root.clone(),
+            signal,
+            all: true,
+        };
         self.run(dirs, req, [None, None, None]).await.map(|_| ())
     }
 
@@ -125,7 +131,11 @@ impl LinuxBackend {
         if !dirs.lc_root.join(id).exists() {
             return Ok(());
         }
-        let req = Request::Delete { id: id.into(), root: dirs.lc_root.clone(), force: true };
+        let req = Request::Delete {
+            id: id.into(),
+            root: dirs.lc_root.clone(),
+            force: true,
+        };
         self.run(dirs, req, [None, None, None]).await.map(|_| ())
     }
 

@@ -72,20 +72,28 @@ fn watch_v1(efd: OwnedFd, dir: PathBuf, on_oom: impl Fn()) {
 
 fn oom_kills(events: &Path) -> Option<u64> {
     std::fs::read_to_string(events).ok()?.lines().find_map(|l| {
-        l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok())
+        l.strip_prefix("oom_kill ")
+            .and_then(|v| v.trim().parse().ok())
     })
 }
 
 fn watch_v2(dir: PathBuf, on_oom: impl Fn()) {
     use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
     let events = dir.join("memory.events");
-    let Ok(inotify) = Inotify::init(InitFlags::IN_CLOEXEC) else { return };
-    if inotify.add_watch(&events, AddWatchFlags::IN_MODIFY).is_err() {
+    let Ok(inotify) = Inotify::init(InitFlags::IN_CLOEXEC) else {
+        return;
+    };
+    if inotify
+        .add_watch(&events, AddWatchFlags::IN_MODIFY)
+        .is_err()
+    {
         return;
     }
     let mut seen = oom_kills(&events).unwrap_or(0);
     while inotify.read_events().is_ok() {
-        let Some(now) = oom_kills(&events) else { return };
+        let Some(now) = oom_kills(&events) else {
+            return;
+        };
         for _ in seen..now {
             on_oom();
         }

@@ -30,8 +30,10 @@ impl SealedExe {
         let mut out = File::from(fd);
         let mut exe = File::open("/proc/self/exe").map_err(Error::io("open /proc/self/exe"))?;
         std::io::copy(&mut exe, &mut out).map_err(Error::io("copy shim binary to memfd"))?;
-        out.seek(SeekFrom::Start(0)).map_err(Error::io("seek memfd"))?;
-        let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+        out.seek(SeekFrom::Start(0))
+            .map_err(Error::io("seek memfd"))?;
+        let seals =
+            libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
         // SAFETY: F_ADD_SEALS on a memfd we own, with valid seal flags.
         if unsafe { libc::fcntl(out.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
             return Err(Error::io("seal memfd")(std::io::Error::last_os_error()));

@@ -62,7 +62,14 @@ pub fn collect(cgroup_path: &Path, systemd: bool, id: &str) -> Result<Metrics> {
         .map_err(|e| Error::Backend(format!("cgroup stats {}: {e}", cgroup_path.display())))?;
     let io = |v: &Vec<libcgroups::stats::BlkioDeviceStat>| {
         v.iter()
-            .map(|s| (s.major, s.minor, s.op_type.clone().unwrap_or_default(), s.value))
+            .map(|s| {
+                (
+                    s.major,
+                    s.minor,
+                    s.op_type.clone().unwrap_or_default(),
+                    s.value,
+                )
+            })
             .collect()
     };
     Ok(Metrics {
