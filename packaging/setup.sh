@@ -21,7 +21,7 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
 export DEBIAN_FRONTEND=noninteractive
 
 BOOKWORM_PKGS=(
-  runc iproute2 busybox-static ca-certificates curl
+  runc iproute2 busybox-static ca-certificates curl procps bc bsdutils
   build-essential pkg-config protobuf-compiler
   libseccomp-dev libelf-dev libcap-ng-dev
   containernetworking-plugins

@@ -608,6 +608,153 @@ fn docker_bad_input(s: &Suite) -> Result<()> {
     Ok(())
 }
 
+fn events_are_ordered_and_oom_reported(s: &Suite) -> Result<()> {
+    let log = s.ctd.dir.path().join("events.log");
+    let mut events = s
+        .ctd
+        .ctr_cmd()
+        .arg("events")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&log)?)
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let out = s.ctd.run_rm("ev1", &["echo", "hi"]);
+    let oom = s.ctd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--memory-limit",
+        "33554432",
+        IMAGE,
+        "oom1",
+        "sh",
+        "-c",
+        "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo ${#x}",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = events.kill();
+    let _ = events.wait();
+    expect_code(&out, 0, "ev1")?;
+    expect_code(&oom, 137, "OOM-killed container")?;
+    let text = std::fs::read_to_string(&log)?;
+    let topics: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("\"ev1\""))
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("/tasks/")))
+        .collect();
+    let order = [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exit",
+        "/tasks/delete",
+    ];
+    let pos: Vec<Option<usize>> = order
+        .iter()
+        .map(|t| topics.iter().position(|x| x == t))
+        .collect();
+    ensure!(
+        pos.iter().all(Option::is_some),
+        "missing task events for ev1: {topics:?}\n{text}"
+    );
+    ensure!(
+        pos.windows(2).all(|w| w[0] < w[1]),
+        "events out of order: {topics:?}"
+    );
+    ensure!(
+        text.lines()
+            .any(|l| l.contains("/tasks/oom") && l.contains("\"oom1\"")),
+        "no /tasks/oom for oom1:\n{text}"
+    );
+    expect_clean(s, NAMESPACE, "oom1")
+}
+
+fn shim_killed_is_cleaned_up(s: &Suite) -> Result<()> {
+    let id = "crash1";
+    expect_code(
+        &s.ctd.ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            id,
+            "sleep",
+            "1000",
+        ]),
+        0,
+        "run -d",
+    )?;
+    let ls = s.ctd.ctr(&["task", "ls"]);
+    let pid: i32 = ls
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(id))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no pid for {id}: {}", ls.stdout))?;
+    let shim = s
+        .ctd
+        .shims()
+        .into_iter()
+        .find(|l| l.contains(&format!("-id {id} ")))
+        .and_then(|l| {
+            l.split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<i32>().ok())
+        })
+        .ok_or_else(|| anyhow::anyhow!("no shim for {id}: {:?}", s.ctd.shims()))?;
+    // SAFETY: plain kill(2) of the shim process we found.
+    unsafe { libc::kill(shim, libc::SIGKILL) };
+    let mut gone = false;
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(100));
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            gone = true;
+            break;
+        }
+    }
+    let _ = s.ctd.ctr(&["task", "delete", "--force", id]);
+    let _ = s.ctd.ctr(&["container", "delete", id]);
+    ensure!(gone, "container init {pid} survived its shim's death");
+    expect_clean(s, NAMESPACE, id)
+}
+
+fn docker_update_resources(s: &Suite) -> Result<()> {
+    let d = docker_of(s)?;
+    let out = d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "dk2",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "sleep",
+        "1000",
+    ]);
+    expect_code(&out, 0, "docker run -d")?;
+    let full = out.stdout.trim().to_string();
+    let result = (|| -> Result<()> {
+        expect_code(
+            &d.docker(&["update", "--memory", "64m", "--memory-swap", "64m", "dk2"]),
+            0,
+            "docker update",
+        )?;
+        let v1 = format!("/sys/fs/cgroup/memory/docker/{full}/memory.limit_in_bytes");
+        let v2 = format!("/sys/fs/cgroup/docker/{full}/memory.max");
+        let limit = std::fs::read_to_string(&v1).or_else(|_| std::fs::read_to_string(&v2))?;
+        ensure!(
+            limit.trim() == "67108864",
+            "memory limit after update: {limit:?}"
+        );
+        Ok(())
+    })();
+    let _ = d.docker(&["rm", "-f", "dk2"]);
+    result
+}
+
 fn no_stray_shims(s: &Suite) -> Result<()> {
     for _ in 0..50 {
         if s.ctd.shims().is_empty() {
@@ -684,7 +831,13 @@ fn main() {
             backend_selection_fails_closed,
         ),
         ("docker_run_exec_stop_stats", docker_run_exec_stop_stats),
+        (
+            "events_are_ordered_and_oom_reported",
+            events_are_ordered_and_oom_reported,
+        ),
+        ("shim_killed_is_cleaned_up", shim_killed_is_cleaned_up),
         ("docker_bad_input", docker_bad_input),
+        ("docker_update_resources", docker_update_resources),
         ("no_stray_shims", no_stray_shims),
     ];
     let filter: Vec<String> = std::env::args()

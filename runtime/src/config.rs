@@ -253,18 +253,21 @@ mod tests {
     }
 
     #[test]
-    fn every_shipped_config_parses() {
+    fn every_file_in_configs_parses() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
         let mut n = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "toml")
-                && path
-                    .file_name()
-                    .is_some_and(|f| f.to_string_lossy().starts_with("configuration"))
-            {
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            let text = std::fs::read_to_string(&path).unwrap();
+            if name.starts_with("configuration") && name.ends_with(".toml") {
                 Config::from_file(&path).unwrap();
                 n += 1;
+            } else if name.ends_with(".toml") {
+                toml::from_str::<toml::Value>(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            } else if name.ends_with(".json") {
+                serde_json::from_str::<serde_json::Value>(&text)
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
             }
         }
         assert!(n >= 1, "no configuration*.toml in {}", dir.display());
