@@ -2,9 +2,13 @@
 //! temp dir, the test image built offline and imported, and leak checks.
 //!
 //! ```no_run
-//! let env = stockade_integration::TestContainerd::start().unwrap();
-//! let out = env.ctr(&["run", "--rm", "--runtime", stockade_integration::RUNTIME, &env.image, "t1", "echo", "hi"]);
-//! assert_eq!(out.stdout.trim(), "hi");
+//! use stockade_integration::{TestContainerd, build_image};
+//! let env = TestContainerd::start().unwrap();
+//! let tar = env.dir.path().join("busybox.tar");
+//! build_image(&tar).unwrap();
+//! env.import_image(&tar).unwrap();
+//! let out = env.run_rm("t1", &["echo", "hi"]);
+//! assert_eq!(out.stdout, "hi\n");
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -127,6 +131,26 @@ fn wait_for(path: &Path, timeout: Duration) -> Result<()> {
     Ok(())
 }
 
+/// SIGTERM, then SIGKILL after `grace`; then unmount what the daemon left under `dir`
+/// (containerd and dockerd leave their snapshot mounts behind on exit).
+fn stop_daemon(child: &mut Child, grace: Duration, dir: &Path) {
+    // SAFETY: plain kill(2) of our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let start = Instant::now();
+    while start.elapsed() < grace {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = run(Command::new("sh").arg("-c").arg(format!(
+        "grep -o ' {d}[^ ]*' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l",
+        d = dir.display()
+    )));
+}
+
 /// A private containerd: own root, state, sockets and config, stopped on drop.
 pub struct TestContainerd {
     pub dir: tempfile::TempDir,
@@ -224,6 +248,28 @@ state = "{state}"
         self.ctr(&a)
     }
 
+    /// `ctr run -d --runtime stockade IMAGE ID ARGS...`
+    pub fn run_detached(&self, id: &str, args: &[&str]) -> Result<()> {
+        let mut a = vec!["run", "-d", "--runtime", RUNTIME, IMAGE, id];
+        a.extend_from_slice(args);
+        let out = self.ctr(&a);
+        if !out.ok() {
+            bail!("ctr run -d {id}: {}", out.stderr);
+        }
+        Ok(())
+    }
+
+    /// The init pid `ctr task ls` shows for `id`.
+    pub fn task_pid(&self, id: &str) -> Result<i32> {
+        let ls = self.ctr(&["task", "ls"]);
+        ls.stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("no pid for {id} in: {}", ls.stdout))
+    }
+
     pub fn import_image(&self, tar: &Path) -> Result<()> {
         let out = self.ctr(&["images", "import", &tar.display().to_string()]);
         if !out.ok() {
@@ -281,22 +327,7 @@ state = "{state}"
 
 impl Drop for TestContainerd {
     fn drop(&mut self) {
-        // SAFETY: plain kill(2) of our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // containerd leaves its snapshot mounts behind on exit.
-        let _ = run(Command::new("sh").arg("-c").arg(format!(
-            "grep -o ' {d}[^ ]*' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l",
-            d = self.dir.path().display()
-        )));
+        stop_daemon(&mut self.child, Duration::from_secs(10), self.dir.path());
     }
 }
 
@@ -388,21 +419,7 @@ impl Drop for TestDocker {
         for id in ids.split_whitespace() {
             let _ = self.docker(&["rm", "-f", "-v", id]);
         }
-        // SAFETY: plain kill(2) of our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(15) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = run(Command::new("sh").arg("-c").arg(format!(
-            "grep -o ' {d}[^ ]*' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l",
-            d = self.dir.path().display()
-        )));
+        stop_daemon(&mut self.child, Duration::from_secs(15), self.dir.path());
     }
 }
 

@@ -16,6 +16,14 @@ use stockade_integration::{
 struct Suite {
     ctd: TestContainerd,
     docker: Option<TestDocker>,
+    /// Shim sockets that existed before the suite (other containerds' shims).
+    sockets_before: Vec<std::path::PathBuf>,
+}
+
+fn shim_sockets() -> Vec<std::path::PathBuf> {
+    std::fs::read_dir("/run/containerd/s")
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
 }
 
 fn expect_code(out: &Out, code: i32, what: &str) -> Result<()> {
@@ -106,20 +114,7 @@ fn ctr_tty(s: &Suite) -> Result<()> {
 
 fn ctr_exec_ps_metrics_pause(s: &Suite) -> Result<()> {
     let id = "life1";
-    expect_code(
-        &s.ctd.ctr(&[
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            IMAGE,
-            id,
-            "sleep",
-            "1000",
-        ]),
-        0,
-        "run -d",
-    )?;
+    s.ctd.run_detached(id, &["sleep", "1000"])?;
     let result = (|| -> Result<()> {
         let out = s.ctd.ctr(&[
             "task",
@@ -151,14 +146,19 @@ fn ctr_exec_ps_metrics_pause(s: &Suite) -> Result<()> {
 
         let ps = s.ctd.ctr(&["task", "ps", id]);
         expect_code(&ps, 0, "ps")?;
-        let ls = s.ctd.ctr(&["task", "ls"]);
-        let pid = ls
-            .stdout
-            .lines()
-            .find(|l| l.starts_with(id))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .unwrap_or("?")
-            .to_string();
+        let pid = s.ctd.task_pid(id)?.to_string();
+        // The shim's socket is a path socket only root can use.
+        let address = std::fs::read_to_string(
+            s.ctd
+                .state_dir
+                .join("io.containerd.runtime.v2.task")
+                .join(NAMESPACE)
+                .join(id)
+                .join("address"),
+        )?;
+        let sock = address.trim().trim_start_matches("unix://");
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(sock)?.permissions());
+        ensure!(mode & 0o077 == 0, "shim socket {sock} mode {mode:o}");
         ensure!(
             ps.stdout.contains(&pid),
             "ps {:?} lacks init pid {pid}",
@@ -672,28 +672,8 @@ fn events_are_ordered_and_oom_reported(s: &Suite) -> Result<()> {
 
 fn shim_killed_is_cleaned_up(s: &Suite) -> Result<()> {
     let id = "crash1";
-    expect_code(
-        &s.ctd.ctr(&[
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            IMAGE,
-            id,
-            "sleep",
-            "1000",
-        ]),
-        0,
-        "run -d",
-    )?;
-    let ls = s.ctd.ctr(&["task", "ls"]);
-    let pid: i32 = ls
-        .stdout
-        .lines()
-        .find(|l| l.starts_with(id))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no pid for {id}: {}", ls.stdout))?;
+    s.ctd.run_detached(id, &["sleep", "1000"])?;
+    let pid = s.ctd.task_pid(id)?;
     let shim = s
         .ctd
         .shims()
@@ -778,6 +758,11 @@ fn no_stray_shims(s: &Suite) -> Result<()> {
         .filter(|l| l.contains("io.containerd.runtime.v2.task") && l.contains("/rootfs"))
         .collect();
     ensure!(rootfs.is_empty(), "rootfs mounts left: {rootfs:?}");
+    let sockets: Vec<_> = shim_sockets()
+        .into_iter()
+        .filter(|p| !s.sockets_before.contains(p))
+        .collect();
+    ensure!(sockets.is_empty(), "shim sockets left: {sockets:?}");
     Ok(())
 }
 
@@ -807,7 +792,11 @@ fn main() {
                 None
             }
         };
-        Ok(Suite { ctd, docker })
+        Ok(Suite {
+            ctd,
+            docker,
+            sockets_before: shim_sockets(),
+        })
     })();
     let suite = match setup {
         Ok(s) => s,

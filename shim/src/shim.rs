@@ -41,8 +41,13 @@ impl ShimTrait for Shim {
     type T = TaskService;
 
     async fn new(_runtime_id: &str, args: &Flags, config: &mut ShimConfig) -> Self {
-        config.default_log_level =
-            std::env::var("STOCKADE_LOG_LEVEL").unwrap_or_else(|_| "info".into());
+        // The node's configuration sets the level; $STOCKADE_LOG_LEVEL overrides it. A
+        // config given only in runtime options arrives with Create, after the logger.
+        config.default_log_level = std::env::var("STOCKADE_LOG_LEVEL").unwrap_or_else(|_| {
+            Config::load(&Default::default())
+                .map(|c| c.runtime.log_level)
+                .unwrap_or_else(|_| "info".into())
+        });
         let exits = Exits::default();
         forward_exits(exits.clone()).await;
         Shim {

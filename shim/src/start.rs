@@ -1,6 +1,7 @@
 //! The `start` subcommand: one shim per pod, a socket named the way containerd names it.
 
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -72,6 +73,11 @@ pub fn start(opts: &StartOpts) -> Result<String> {
     }
     // A server that exits at once found the pod's shim already serving.
     let _ = child.try_wait();
+    // Only root may talk to the shim (the crate binds it with the default umask).
+    let path = address.strip_prefix("unix://").unwrap_or(&address);
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        eprintln!("stockade: cannot restrict {path}: {e}");
+    }
     std::fs::write(cwd.join("address"), &address).context("write address file")?;
     Ok(address)
 }

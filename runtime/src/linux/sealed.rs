@@ -47,3 +47,36 @@ impl SealedExe {
         PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_is_a_sealed_memfd_with_the_same_bytes() {
+        let sealed = SealedExe::new().unwrap();
+        let link = std::fs::read_link(sealed.path()).unwrap();
+        assert!(
+            link.to_string_lossy().starts_with("/memfd:stockade-shim"),
+            "{link:?}"
+        );
+        // SAFETY: F_GET_SEALS on an fd we own.
+        let seals = unsafe { libc::fcntl(sealed.fd.as_raw_fd(), libc::F_GET_SEALS) };
+        assert_eq!(seals & libc::F_SEAL_WRITE, libc::F_SEAL_WRITE);
+        assert_eq!(seals & libc::F_SEAL_SEAL, libc::F_SEAL_SEAL);
+        let ours = std::fs::read("/proc/self/exe").unwrap();
+        let copy = std::fs::read(sealed.path()).unwrap();
+        assert_eq!(ours, copy);
+        // Writing through any path must fail.
+        assert!(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(sealed.path())
+                .and_then(|mut f| {
+                    use std::io::Write;
+                    f.write_all(b"x")
+                })
+                .is_err()
+        );
+    }
+}

@@ -597,21 +597,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn extra_deny_strips_allow_rules() {
-        let mut p = LinuxSeccompBuilder::default()
-            .default_action(LinuxSeccompAction::ScmpActAllow)
+    /// A profile with `default` and one unconditional allow rule for `names`.
+    fn allow_profile(default: LinuxSeccompAction, names: &[&str]) -> LinuxSeccomp {
+        LinuxSeccompBuilder::default()
+            .default_action(default)
             .syscalls(vec![
-                rule(
-                    &["read", "bpf", "unshare"],
-                    LinuxSeccompAction::ScmpActAllow,
-                    None,
-                    vec![],
-                )
-                .unwrap(),
+                rule(names, LinuxSeccompAction::ScmpActAllow, None, vec![]).unwrap(),
             ])
             .build()
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn extra_deny_strips_allow_rules() {
+        let mut p = allow_profile(
+            LinuxSeccompAction::ScmpActAllow,
+            &["read", "bpf", "unshare"],
+        );
         apply_extra_deny(&mut p).unwrap();
         let allowed = names_with(&p, LinuxSeccompAction::ScmpActAllow);
         assert_eq!(allowed, vec!["read".to_string()]);
@@ -621,19 +623,10 @@ mod tests {
 
     #[test]
     fn deny_by_default_profile_loses_unconditional_socket_and_clone() {
-        let mut p = LinuxSeccompBuilder::default()
-            .default_action(LinuxSeccompAction::ScmpActErrno)
-            .syscalls(vec![
-                rule(
-                    &["read", "socket", "clone"],
-                    LinuxSeccompAction::ScmpActAllow,
-                    None,
-                    vec![],
-                )
-                .unwrap(),
-            ])
-            .build()
-            .unwrap();
+        let mut p = allow_profile(
+            LinuxSeccompAction::ScmpActErrno,
+            &["read", "socket", "clone"],
+        );
         apply_extra_deny(&mut p).unwrap();
         for r in p.syscalls().iter().flatten() {
             let unconditional = r.args().as_ref().is_none_or(|a| a.is_empty());
