@@ -36,6 +36,20 @@ async fn forward_exits(exits: Exits) {
     });
 }
 
+/// After a shim died its socket stays behind; remove it unless a live shim (the pod's,
+/// serving other containers) still answers on it.
+fn remove_stale_socket(bundle: &std::path::Path) {
+    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
+        return;
+    };
+    let path = address.trim().trim_start_matches("unix://");
+    let is_socket = std::fs::symlink_metadata(path)
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()));
+    if is_socket && std::os::unix::net::UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 #[async_trait]
 impl ShimTrait for Shim {
     type T = TaskService;
@@ -75,6 +89,7 @@ impl ShimTrait for Shim {
             // containerd only logs this; say what was left so an operator can act.
             eprintln!("stockade: cleanup of {} incomplete: {e}", self.id);
         }
+        remove_stale_socket(&bundle);
         let mut resp = DeleteResponse::new();
         resp.exit_status = 128 + libc::SIGKILL as u32;
         resp.set_exited_at(containerd_shim::util::timestamp()?);
