@@ -21,6 +21,9 @@ pub const RUNTIME: &str = "io.containerd.stockade.v2";
 pub const NAMESPACE: &str = "stockade-test";
 pub const IMAGE: &str = "stockade.test/busybox:latest";
 pub const DOCKER: &str = "/usr/bin/docker";
+/// The bridge the private dockerd uses for its default network.
+pub const TEST_BRIDGE: &str = "stk-test0";
+pub const TEST_BRIDGE_CIDR: &str = "172.31.254.1/24";
 
 /// What a command printed and how it ended.
 #[derive(Debug)]
@@ -354,6 +357,18 @@ impl TestDocker {
             format!(r#"{{"runtimes": {{"stockade": {{"runtimeType": "{RUNTIME}"}}}}}}"#),
         )?;
         let sock = d.join("docker.sock");
+        // Our own bridge, so a node's docker0 (if any) is left alone; removed on drop.
+        let _ = run(Command::new("ip").args(["link", "del", TEST_BRIDGE]));
+        for args in [
+            vec!["link", "add", TEST_BRIDGE, "type", "bridge"],
+            vec!["addr", "add", TEST_BRIDGE_CIDR, "dev", TEST_BRIDGE],
+            vec!["link", "set", TEST_BRIDGE, "up"],
+        ] {
+            let o = run(Command::new("ip").args(&args));
+            if !o.ok() {
+                bail!("ip {}: {}", args.join(" "), o.stderr);
+            }
+        }
         let log = std::fs::File::create(d.join("dockerd.log"))?;
         let path = format!(
             "{}:{}",
@@ -373,7 +388,8 @@ impl TestDocker {
             .arg(d.join("docker.pid"))
             .arg("-H")
             .arg(format!("unix://{}", sock.display()))
-            .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
+            .arg(format!("--bridge={TEST_BRIDGE}"))
+            .arg("--ip6tables=false")
             .env("PATH", path)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -420,6 +436,7 @@ impl Drop for TestDocker {
             let _ = self.docker(&["rm", "-f", "-v", id]);
         }
         stop_daemon(&mut self.child, Duration::from_secs(15), self.dir.path());
+        let _ = run(Command::new("ip").args(["link", "del", TEST_BRIDGE]));
     }
 }
 

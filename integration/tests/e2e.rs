@@ -195,6 +195,11 @@ fn ctr_exec_ps_metrics_pause(s: &Suite) -> Result<()> {
             frozen.stdout
         );
         expect_code(&s.ctd.ctr(&["task", "resume", id]), 0, "resume")?;
+        let cp = s.ctd.ctr(&["task", "checkpoint", id]);
+        ensure!(
+            !cp.ok() && cp.stderr.to_lowercase().contains("not implemented"),
+            "checkpoint: {cp:?}"
+        );
         ensure!(
             s.ctd.ctr(&["task", "ls"]).stdout.contains("RUNNING"),
             "not resumed"
@@ -552,6 +557,21 @@ fn docker_run_exec_stop_stats(s: &Suite) -> Result<()> {
         expect_code(&out, 4, "docker exec")?;
         ensure!(out.stdout.contains("in-exec"), "{:?}", out.stdout);
         let out = d.docker(&[
+            "exec",
+            "-u",
+            "nobody",
+            "dk1",
+            "sh",
+            "-c",
+            "id -u; grep NoNewPrivs /proc/self/status",
+        ]);
+        expect_code(&out, 0, "docker exec -u nobody")?;
+        ensure!(
+            out.stdout.starts_with("65534\n") && out.stdout.contains("NoNewPrivs:\t1"),
+            "exec as nobody: {:?}",
+            out.stdout
+        );
+        let out = d.docker(&[
             "stats",
             "--no-stream",
             "--format",
@@ -735,6 +755,52 @@ fn docker_update_resources(s: &Suite) -> Result<()> {
     result
 }
 
+fn docker_bridge_network_and_published_port(s: &Suite) -> Result<()> {
+    use std::io::{Read, Write};
+    let d = docker_of(s)?;
+    let port = 20000 + (std::process::id() % 10000) as u16;
+    let publish = format!("127.0.0.1:{port}:8080");
+    let out = d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "web1",
+        "--runtime",
+        RUNTIME,
+        "-p",
+        &publish,
+        IMAGE,
+        "sh",
+        "-c",
+        "echo hello-from-stockade > /tmp/index.html; exec httpd -f -p 8080 -h /tmp",
+    ]);
+    expect_code(&out, 0, "docker run -p")?;
+    let result = (|| -> Result<()> {
+        let addr = d.docker(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "web1"]);
+        ensure!(
+            addr.stdout.starts_with("172.31.254."),
+            "container address {:?}",
+            addr.stdout
+        );
+        let mut body = String::new();
+        for _ in 0..50 {
+            if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                c.set_read_timeout(Some(Duration::from_secs(5)))?;
+                c.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
+                body.clear();
+                let _ = c.read_to_string(&mut body);
+                if body.contains("hello-from-stockade") {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("no answer through the published port {port}: {body:?}")
+    })();
+    let _ = d.docker(&["rm", "-f", "web1"]);
+    result
+}
+
 fn no_stray_shims(s: &Suite) -> Result<()> {
     for _ in 0..50 {
         if s.ctd.shims().is_empty() {
@@ -827,6 +893,10 @@ fn main() {
         ("shim_killed_is_cleaned_up", shim_killed_is_cleaned_up),
         ("docker_bad_input", docker_bad_input),
         ("docker_update_resources", docker_update_resources),
+        (
+            "docker_bridge_network_and_published_port",
+            docker_bridge_network_and_published_port,
+        ),
         ("no_stray_shims", no_stray_shims),
     ];
     let filter: Vec<String> = std::env::args()
