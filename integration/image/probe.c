@@ -6,7 +6,10 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -29,6 +32,8 @@ int main(int argc, char **argv) {
     if (!strcmp(t, "vsock")) return report(socket(AF_VSOCK, SOCK_STREAM, 0));
     if (!strcmp(t, "alg")) return report(socket(AF_ALG, SOCK_SEQPACKET, 0));
     if (!strcmp(t, "inet")) return report(socket(AF_INET, SOCK_STREAM, 0));
+    if (!strcmp(t, "raw")) return report(socket(AF_INET, SOCK_RAW, IPPROTO_ICMP));
+    if (!strcmp(t, "mknod")) return report(mknod("/tmp/probe-null", S_IFCHR | 0600, makedev(1, 3)));
     if (!strcmp(t, "userns")) return report(unshare(CLONE_NEWUSER));
     if (!strcmp(t, "netns")) return report(unshare(CLONE_NEWNET));
     if (!strcmp(t, "clone-userns")) {

@@ -598,6 +598,57 @@ fn docker_run_exec_stop_stats(s: &Suite) -> Result<()> {
     result
 }
 
+fn docker_capabilities_are_only_those_granted(s: &Suite) -> Result<()> {
+    let d = docker_of(s)?;
+    let script = "for t in raw mknod; do echo \"$t: $(probe $t)\"; done; \
+        (touch /sys/stockade-probe) 2>&1 | grep -q 'Read-only' && echo 'sys: ro'; \
+        grep CapBnd /proc/self/status";
+    // Docker's defaults grant NET_RAW and MKNOD...
+    let out = d.docker(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "sh",
+        "-c",
+        script,
+    ]);
+    expect_code(&out, 0, "default caps")?;
+    ensure!(
+        out.stdout.contains("raw: allowed") && out.stdout.contains("mknod: allowed"),
+        "{:?}",
+        out.stdout
+    );
+    ensure!(
+        out.stdout.contains("sys: ro"),
+        "/sys writable: {:?}",
+        out.stdout
+    );
+    // ...and without them, raw sockets and mknod fail.
+    let out = d.docker(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--cap-drop",
+        "NET_RAW",
+        "--cap-drop",
+        "MKNOD",
+        IMAGE,
+        "sh",
+        "-c",
+        script,
+    ]);
+    expect_code(&out, 0, "dropped caps")?;
+    ensure!(
+        out.stdout.contains("raw: denied EPERM") && out.stdout.contains("mknod: denied EPERM"),
+        "{:?}",
+        out.stdout
+    );
+    Ok(())
+}
+
 fn docker_bad_input(s: &Suite) -> Result<()> {
     let d = docker_of(s)?;
     let out = d.docker(&[
@@ -640,6 +691,14 @@ fn events_are_ordered_and_oom_reported(s: &Suite) -> Result<()> {
         .spawn()?;
     std::thread::sleep(Duration::from_millis(300));
     let out = s.ctd.run_rm("ev1", &["echo", "hi"]);
+    s.ctd.run_detached("ev2", &["sleep", "1000"])?;
+    let exec = s
+        .ctd
+        .ctr(&["task", "exec", "--exec-id", "ev2x", "ev2", "true"]);
+    let _ = s.ctd.ctr(&["task", "kill", "--signal", "SIGKILL", "ev2"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = s.ctd.ctr(&["task", "delete", "ev2"]);
+    let _ = s.ctd.ctr(&["container", "delete", "ev2"]);
     let oom = s.ctd.ctr(&[
         "run",
         "--rm",
@@ -687,6 +746,17 @@ fn events_are_ordered_and_oom_reported(s: &Suite) -> Result<()> {
             .any(|l| l.contains("/tasks/oom") && l.contains("\"oom1\"")),
         "no /tasks/oom for oom1:\n{text}"
     );
+    expect_code(&exec, 0, "exec in ev2")?;
+    let exec_topics: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("\"ev2x\""))
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("/tasks/")))
+        .collect();
+    ensure!(
+        exec_topics == ["/tasks/exec-added", "/tasks/exec-started", "/tasks/exit"],
+        "exec events: {exec_topics:?}"
+    );
+    expect_clean(s, NAMESPACE, "ev2")?;
     expect_clean(s, NAMESPACE, "oom1")
 }
 
@@ -891,6 +961,10 @@ fn main() {
             events_are_ordered_and_oom_reported,
         ),
         ("shim_killed_is_cleaned_up", shim_killed_is_cleaned_up),
+        (
+            "docker_capabilities_are_only_those_granted",
+            docker_capabilities_are_only_those_granted,
+        ),
         ("docker_bad_input", docker_bad_input),
         ("docker_update_resources", docker_update_resources),
         (

@@ -9,6 +9,7 @@ pub mod exits;
 pub mod linux;
 pub mod mounts;
 pub mod probe;
+mod process;
 pub mod runtime;
 pub mod select;
 pub mod stdio;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process as OciProcess, Spec};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::config::{Config, ConfigSource};
 use crate::error::{Error, Result};
@@ -18,8 +18,9 @@ use crate::exits::Exits;
 use crate::linux::{ContainerDirs, LinuxBackend, hardening, oom, stats};
 use crate::mounts::{self, Mount};
 use crate::probe::{RealHost, probe_kvm};
+use crate::process::{Container, ProcState, Process};
 use crate::select::{Backend, select};
-use crate::stdio::{ChildIo, ProcessIo, StdioPaths};
+use crate::stdio::{ProcessIo, StdioPaths};
 
 const OUTPUT_GRACE: Duration = Duration::from_secs(5);
 const EXIT_GRACE: Duration = Duration::from_secs(10);
@@ -104,91 +105,6 @@ pub struct CreateRequest {
 /// An exec's process as containerd sends it (the OCI `process` JSON).
 pub struct ProcessSpec {
     pub json: Vec<u8>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ProcState {
-    Created,
-    Running,
-    Stopped(ExitInfo),
-}
-
-struct Process {
-    exec_id: String,
-    stdio: StdioPaths,
-    io: ProcessIo,
-    /// An exec's side of its stdio, handed to the process at Start.
-    child: Mutex<Option<ChildIo>>,
-    pid: Mutex<u32>,
-    state: Mutex<ProcState>,
-    exited: watch::Sender<Option<ExitInfo>>,
-    /// Opened by Start (or Kill/Delete of a process never started): the exit may be published.
-    gate: watch::Sender<bool>,
-}
-
-impl Process {
-    fn new(exec_id: &str, stdio: StdioPaths, io: ProcessIo, pid: u32) -> Arc<Process> {
-        Arc::new(Process {
-            exec_id: exec_id.into(),
-            stdio,
-            io,
-            child: Mutex::new(None),
-            pid: Mutex::new(pid),
-            state: Mutex::new(ProcState::Created),
-            exited: watch::channel(None).0,
-            gate: watch::channel(false).0,
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        *self.pid.lock().expect("pid lock")
-    }
-
-    fn state(&self) -> ProcState {
-        *self.state.lock().expect("state lock")
-    }
-
-    fn open_gate(&self) {
-        self.gate.send_replace(true);
-    }
-
-    async fn wait_exit(&self) -> ExitInfo {
-        let mut rx = self.exited.subscribe();
-        let got = rx.wait_for(|e| e.is_some()).await;
-        got.map(|e| e.expect("checked")).unwrap_or(ExitInfo {
-            pid: self.pid(),
-            code: 255,
-            at: SystemTime::now(),
-        })
-    }
-}
-
-struct Container {
-    id: String,
-    bundle: PathBuf,
-    dirs: ContainerDirs,
-    mounted_rootfs: Option<PathBuf>,
-    init: Arc<Process>,
-    execs: Mutex<HashMap<String, Arc<Process>>>,
-    cgroup_path: PathBuf,
-    systemd: bool,
-    own_pid_ns: bool,
-    paused: Mutex<bool>,
-    no_new_privileges: bool,
-}
-
-impl Container {
-    fn process(&self, exec_id: &str) -> Result<Arc<Process>> {
-        if exec_id.is_empty() {
-            return Ok(self.init.clone());
-        }
-        self.execs
-            .lock()
-            .expect("execs lock")
-            .get(exec_id)
-            .cloned()
-            .ok_or_else(|| Error::NotFound(format!("exec {exec_id} in container {}", self.id)))
-    }
 }
 
 #[derive(Clone)]
@@ -328,6 +244,9 @@ impl Runtime {
         let cgroup_path = linux
             .and_then(|l| l.cgroups_path().clone())
             .unwrap_or_else(|| PathBuf::from(format!("/stockade/{}", req.id)));
+        // Docker and CRI with the systemd cgroup driver send "slice:prefix:name" but
+        // runc-only options; the path's form says which driver the node uses.
+        let systemd = req.systemd_cgroup || is_systemd_cgroup_path(&cgroup_path);
         let own_pid_ns = linux
             .and_then(|l| l.namespaces().as_ref())
             .is_some_and(|ns| {
@@ -343,7 +262,7 @@ impl Runtime {
             .create(
                 dirs,
                 &req.id,
-                req.systemd_cgroup,
+                systemd,
                 child.console_socket.clone(),
                 std::mem::take(&mut child.fds),
             )
@@ -378,7 +297,7 @@ impl Runtime {
             init: init.clone(),
             execs: Mutex::new(HashMap::new()),
             cgroup_path,
-            systemd: req.systemd_cgroup,
+            systemd,
             own_pid_ns,
             paused: Mutex::new(false),
             no_new_privileges: config.container.no_new_privileges,
@@ -796,7 +715,28 @@ impl Runtime {
     }
 }
 
+/// `slice:prefix:name`, the systemd driver's cgroupsPath form (never an absolute path).
+fn is_systemd_cgroup_path(path: &Path) -> bool {
+    let s = path.to_string_lossy();
+    !s.starts_with('/') && s.split(':').count() == 3
+}
+
 fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn systemd_cgroup_paths_are_recognised() {
+        assert!(is_systemd_cgroup_path(Path::new("system.slice:docker:abc")));
+        assert!(is_systemd_cgroup_path(Path::new(
+            "kubepods-besteffort.slice:cri-containerd:abc"
+        )));
+        assert!(!is_systemd_cgroup_path(Path::new("/default/abc")));
+        assert!(!is_systemd_cgroup_path(Path::new("/docker/abc")));
+    }
 }

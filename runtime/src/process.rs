@@ -1,0 +1,98 @@
+//! A container and its processes: state, exit publication gate, stdio.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::linux::ContainerDirs;
+use crate::runtime::ExitInfo;
+use crate::stdio::{ChildIo, ProcessIo, StdioPaths};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProcState {
+    Created,
+    Running,
+    Stopped(ExitInfo),
+}
+
+pub(crate) struct Process {
+    pub(crate) exec_id: String,
+    pub(crate) stdio: StdioPaths,
+    pub(crate) io: ProcessIo,
+    /// An exec's side of its stdio, handed to the process at Start.
+    pub(crate) child: Mutex<Option<ChildIo>>,
+    pub(crate) pid: Mutex<u32>,
+    pub(crate) state: Mutex<ProcState>,
+    pub(crate) exited: watch::Sender<Option<ExitInfo>>,
+    /// Opened by Start (or Kill/Delete of a process never started): the exit may be published.
+    pub(crate) gate: watch::Sender<bool>,
+}
+
+impl Process {
+    pub(crate) fn new(exec_id: &str, stdio: StdioPaths, io: ProcessIo, pid: u32) -> Arc<Process> {
+        Arc::new(Process {
+            exec_id: exec_id.into(),
+            stdio,
+            io,
+            child: Mutex::new(None),
+            pid: Mutex::new(pid),
+            state: Mutex::new(ProcState::Created),
+            exited: watch::channel(None).0,
+            gate: watch::channel(false).0,
+        })
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        *self.pid.lock().expect("pid lock")
+    }
+
+    pub(crate) fn state(&self) -> ProcState {
+        *self.state.lock().expect("state lock")
+    }
+
+    pub(crate) fn open_gate(&self) {
+        self.gate.send_replace(true);
+    }
+
+    pub(crate) async fn wait_exit(&self) -> ExitInfo {
+        let mut rx = self.exited.subscribe();
+        let got = rx.wait_for(|e| e.is_some()).await;
+        got.map(|e| e.expect("checked")).unwrap_or(ExitInfo {
+            pid: self.pid(),
+            code: 255,
+            at: SystemTime::now(),
+        })
+    }
+}
+
+pub(crate) struct Container {
+    pub(crate) id: String,
+    pub(crate) bundle: PathBuf,
+    pub(crate) dirs: ContainerDirs,
+    pub(crate) mounted_rootfs: Option<PathBuf>,
+    pub(crate) init: Arc<Process>,
+    pub(crate) execs: Mutex<HashMap<String, Arc<Process>>>,
+    pub(crate) cgroup_path: PathBuf,
+    pub(crate) systemd: bool,
+    pub(crate) own_pid_ns: bool,
+    pub(crate) paused: Mutex<bool>,
+    pub(crate) no_new_privileges: bool,
+}
+
+impl Container {
+    pub(crate) fn process(&self, exec_id: &str) -> Result<Arc<Process>> {
+        if exec_id.is_empty() {
+            return Ok(self.init.clone());
+        }
+        self.execs
+            .lock()
+            .expect("execs lock")
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("exec {exec_id} in container {}", self.id)))
+    }
+}
