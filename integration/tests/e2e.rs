@@ -401,6 +401,58 @@ fn bad_input_fails_cleanly(s: &Suite) -> Result<()> {
     Ok(())
 }
 
+/// Images whose /proc or /dev are symlinks out of the rootfs (SECURITY.md item 12):
+/// Create fails or stays inside, and the host is unchanged.
+fn malicious_image_symlinks_fail_cleanly(s: &Suite) -> Result<()> {
+    let base = s.ctd.dir.path().join("evil");
+    let host_target = s.ctd.dir.path().join("host-target");
+    std::fs::create_dir_all(&host_target)?;
+    for (id, link) in [("evil1", "proc"), ("evil2", "dev")] {
+        let root = base.join(id);
+        for d in ["bin", "dev", "proc", "sys", "tmp"] {
+            std::fs::create_dir_all(root.join(d))?;
+        }
+        std::fs::copy("/bin/busybox", root.join("bin/busybox"))?;
+        std::fs::remove_dir(root.join(link))?;
+        std::os::unix::fs::symlink(&host_target, root.join(link))?;
+        let mounts_before = std::fs::read_to_string("/proc/self/mountinfo")?
+            .lines()
+            .count();
+        let out = s.ctd.ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--env",
+            "PATH=/bin",
+            "--rootfs",
+            &root.display().to_string(),
+            id,
+            "/bin/busybox",
+            "true",
+        ]);
+        ensure!(!out.stderr.contains("panic"), "{id}: {out:?}");
+        if link == "proc" {
+            ensure!(!out.ok(), "{id}: a /proc symlink must fail Create: {out:?}");
+        }
+        let left: Vec<_> = std::fs::read_dir(&host_target)?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        ensure!(
+            left.is_empty(),
+            "{id}: the container wrote to the host through /{link}: {left:?}"
+        );
+        let mounts_after = std::fs::read_to_string("/proc/self/mountinfo")?
+            .lines()
+            .count();
+        ensure!(mounts_after <= mounts_before, "{id}: host mounts grew");
+        let _ = s.ctd.ctr(&["container", "delete", id]);
+        expect_clean(s, NAMESPACE, id)?;
+    }
+    Ok(())
+}
+
 fn backend_selection_fails_closed(s: &Suite) -> Result<()> {
     let vm = s.ctd.dir.path().join("vm.toml");
     std::fs::write(
@@ -951,6 +1003,10 @@ fn main() {
         ("ctr_kill_reports_137", ctr_kill_reports_137),
         ("hardening_seen_from_inside", hardening_seen_from_inside),
         ("bad_input_fails_cleanly", bad_input_fails_cleanly),
+        (
+            "malicious_image_symlinks_fail_cleanly",
+            malicious_image_symlinks_fail_cleanly,
+        ),
         (
             "backend_selection_fails_closed",
             backend_selection_fails_closed,
