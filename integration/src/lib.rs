@@ -39,19 +39,30 @@ impl Out {
     }
 }
 
-pub fn run(cmd: &mut Command) -> Out {
-    match cmd.stdin(Stdio::null()).output() {
-        Ok(o) => Out {
-            code: o.status.code().unwrap_or(128 + 9),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        },
-        Err(e) => Out {
-            code: -1,
-            stdout: String::new(),
-            stderr: e.to_string(),
-        },
+impl From<std::io::Result<std::process::Output>> for Out {
+    /// A signal death reads as 128 + signal, the way a shell (and runc) reports it.
+    fn from(r: std::io::Result<std::process::Output>) -> Out {
+        use std::os::unix::process::ExitStatusExt;
+        match r {
+            Ok(o) => Out {
+                code: o
+                    .status
+                    .code()
+                    .unwrap_or_else(|| 128 + o.status.signal().unwrap_or(0)),
+                stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+            },
+            Err(e) => Out {
+                code: -1,
+                stdout: String::new(),
+                stderr: e.to_string(),
+            },
+        }
     }
+}
+
+pub fn run(cmd: &mut Command) -> Out {
+    cmd.stdin(Stdio::null()).output().into()
 }
 
 pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Out {
@@ -63,29 +74,12 @@ pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Out {
         .spawn();
     let mut child = match child {
         Ok(c) => c,
-        Err(e) => {
-            return Out {
-                code: -1,
-                stdout: String::new(),
-                stderr: e.to_string(),
-            };
-        }
+        Err(e) => return Err(e).into(),
     };
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(input);
     }
-    match child.wait_with_output() {
-        Ok(o) => Out {
-            code: o.status.code().unwrap_or(137),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        },
-        Err(e) => Out {
-            code: -1,
-            stdout: String::new(),
-            stderr: e.to_string(),
-        },
-    }
+    child.wait_with_output().into()
 }
 
 pub fn workspace_root() -> PathBuf {
