@@ -25,6 +25,7 @@ BOOKWORM_PKGS=(
   build-essential pkg-config protobuf-compiler
   libseccomp-dev libelf-dev libcap-ng-dev
   containernetworking-plugins
+  qemu-system-x86 cpio xz-utils
 )
 
 need_apt=0
@@ -67,6 +68,26 @@ SRC
   rm -f /usr/sbin/policy-rc.d
 fi
 
+
+# The VM backend's pieces: the guest kernel (unpacked, never installed on the host),
+# the vhost-user vsock backend, and the guest assets built from them.
+kroot=/var/cache/stockade/guest-kernel
+if ! ls "$kroot"/boot/vmlinuz-*-cloud-amd64 >/dev/null 2>&1; then
+  log "unpacking Debian's cloud kernel for the guest"
+  kpkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+  [ -n "$kpkg" ] || { apt-get update -qq; kpkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'); }
+  dl=$(mktemp -d)
+  (cd "$dl" && apt-get download -qq "$kpkg")
+  rm -rf "$kroot"; mkdir -p "$kroot"
+  dpkg-deb -x "$dl"/*.deb "$kroot"
+  rm -rf "$dl"
+fi
+if [ ! -x /usr/local/bin/vhost-device-vsock ]; then
+  log "building vhost-device-vsock (crates.io)"
+  cargo install --locked --quiet vhost-device-vsock --root /usr/local
+fi
+log "building the guest assets into /usr/share/stockade"
+bash "$ROOT/packaging/guest/build.sh" /usr/share/stockade
 
 [ "$MODE" = "--deps" ] && { log "dependencies ready"; exit 0; }
 

@@ -89,6 +89,8 @@ pub struct HypervisorConfig {
     pub qemu: PathBuf,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
+    /// vhost-user vsock backend, used when /dev/vhost-vsock is absent.
+    pub vsock_backend: PathBuf,
     pub vcpus: u32,
     pub memory_mib: u32,
     pub boot_timeout_secs: u64,
@@ -101,6 +103,7 @@ impl Default for HypervisorConfig {
             qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
             kernel: PathBuf::from("/usr/share/stockade/vmlinuz"),
             initrd: PathBuf::from("/usr/share/stockade/initrd.img"),
+            vsock_backend: PathBuf::from("/usr/local/bin/vhost-device-vsock"),
             vcpus: 1,
             memory_mib: 256,
             boot_timeout_secs: 30,

@@ -13,6 +13,7 @@ mod process;
 pub mod runtime;
 pub mod select;
 pub mod stdio;
+pub mod vm;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -1,0 +1,228 @@
+//! The VM backend's first slice, against a real QEMU guest (TCG on hosts without usable
+//! KVM): boot the guest assets, complete the agent handshake over hybrid vsock, read the
+//! guest's details, shut it down, and leave nothing behind; a guest whose agent never
+//! answers fails within the boot timeout with the console's tail.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail, ensure};
+use stockade_runtime::config::{Accel, HypervisorConfig};
+use stockade_runtime::probe::{RealHost, probe_kvm};
+use stockade_runtime::vm::MicroVm;
+
+fn assets() -> PathBuf {
+    std::env::var_os("STOCKADE_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/share/stockade"))
+}
+
+fn config(dir: &Path) -> HypervisorConfig {
+    HypervisorConfig {
+        accel: if probe_kvm(&RealHost).is_usable() {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        },
+        kernel: dir.join("vmlinuz"),
+        initrd: dir.join("initrd.img"),
+        boot_timeout_secs: 60,
+        ..Default::default()
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+async fn boots_and_answers(state: &Path) -> Result<()> {
+    let cfg = config(&assets());
+    let dir = state.join("vm1");
+    let start = Instant::now();
+    // Seen once under TCG on a loaded 2-core host: a guest that printed nothing in 60 s.
+    // One retry, reported, so a hiccup is visible without failing the suite; a guest
+    // that fails twice fails the test.
+    let vm = match MicroVm::boot(&cfg, &dir).await {
+        Ok(vm) => vm,
+        Err(first) => {
+            println!("  first boot failed, retrying once: {first}");
+            MicroVm::boot(&cfg, &dir).await?
+        }
+    };
+    let boot = start.elapsed();
+    let (qemu, vsock) = (vm.qemu_pid(), vm.vsock_pid());
+    ensure!(vm.agent.version.protocol == stockade_agent_protocol::PROTOCOL_VERSION);
+    ensure!(vm.agent.health().await?, "agent not serving");
+    let details = vm.agent.guest_details().await?;
+    let host = nix::sys::utsname::uname()?
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    let expected =
+        std::fs::read_to_string(assets().join("guest-kernel-release")).unwrap_or_default();
+    ensure!(
+        details.kernel_release != host,
+        "guest kernel {} is the host's",
+        details.kernel_release
+    );
+    ensure!(
+        details.kernel_release == expected.trim(),
+        "guest kernel {} != {}",
+        details.kernel_release,
+        expected.trim()
+    );
+    ensure!(
+        details.hostname == "stockade",
+        "hostname {}",
+        details.hostname
+    );
+    for m in ["vmw_vsock_virtio_transport", "virtiofs", "overlay"] {
+        ensure!(
+            details.loaded_modules.iter().any(|x| x == m),
+            "module {m} not loaded: {:?}",
+            details.loaded_modules
+        );
+    }
+    println!(
+        "  booted to the agent's answer in {:.2}s ({:?})",
+        boot.as_secs_f64(),
+        cfg.accel
+    );
+    vm.shutdown().await?;
+    ensure!(
+        !alive(qemu) && !alive(vsock),
+        "qemu or the vsock backend survived shutdown"
+    );
+    ensure!(!dir.exists(), "state dir left behind");
+    Ok(())
+}
+
+/// A one-file newc cpio archive: `/init` with `data`.
+fn newc_with_init(data: &[u8]) -> Vec<u8> {
+    fn entry(out: &mut Vec<u8>, ino: u32, mode: u32, name: &str, data: &[u8]) {
+        let fields = [
+            ino,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len() as u32,
+            0,
+            0,
+            0,
+            0,
+            name.len() as u32 + 1,
+            0,
+        ];
+        out.extend_from_slice(b"070701");
+        for f in fields {
+            out.extend_from_slice(format!("{f:08x}").as_bytes());
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        while !out.len().is_multiple_of(4) {
+            out.push(0);
+        }
+        out.extend_from_slice(data);
+        while !out.len().is_multiple_of(4) {
+            out.push(0);
+        }
+    }
+    let mut out = Vec::new();
+    entry(&mut out, 1, 0o100755, "init", data);
+    entry(&mut out, 2, 0o40755, "dev", &[]);
+    entry(&mut out, 0, 0, "TRAILER!!!", &[]);
+    out
+}
+
+async fn silent_guest_times_out_cleanly(state: &Path) -> Result<()> {
+    // A guest whose init is busybox's, not the agent: it boots and never answers.
+    let dir = state.join("vm2");
+    let silent = state.join("no-agent.img");
+    std::fs::write(&silent, newc_with_init(&std::fs::read("/bin/busybox")?))?;
+    let mut cfg = config(&assets());
+    cfg.initrd = silent;
+    cfg.boot_timeout_secs = 8;
+    let start = Instant::now();
+    let err = match MicroVm::boot(&cfg, &dir).await {
+        Ok(vm) => {
+            let _ = vm.shutdown().await;
+            bail!("a guest without an agent booted")
+        }
+        Err(e) => e.to_string(),
+    };
+    let took = start.elapsed();
+    ensure!(
+        took < Duration::from_secs(8 + 7),
+        "took {took:?} for an 8s timeout"
+    );
+    ensure!(err.contains("did not answer within 8s"), "{err}");
+    ensure!(took >= Duration::from_secs(8), "gave up early: {took:?}");
+    ensure!(err.contains("guest console"), "no console tail: {err}");
+    ensure!(!dir.exists(), "state dir left behind");
+    let ps = std::process::Command::new("pgrep")
+        .args(["-f", &dir.display().to_string()])
+        .output()?;
+    ensure!(
+        ps.stdout.is_empty(),
+        "processes left: {}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
+    Ok(())
+}
+
+/// One async test case over the suite's state dir.
+type Case = fn(&Path) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + '_>>;
+
+fn main() {
+    let a = assets();
+    let missing: Vec<_> = ["vmlinuz", "initrd.img"]
+        .iter()
+        .filter(|f| !a.join(f).exists())
+        .collect();
+    let cfg = HypervisorConfig::default();
+    if !missing.is_empty() || !cfg.qemu.exists() || !cfg.vsock_backend.exists() {
+        println!(
+            "SKIPPED vm: guest assets in {} or qemu/vhost-device-vsock missing: run packaging/setup.sh --deps",
+            a.display()
+        );
+        println!("0 passed, 0 failed, 1 skipped");
+        return;
+    }
+    let state = tempfile::Builder::new()
+        .prefix("stockade-vm-")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let cases: [(&str, Case); 2] = [
+        ("vm_boots_and_agent_answers", |p| {
+            Box::pin(boots_and_answers(p))
+        }),
+        ("vm_silent_guest_times_out_cleanly", |p| {
+            Box::pin(silent_guest_times_out_cleanly(p))
+        }),
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for (name, case) in cases {
+        match rt.block_on(case(state.path())) {
+            Ok(()) => {
+                passed += 1;
+                println!("test {name} ... ok");
+            }
+            Err(e) => {
+                failed += 1;
+                println!("test {name} ... FAILED\n{e:#}");
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Build the guest assets of the VM backend from Debian's linux-image-cloud-amd64:
+#   OUT/vmlinuz     the kernel
+#   OUT/initrd.img  a gzip'd cpio: stockade-agent as /init, plus the kernel modules it
+#                   loads at boot (virtio-mmio, vsock, virtiofs, overlay) and their order
+#   packaging/guest/build.sh [OUT]        (default OUT: /usr/share/stockade)
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+OUT=${1:-/usr/share/stockade}
+TARGET=x86_64-unknown-linux-gnu
+
+# The guest kernel: Debian's linux-image-cloud-amd64, unpacked (not installed: installing
+# would add it to the host's bootloader) by setup.sh under /var/cache/stockade.
+KROOT=${STOCKADE_KERNEL_ROOT:-/var/cache/stockade/guest-kernel}
+kver=${STOCKADE_GUEST_KERNEL:-$(ls "$KROOT/lib/modules" 2>/dev/null | grep -E 'cloud-amd64$' | sort -V | tail -1)}
+[ -n "$kver" ] && [ -e "$KROOT/boot/vmlinuz-$kver" ] || {
+  echo "no cloud-amd64 guest kernel under $KROOT (run packaging/setup.sh --deps)" >&2
+  exit 1
+}
+
+# The agent is PID 1 of a guest with no libc: link it statically.
+(cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
+  cargo build --release --locked -p stockade-agent --target "$TARGET")
+agent=$ROOT/target/$TARGET/release/stockade-agent
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work"/{proc,sys,dev,run,tmp,lib/modules/stockade}
+install -m 0755 "$agent" "$work/init"
+# Dependency order: a module after everything it needs.
+modules=(
+  drivers/virtio/virtio_ring
+  drivers/virtio/virtio
+  drivers/virtio/virtio_mmio
+  net/vmw_vsock/vsock
+  net/vmw_vsock/vmw_vsock_virtio_transport_common
+  net/vmw_vsock/vmw_vsock_virtio_transport
+  fs/fuse/fuse
+  fs/fuse/virtiofs
+  fs/overlayfs/overlay
+)
+: >"$work/lib/modules/stockade/order"
+for m in "${modules[@]}"; do
+  src=$KROOT/lib/modules/$kver/kernel/$m
+  name=$(basename "$m").ko
+  if [ -e "$src.ko" ]; then
+    cp "$src.ko" "$work/lib/modules/stockade/$name"
+  elif [ -e "$src.ko.xz" ]; then
+    xz -dc "$src.ko.xz" >"$work/lib/modules/stockade/$name"
+  else
+    # Built into this kernel: nothing to load.
+    continue
+  fi
+  echo "$name" >>"$work/lib/modules/stockade/order"
+done
+mkdir -p "$OUT"
+(cd "$work" && find . -print0 | sort -z | cpio --null -o -H newc --quiet --owner=0:0) | gzip -6 >"$OUT/initrd.img.tmp"
+mv "$OUT/initrd.img.tmp" "$OUT/initrd.img"
+install -m 0644 "$KROOT/boot/vmlinuz-$kver" "$OUT/vmlinuz"
+echo "$kver" >"$OUT/guest-kernel-release"
+echo "guest assets in $OUT: vmlinuz ($kver), initrd.img ($(du -h "$OUT/initrd.img" | cut -f1))"

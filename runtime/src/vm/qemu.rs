@@ -1,0 +1,196 @@
+//! QEMU `microvm` driver: one guest, its vsock backend, its console log.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::config::{Accel, HypervisorConfig};
+use crate::error::{Error, Result};
+use crate::vm::agent::AgentClient;
+use crate::vm::process::Watched;
+
+/// The guest CID; each VM has its own vsock backend, so every guest can use the same.
+const GUEST_CID: u32 = 3;
+const CONSOLE_TAIL_LINES: usize = 25;
+
+pub struct MicroVm {
+    pub dir: PathBuf,
+    pub agent: AgentClient,
+    qemu: Watched,
+    vsock: Watched,
+}
+
+/// The last lines of the guest console, for error messages.
+pub fn console_tail(dir: &Path) -> String {
+    let text = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(CONSOLE_TAIL_LINES)..].join("\n")
+}
+
+pub fn qemu_args(cfg: &HypervisorConfig, dir: &Path) -> Vec<String> {
+    let accel = match cfg.accel {
+        Accel::Kvm => "kvm",
+        Accel::Tcg => "tcg",
+    };
+    let mem = format!("{}M", cfg.memory_mib);
+    let mut a: Vec<String> = vec![
+        "-M".into(),
+        format!("microvm,accel={accel},memory-backend=mem"),
+        "-m".into(),
+        mem.clone(),
+        "-object".into(),
+        format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+        "-smp".into(),
+        cfg.vcpus.to_string(),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-nographic".into(),
+        "-no-reboot".into(),
+        "-sandbox".into(),
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
+        "-serial".into(),
+        format!("file:{}", dir.join("console.log").display()),
+        "-chardev".into(),
+        format!(
+            "socket,id=vsock0,path={}",
+            dir.join("vsock.vhost").display()
+        ),
+        "-device".into(),
+        "vhost-user-vsock-device,chardev=vsock0".into(),
+        "-kernel".into(),
+        cfg.kernel.display().to_string(),
+        "-initrd".into(),
+        cfg.initrd.display().to_string(),
+        "-append".into(),
+        "console=ttyS0 quiet panic=-1".into(),
+    ];
+    if cfg.accel == Accel::Kvm {
+        a.extend(["-cpu".into(), "host".into()]);
+    } else {
+        a.extend(["-cpu".into(), "max".into()]);
+    }
+    a
+}
+
+impl MicroVm {
+    /// Boot a guest with its state in `dir` and complete the agent handshake within
+    /// `boot_timeout_secs`. On any failure nothing is left running and `dir` is removed.
+    pub async fn boot(cfg: &HypervisorConfig, dir: &Path) -> Result<MicroVm> {
+        for (what, path) in [
+            ("kernel", &cfg.kernel),
+            ("initrd", &cfg.initrd),
+            ("qemu", &cfg.qemu),
+            ("vsock backend", &cfg.vsock_backend),
+        ] {
+            if !path.exists() {
+                return Err(Error::FailedPrecondition(format!(
+                    "VM {what} {} does not exist (run packaging/setup.sh)",
+                    path.display()
+                )));
+            }
+        }
+        std::fs::create_dir_all(dir).map_err(Error::io(format!("create {}", dir.display())))?;
+        let result = Self::boot_in(cfg, dir).await;
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        result
+    }
+
+    async fn boot_in(cfg: &HypervisorConfig, dir: &Path) -> Result<MicroVm> {
+        let deadline = Instant::now() + Duration::from_secs(cfg.boot_timeout_secs);
+        let vhost = dir.join("vsock.vhost");
+        let uds = dir.join("vsock.sock");
+        let child = Command::new(&cfg.vsock_backend)
+            .arg("--guest-cid")
+            .arg(GUEST_CID.to_string())
+            .arg("--socket")
+            .arg(&vhost)
+            .arg("--uds-path")
+            .arg(&uds)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("vsock.log")).map_err(Error::io("vsock log"))?)
+            .spawn()
+            .map_err(Error::io(format!("spawn {}", cfg.vsock_backend.display())))?;
+        let mut vsock = Watched::new("vhost-device-vsock", child)?;
+        while !vhost.exists() {
+            if vsock.has_exited() || Instant::now() > deadline {
+                vsock.kill().await;
+                return Err(Error::Backend(format!(
+                    "vsock backend did not come up: {}",
+                    std::fs::read_to_string(dir.join("vsock.log")).unwrap_or_default()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let child = Command::new(&cfg.qemu)
+            .args(qemu_args(cfg, dir))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("qemu.log")).map_err(Error::io("qemu log"))?)
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                vsock.kill().await;
+                return Err(Error::io(format!("spawn {}", cfg.qemu.display()))(e));
+            }
+        };
+        let mut qemu = Watched::new("qemu", child)?;
+        let agent = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if qemu.has_exited() || left.is_zero() {
+                let why = if qemu.has_exited() {
+                    format!(
+                        "qemu exited: {}",
+                        std::fs::read_to_string(dir.join("qemu.log"))
+                            .unwrap_or_default()
+                            .trim()
+                    )
+                } else {
+                    format!("the agent did not answer within {}s", cfg.boot_timeout_secs)
+                };
+                qemu.kill().await;
+                vsock.kill().await;
+                let log = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+                return Err(Error::Backend(format!(
+                    "VM boot failed: {why}\n--- guest console (tail) ---\n{}\n--- qemu ---\n{}\n--- vsock backend ---\n{}",
+                    console_tail(dir),
+                    log("qemu.log").trim(),
+                    log("vsock.log").trim()
+                )));
+            }
+            match AgentClient::connect(&uds, left.min(Duration::from_secs(2))).await {
+                Ok(a) => break a,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        Ok(MicroVm {
+            dir: dir.to_path_buf(),
+            agent,
+            qemu,
+            vsock,
+        })
+    }
+
+    pub fn qemu_pid(&self) -> u32 {
+        self.qemu.pid()
+    }
+
+    pub fn vsock_pid(&self) -> u32 {
+        self.vsock.pid()
+    }
+
+    /// Ask the agent to power off; kill what does not stop in time; remove the state dir.
+    pub async fn shutdown(mut self) -> Result<()> {
+        let asked = self.agent.shutdown().await;
+        if asked.is_err() || !self.qemu.exited_within(Duration::from_secs(10)).await {
+            self.qemu.kill().await;
+        }
+        self.vsock.kill().await;
+        std::fs::remove_dir_all(&self.dir)
+            .map_err(Error::io(format!("remove {}", self.dir.display())))?;
+        asked
+    }
+}
