@@ -41,16 +41,7 @@ async fn boots_and_answers(state: &Path) -> Result<()> {
     let cfg = config(&assets());
     let dir = state.join("vm1");
     let start = Instant::now();
-    // Seen once under TCG on a loaded 2-core host: a guest that printed nothing in 60 s.
-    // One retry, reported, so a hiccup is visible without failing the suite; a guest
-    // that fails twice fails the test.
-    let vm = match MicroVm::boot(&cfg, &dir).await {
-        Ok(vm) => vm,
-        Err(first) => {
-            println!("  first boot failed, retrying once: {first}");
-            MicroVm::boot(&cfg, &dir).await?
-        }
-    };
+    let vm = MicroVm::boot(&cfg, &dir).await?;
     let boot = start.elapsed();
     let (qemu, vsock) = (vm.qemu_pid(), vm.vsock_pid());
     ensure!(vm.agent.version.protocol == stockade_agent_protocol::PROTOCOL_VERSION);

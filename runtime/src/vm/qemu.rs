@@ -27,6 +27,32 @@ pub fn console_tail(dir: &Path) -> String {
     lines[lines.len().saturating_sub(CONSOLE_TAIL_LINES)..].join("\n")
 }
 
+/// Under TCG the guest's TSC ticks at the host's rate, but the kernel's calibration
+/// against the emulated PIT fails now and then ("could not calculate TSC khz"), and the
+/// guest then hangs before its first console line. Telling it the rate avoids that.
+fn kernel_cmdline(accel: Accel) -> String {
+    let mut cmdline = String::from("console=ttyS0 quiet panic=-1");
+    if accel == Accel::Tcg
+        && let Some(khz) =
+            host_tsc_khz(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default())
+    {
+        cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+    }
+    cmdline
+}
+
+fn host_tsc_khz(cpuinfo: &str) -> Option<u64> {
+    let mhz: f64 = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    (mhz > 0.0).then_some((mhz * 1000.0) as u64)
+}
+
 pub fn qemu_args(cfg: &HypervisorConfig, dir: &Path) -> Vec<String> {
     let accel = match cfg.accel {
         Accel::Kvm => "kvm",
@@ -62,7 +88,7 @@ pub fn qemu_args(cfg: &HypervisorConfig, dir: &Path) -> Vec<String> {
         "-initrd".into(),
         cfg.initrd.display().to_string(),
         "-append".into(),
-        "console=ttyS0 quiet panic=-1".into(),
+        kernel_cmdline(cfg.accel),
     ];
     if cfg.accel == Accel::Kvm {
         a.extend(["-cpu".into(), "host".into()]);
@@ -192,5 +218,27 @@ impl MicroVm {
         std::fs::remove_dir_all(&self.dir)
             .map_err(Error::io(format!("remove {}", self.dir.display())))?;
         asked
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tsc_rate_comes_from_cpuinfo() {
+        assert_eq!(
+            host_tsc_khz("processor : 0\ncpu MHz\t\t: 2445.426\n"),
+            Some(2_445_426)
+        );
+        assert_eq!(host_tsc_khz("processor : 0\n"), None);
+    }
+
+    #[test]
+    fn only_tcg_gets_a_tsc_rate() {
+        assert!(!kernel_cmdline(Accel::Kvm).contains("tsc_early_khz"));
+        let args = qemu_args(&HypervisorConfig::default(), Path::new("/x"));
+        assert!(args.iter().any(|a| a == "-nodefaults"));
+        assert!(args.iter().any(|a| a.starts_with("on,obsolete=deny")));
     }
 }
