@@ -5,11 +5,8 @@
 //!
 //!   sudo cargo run --release -p stockade-integration --example vm_boot -- [N]
 
-use std::path::PathBuf;
 use std::time::Instant;
 
-use stockade_runtime::config::{Accel, HypervisorConfig};
-use stockade_runtime::probe::{RealHost, probe_kvm};
 use stockade_runtime::vm::MicroVm;
 
 fn pss_kib(pid: u32) -> u64 {
@@ -29,18 +26,7 @@ fn main() -> anyhow::Result<()> {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(10);
-    let assets = PathBuf::from("/usr/share/stockade");
-    let cfg = HypervisorConfig {
-        accel: if probe_kvm(&RealHost).is_usable() {
-            Accel::Kvm
-        } else {
-            Accel::Tcg
-        },
-        kernel: assets.join("vmlinuz"),
-        initrd: assets.join("initrd.img"),
-        boot_timeout_secs: 60,
-        ..Default::default()
-    };
+    let cfg = stockade_integration::guest_config();
     let state = tempfile::Builder::new()
         .prefix("stockade-bench-vm-")
         .tempdir_in("/tmp")?;

@@ -448,3 +448,29 @@ pub fn build_image(out: &Path) -> Result<()> {
 pub fn in_tty(cmd: &str) -> Out {
     run(Command::new("script").args(["-qec", cmd, "/dev/null"]))
 }
+
+/// Where the guest assets live (`$STOCKADE_GUEST_DIR`, else setup.sh's install dir).
+pub fn guest_assets() -> PathBuf {
+    std::env::var_os("STOCKADE_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/share/stockade"))
+}
+
+/// The hypervisor config the VM tests and benchmarks boot with: the installed guest
+/// assets, KVM where the probe passes, TCG elsewhere.
+pub fn guest_config() -> stockade_runtime::config::HypervisorConfig {
+    use stockade_runtime::config::{Accel, HypervisorConfig};
+    use stockade_runtime::probe::{RealHost, probe_kvm};
+    let assets = guest_assets();
+    HypervisorConfig {
+        accel: if probe_kvm(&RealHost).is_usable() {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        },
+        kernel: assets.join("vmlinuz"),
+        initrd: assets.join("initrd.img"),
+        boot_timeout_secs: 60,
+        ..Default::default()
+    }
+}

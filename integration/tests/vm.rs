@@ -3,33 +3,13 @@
 //! guest's details, shut it down, and leave nothing behind; a guest whose agent never
 //! answers fails within the boot timeout with the console's tail.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail, ensure};
-use stockade_runtime::config::{Accel, HypervisorConfig};
-use stockade_runtime::probe::{RealHost, probe_kvm};
+use stockade_integration::{guest_assets, guest_config};
+use stockade_runtime::config::HypervisorConfig;
 use stockade_runtime::vm::MicroVm;
-
-fn assets() -> PathBuf {
-    std::env::var_os("STOCKADE_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/share/stockade"))
-}
-
-fn config(dir: &Path) -> HypervisorConfig {
-    HypervisorConfig {
-        accel: if probe_kvm(&RealHost).is_usable() {
-            Accel::Kvm
-        } else {
-            Accel::Tcg
-        },
-        kernel: dir.join("vmlinuz"),
-        initrd: dir.join("initrd.img"),
-        boot_timeout_secs: 60,
-        ..Default::default()
-    }
-}
 
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -38,7 +18,7 @@ fn alive(pid: u32) -> bool {
 }
 
 async fn boots_and_answers(state: &Path) -> Result<()> {
-    let cfg = config(&assets());
+    let cfg = guest_config();
     let dir = state.join("vm1");
     let start = Instant::now();
     let vm = MicroVm::boot(&cfg, &dir).await?;
@@ -52,7 +32,7 @@ async fn boots_and_answers(state: &Path) -> Result<()> {
         .to_string_lossy()
         .into_owned();
     let expected =
-        std::fs::read_to_string(assets().join("guest-kernel-release")).unwrap_or_default();
+        std::fs::read_to_string(guest_assets().join("guest-kernel-release")).unwrap_or_default();
     ensure!(
         details.kernel_release != host,
         "guest kernel {} is the host's",
@@ -134,7 +114,7 @@ async fn silent_guest_times_out_cleanly(state: &Path) -> Result<()> {
     let dir = state.join("vm2");
     let silent = state.join("no-agent.img");
     std::fs::write(&silent, newc_with_init(&std::fs::read("/bin/busybox")?))?;
-    let mut cfg = config(&assets());
+    let mut cfg = guest_config();
     cfg.initrd = silent;
     cfg.boot_timeout_secs = 8;
     let start = Instant::now();
@@ -169,7 +149,7 @@ async fn silent_guest_times_out_cleanly(state: &Path) -> Result<()> {
 type Case = fn(&Path) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + '_>>;
 
 fn main() {
-    let a = assets();
+    let a = guest_assets();
     let missing: Vec<_> = ["vmlinuz", "initrd.img"]
         .iter()
         .filter(|f| !a.join(f).exists())
