@@ -103,6 +103,15 @@ pub fn shim_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// `$PATH` with the shim under test first, so the daemons find it by runtime name.
+fn path_with_shim() -> Result<String> {
+    Ok(format!(
+        "{}:{}",
+        shim_dir()?.display(),
+        std::env::var("PATH").unwrap_or_default()
+    ))
+}
+
 /// Why the end-to-end suite cannot run here, if it cannot.
 pub fn skip_reason() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
@@ -196,11 +205,7 @@ state = "{state}"
                 d = d.display()
             ),
         )?;
-        let path = format!(
-            "{}:{}",
-            shim_dir()?.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
+        let path = path_with_shim()?;
         let log = std::fs::File::create(d.join("containerd.log"))?;
         let child = Command::new("/usr/bin/containerd")
             .arg("--config")
@@ -364,11 +369,7 @@ impl TestDocker {
             }
         }
         let log = std::fs::File::create(d.join("dockerd.log"))?;
-        let path = format!(
-            "{}:{}",
-            shim_dir()?.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
+        let path = path_with_shim()?;
         let child = Command::new(dockerd)
             .arg("--config-file")
             .arg(&daemon_json)

@@ -471,7 +471,8 @@ fn backend_selection_fails_closed(s: &Suite) -> Result<()> {
         "sel1",
         "true",
     ]);
-    let probe_ok = stockade_runtime_probe_usable();
+    let probe_ok =
+        stockade_runtime::probe::probe_kvm(&stockade_runtime::probe::RealHost).is_usable();
     if !probe_ok {
         ensure!(
             !out.ok() && out.stderr.contains("KVM"),
@@ -521,14 +522,6 @@ fn backend_selection_fails_closed(s: &Suite) -> Result<()> {
         expect_clean(s, NAMESPACE, id)?;
     }
     Ok(())
-}
-
-fn stockade_runtime_probe_usable() -> bool {
-    // Mirrors the shim's probe: PVM-only KVM never counts.
-    !std::path::Path::new("/sys/module/kvm_pvm").exists()
-        && std::fs::read_to_string("/proc/cpuinfo")
-            .is_ok_and(|c| c.contains(" vmx") || c.contains(" svm"))
-        && std::path::Path::new("/dev/kvm").exists()
 }
 
 fn docker_of(s: &Suite) -> Result<&TestDocker> {

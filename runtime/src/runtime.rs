@@ -617,14 +617,12 @@ impl Runtime {
     pub async fn pids(&self, id: &str) -> Result<Vec<(u32, Option<String>)>> {
         use libcgroups::common::CgroupManager;
         let c = self.container(id)?;
-        let (path, systemd, cid) = (c.cgroup_path.clone(), c.systemd, c.id.clone());
-        let pids = tokio::task::spawn_blocking(move || {
-            stats::manager(&path, systemd, &cid)?
+        let pids = in_cgroup(&c, |path, systemd, id| {
+            stats::manager(path, systemd, id)?
                 .get_all_pids()
                 .map_err(|e| Error::Backend(format!("list pids: {e}")))
         })
-        .await
-        .map_err(|e| Error::Backend(e.to_string()))??;
+        .await?;
         let execs: HashMap<u32, String> = c
             .execs
             .lock()
@@ -660,10 +658,7 @@ impl Runtime {
 
     pub async fn stats(&self, id: &str) -> Result<(stats::CgroupVersion, stats::Metrics)> {
         let c = self.container(id)?;
-        let (path, systemd, cid) = (c.cgroup_path.clone(), c.systemd, c.id.clone());
-        let m = tokio::task::spawn_blocking(move || stats::collect(&path, systemd, &cid))
-            .await
-            .map_err(|e| Error::Backend(e.to_string()))??;
+        let m = in_cgroup(&c, stats::collect).await?;
         Ok((stats::cgroup_version(), m))
     }
 
@@ -672,20 +667,18 @@ impl Runtime {
         let c = self.container(id)?;
         let resources: LinuxResources = serde_json::from_slice(resources_json)
             .map_err(|e| Error::InvalidArgument(format!("invalid resources: {e}")))?;
-        let (path, systemd, cid) = (c.cgroup_path.clone(), c.systemd, c.id.clone());
-        tokio::task::spawn_blocking(move || {
+        in_cgroup(&c, move |path, systemd, id| {
             let opt = ControllerOpt {
                 resources: &resources,
                 disable_oom_killer: false,
                 oom_score_adj: None,
                 freezer_state: None,
             };
-            stats::manager(&path, systemd, &cid)?
+            stats::manager(path, systemd, id)?
                 .apply(&opt)
                 .map_err(|e| Error::InvalidArgument(format!("update resources: {e}")))
         })
         .await
-        .map_err(|e| Error::Backend(e.to_string()))?
     }
 
     pub fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
@@ -713,6 +706,18 @@ impl Runtime {
         }
         Ok(())
     }
+}
+
+/// Run `f` on the container's cgroup (path, systemd driver, id) off the async threads:
+/// cgroupfs reads and writes block.
+async fn in_cgroup<T: Send + 'static>(
+    c: &Container,
+    f: impl FnOnce(&Path, bool, &str) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let (path, systemd, id) = (c.cgroup_path.clone(), c.systemd, c.id.clone());
+    tokio::task::spawn_blocking(move || f(&path, systemd, &id))
+        .await
+        .map_err(|e| Error::Backend(e.to_string()))?
 }
 
 /// `slice:prefix:name`, the systemd driver's cgroupsPath form (never an absolute path).

@@ -10,9 +10,6 @@ use crate::error::{Error, Result};
 use crate::linux::seccomp;
 use crate::mounts::kernel_supports;
 
-/// Mount types the container backend understands besides what /proc/filesystems lists.
-const BIND_TYPES: &[&str] = &["bind", "rbind", "none", ""];
-
 pub fn is_privileged(spec: &Spec) -> bool {
     spec.process()
         .as_ref()
@@ -49,19 +46,9 @@ pub fn harden(spec: &mut Spec, bundle: &Path, cfg: &ContainerConfig) -> Result<(
     }
 
     if !privileged {
-        let mut masked = linux.masked_paths().clone().unwrap_or_default();
-        for p in &cfg.extra_masked_paths {
-            if !masked.contains(p) {
-                masked.push(p.clone());
-            }
-        }
+        let masked = with_extra(linux.masked_paths(), &cfg.extra_masked_paths);
         linux.set_masked_paths(Some(masked));
-        let mut readonly = linux.readonly_paths().clone().unwrap_or_default();
-        for p in &cfg.extra_readonly_paths {
-            if !readonly.contains(p) {
-                readonly.push(p.clone());
-            }
-        }
+        let readonly = with_extra(linux.readonly_paths(), &cfg.extra_readonly_paths);
         linux.set_readonly_paths(Some(readonly));
     }
 
@@ -78,6 +65,17 @@ pub fn harden(spec: &mut Spec, bundle: &Path, cfg: &ContainerConfig) -> Result<(
         }
     }
     Ok(())
+}
+
+/// The spec's list followed by the extras it does not already hold.
+fn with_extra(spec: &Option<Vec<String>>, extra: &[String]) -> Vec<String> {
+    let mut out = spec.clone().unwrap_or_default();
+    for p in extra {
+        if !out.contains(p) {
+            out.push(p.clone());
+        }
+    }
+    out
 }
 
 /// The rootfs must exist and be a directory; a relative path is made absolute.
@@ -118,7 +116,7 @@ fn check_mounts(spec: &Spec) -> Result<()> {
             .iter()
             .flatten()
             .any(|o| o == "bind" || o == "rbind");
-        if is_bind || BIND_TYPES.contains(&kind) {
+        if is_bind {
             continue;
         }
         if !kernel_supports(kind) {
