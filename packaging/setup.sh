@@ -70,7 +70,7 @@ fi
 
 
 # The VM backend's pieces: the guest kernel (unpacked, never installed on the host),
-# the vhost-user vsock backend, and the guest assets built from them.
+# the vhost-user vsock backend, virtiofsd, and the guest assets built from them.
 kroot=/var/cache/stockade/guest-kernel
 if ! ls "$kroot"/boot/vmlinuz-*-cloud-amd64 >/dev/null 2>&1; then
   log "unpacking Debian's cloud kernel for the guest"
@@ -85,6 +85,11 @@ fi
 if [ ! -x /usr/local/bin/vhost-device-vsock ]; then
   log "building vhost-device-vsock (crates.io)"
   cargo install --locked --quiet vhost-device-vsock --root /usr/local
+fi
+# virtio-fs: one virtiofsd per pod exports the container rootfs to the guest.
+if [ ! -x /usr/local/bin/virtiofsd ]; then
+  log "building virtiofsd (crates.io)"
+  cargo install --locked --quiet virtiofsd --root /usr/local
 fi
 log "building the guest assets into /usr/share/stockade"
 bash "$ROOT/packaging/guest/build.sh" /usr/share/stockade

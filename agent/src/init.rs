@@ -5,6 +5,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use nix::mount::{MsFlags, mount};
+use stockade_runtime::exits::Exits;
 
 /// Print to the console and power off: a guest whose agent cannot serve is useless,
 /// and the host sees the reason in the console log.
@@ -13,6 +14,57 @@ pub fn fatal(msg: &str) -> ! {
     nix::unistd::sync();
     let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
     std::process::exit(1)
+}
+
+/// Set in the environment of the re-executed init once the root is a tmpfs.
+const SWITCHED: &str = "STOCKADE_ROOT_SWITCHED";
+
+/// The initramfs is the kernel's `rootfs`, which pivot_root(2) cannot leave, and
+/// libcontainer pivots into every container's root. So the agent first copies itself
+/// and its modules to a tmpfs, moves that over `/`, chroots into it and re-executes
+/// itself there (the busybox `switch_root` dance). Returns only if already switched.
+pub fn switch_root_to_tmpfs() {
+    if std::env::var_os(SWITCHED).is_some() {
+        return;
+    }
+    if let Err(e) = switch_root_inner() {
+        fatal(&format!("cannot move the root to a tmpfs: {e}"));
+    }
+}
+
+fn switch_root_inner() -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let new = Path::new("/newroot");
+    std::fs::create_dir_all(new)?;
+    mount(
+        Some("tmpfs"),
+        new,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )?;
+    std::fs::copy("/init", new.join("init"))?;
+    let modules = Path::new("lib/modules/stockade");
+    std::fs::create_dir_all(new.join(modules))?;
+    if let Ok(entries) = std::fs::read_dir(Path::new("/").join(modules)) {
+        for e in entries.flatten() {
+            std::fs::copy(e.path(), new.join(modules).join(e.file_name()))?;
+        }
+    }
+    for d in ["proc", "sys", "dev", "run", "tmp"] {
+        std::fs::create_dir_all(new.join(d))?;
+    }
+    // Free the initramfs's copies; they are unreachable after the move anyway.
+    let _ = std::fs::remove_file("/init");
+    let _ = std::fs::remove_dir_all("/lib");
+    nix::unistd::chdir(new)?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)?;
+    nix::unistd::chroot(".")?;
+    nix::unistd::chdir("/")?;
+    let err = std::process::Command::new("/init")
+        .env(SWITCHED, "1")
+        .exec();
+    Err(err)
 }
 
 pub fn early_mounts() {
@@ -86,17 +138,79 @@ pub fn set_hostname(name: &str) {
     }
 }
 
-/// PID 1 inherits every orphan: reap them all, forever.
-pub fn spawn_reaper() {
-    std::thread::spawn(|| {
+/// Let child cgroups use every controller the guest kernel offers (limits inside the
+/// guest are applied to the container's own cgroup).
+pub fn enable_cgroup_controllers() {
+    let root = Path::new("/sys/fs/cgroup");
+    let Ok(available) = std::fs::read_to_string(root.join("cgroup.controllers")) else {
+        return;
+    };
+    for c in available.split_whitespace() {
+        if let Err(e) = std::fs::write(root.join("cgroup.subtree_control"), format!("+{c}")) {
+            log::warn!(controller = c, error:% = e; "cannot enable cgroup controller");
+        }
+    }
+}
+
+/// PID 1 inherits every orphan: reap them all, forever, and hand each exit status to
+/// whoever waits for that pid (runc's convention: the status, or 128 + the signal).
+pub fn spawn_reaper(exits: Exits) {
+    use nix::sys::wait::{WaitStatus, waitpid};
+    std::thread::spawn(move || {
         loop {
-            match nix::sys::wait::waitpid(None, None) {
-                Ok(_) => {}
-                Err(nix::Error::ECHILD) => {
-                    std::thread::sleep(std::time::Duration::from_millis(200))
+            match waitpid(None, None) {
+                Ok(WaitStatus::Exited(pid, code)) => exits.notify(pid.as_raw(), code),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    exits.notify(pid.as_raw(), 128 + sig as i32)
                 }
+                Ok(_) => {}
+                Err(nix::Error::ECHILD) => std::thread::sleep(std::time::Duration::from_millis(20)),
                 Err(_) => {}
             }
         }
     });
+}
+
+pub fn meminfo_total() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+/// Mount the pod's virtio-fs share. Nothing on it is executable as a device, and no
+/// set-uid bit counts; containers get their rootfs from it through bind mounts.
+pub fn mount_share(tag: &str, target: &Path) -> stockade_runtime::Result<()> {
+    use stockade_runtime::Error;
+    if target.join(".").exists() && is_mountpoint(target) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(target).map_err(Error::io("create share dir"))?;
+    mount(
+        Some(tag),
+        target,
+        Some("virtiofs"),
+        MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .map_err(|e| {
+        Error::Backend(format!(
+            "mount virtio-fs {tag} on {}: {e}",
+            target.display()
+        ))
+    })
+}
+
+fn is_mountpoint(p: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let p = p.to_string_lossy();
+    mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(4) == Some(p.as_ref()))
 }

@@ -2,19 +2,32 @@
 //!
 //! Boot: mount /proc, /sys, /dev, /run and the cgroup2 hierarchy, load the kernel
 //! modules shipped beside it (in the order `/lib/modules/stockade/order` lists), set
-//! the hostname, then serve the agent protocol with ttrpc on vsock port 1024 while a
-//! thread reaps every child. Containers inside the guest come with the VM backend's
-//! next steps; this agent answers the version handshake, health, guest details and
-//! shutdown.
+//! the hostname, then serve the agent protocol with ttrpc on vsock port 1024 and the
+//! process stdio streams on port 1025, while a thread reaps every child.
+//!
+//! Containers run through the same runtime the host's container backend uses
+//! (`stockade_runtime::Runtime` in container mode: libcontainer from a sealed copy of
+//! this binary, Stockade's hardening, cgroups v2 inside the guest). Its libcontainer
+//! helper is this binary re-executed with the helper argument.
 
 mod init;
+mod logger;
 mod service;
+mod stdio;
 
 use std::sync::Arc;
 
-use stockade_agent_protocol::{AGENT_PORT, sync::agent_ttrpc::create_agent};
+use stockade_agent_protocol::asynchronous::agent_ttrpc::create_agent;
+use stockade_agent_protocol::{AGENT_PORT, STDIO_PORT};
+use stockade_runtime::exits::Exits;
+use stockade_runtime::linux::helper;
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    // The libcontainer helper: single-threaded, before any thread exists.
+    if args.get(1).map(String::as_str) == Some(helper::HELPER_ARG) {
+        std::process::exit(helper::main(&args[2..]));
+    }
     if std::process::id() != 1 {
         eprintln!(
             "stockade-agent {}: this is the guest's init; it runs as PID 1 inside a Stockade VM, \
@@ -23,26 +36,42 @@ fn main() {
         );
         std::process::exit(78); // EX_CONFIG
     }
+    init::switch_root_to_tmpfs();
     init::early_mounts();
+    logger::init();
     let loaded = init::load_modules(std::path::Path::new("/lib/modules/stockade"));
+    init::enable_cgroup_controllers();
     init::set_hostname("stockade");
-    init::spawn_reaper();
-    println!("stockade-agent: modules loaded: {}", loaded.join(" "));
+    let exits = Exits::default();
+    init::spawn_reaper(exits.clone());
+    log::info!(modules:% = loaded.join(" "); "modules loaded");
 
-    let service = create_agent(Arc::new(service::AgentService::new(loaded)));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| init::fatal(&format!("tokio runtime: {e}")));
+    rt.block_on(serve(exits, loaded));
+}
+
+async fn serve(exits: Exits, loaded: Vec<String>) {
+    let svc = Arc::new(service::AgentService::new(exits, loaded));
+    if let Err(e) = stdio::listen(STDIO_PORT) {
+        init::fatal(&format!(
+            "cannot listen for stdio on vsock port {STDIO_PORT}: {e}"
+        ));
+    }
     let addr = format!("vsock://-1:{AGENT_PORT}");
-    let server = ttrpc::Server::new()
+    let server = ttrpc::asynchronous::Server::new()
         .bind(&addr)
-        .map(|s| s.register_service(service));
+        .map(|s| s.register_service(create_agent(svc)));
     let mut server = match server {
         Ok(s) => s,
         Err(e) => init::fatal(&format!("cannot listen on {addr}: {e}")),
     };
-    if let Err(e) = server.start() {
+    if let Err(e) = server.start().await {
         init::fatal(&format!("cannot serve on {addr}: {e}"));
     }
-    println!("stockade-agent: serving on {addr}");
-    loop {
-        std::thread::park();
-    }
+    log::info!(addr = addr.as_str(); "serving");
+    std::future::pending::<()>().await;
 }

@@ -1,37 +1,265 @@
-//! The agent protocol's service, guest side.
+//! The agent protocol's service, guest side: a thin translation onto the runtime.
 
-use stockade_agent_protocol::sync::agent::{
-    Empty, GuestDetailsResponse, HealthResponse, VersionRequest, VersionResponse,
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use stockade_agent_protocol::asynchronous::agent::{
+    ContainerRef, CreateContainerRequest, CreateSandboxRequest, Empty, EventsRequest,
+    EventsResponse, ExecRequest, ExitResponse, GuestDetailsResponse, GuestEvent, HealthResponse,
+    PauseRequest, PidResponse, ProcessEntry, ProcessList, ProcessRef, ResizeRequest, SignalRequest,
+    StatsResponse, Stdio, UpdateRequest, VersionRequest, VersionResponse, guest_event::Kind,
 };
-use stockade_agent_protocol::sync::agent_ttrpc::Agent;
-use stockade_agent_protocol::{PROTOCOL_VERSION, capabilities};
-use ttrpc::TtrpcContext;
+use stockade_agent_protocol::asynchronous::agent_ttrpc::Agent;
+use stockade_agent_protocol::{GUEST_SHARE_DIR, PROTOCOL_VERSION, capabilities, valid_id};
+use stockade_runtime::config::{Config, ConfigSource, Mode};
+use stockade_runtime::exits::Exits;
+use stockade_runtime::linux::stats::CgroupVersion;
+use stockade_runtime::runtime::{CreateRequest, Event, ExitInfo, ProcessSpec, Runtime};
+use stockade_runtime::{Error, Result};
+use tokio::sync::Notify;
+use ttrpc::r#async::TtrpcContext;
+
+use crate::stdio;
+
+const BUNDLES: &str = "/run/stockade/bundles";
+const STATE_DIR: &str = "/run/stockade/state";
+/// Events the host has not fetched yet, at most; a host that stops polling loses the oldest.
+const MAX_PENDING_EVENTS: usize = 4096;
+const MAX_EVENTS_PER_REPLY: usize = 256;
+const MAX_EVENT_WAIT: Duration = Duration::from_secs(30);
 
 pub struct AgentService {
     modules: Vec<String>,
+    runtime: Runtime,
+    /// The guest's configuration (TOML), from CreateSandbox.
+    config: Mutex<Option<String>>,
+    events: Arc<EventQueue>,
 }
 
-impl AgentService {
-    pub fn new(modules: Vec<String>) -> AgentService {
-        AgentService { modules }
+#[derive(Default)]
+struct EventQueue {
+    pending: Mutex<(u64, VecDeque<GuestEvent>)>,
+    ready: Notify,
+}
+
+impl EventQueue {
+    fn push(&self, mut e: GuestEvent) {
+        let mut q = self.pending.lock().expect("events lock");
+        q.0 += 1;
+        e.seq = q.0;
+        if q.1.len() >= MAX_PENDING_EVENTS {
+            q.1.pop_front();
+        }
+        q.1.push_back(e);
+        drop(q);
+        self.ready.notify_waiters();
+    }
+
+    async fn poll(&self, acked: u64, wait: Duration) -> Vec<GuestEvent> {
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_EVENT_WAIT);
+        loop {
+            let notified = self.ready.notified();
+            {
+                let mut q = self.pending.lock().expect("events lock");
+                while q.1.front().is_some_and(|e| e.seq <= acked) {
+                    q.1.pop_front();
+                }
+                if !q.1.is_empty() {
+                    return q.1.iter().take(MAX_EVENTS_PER_REPLY).cloned().collect();
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Vec::new();
+            }
+        }
     }
 }
 
-fn meminfo_total() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
+fn unix_nanos(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
-        * 1024
 }
 
+fn exit_response(info: ExitInfo) -> ExitResponse {
+    ExitResponse {
+        pid: info.pid,
+        exit_code: info.code,
+        exited_at_unix_nanos: unix_nanos(info.at),
+        ..Default::default()
+    }
+}
+
+/// The one place runtime errors become ttrpc codes on the guest side; the host maps
+/// them back (`runtime/src/vm/agent.rs`).
+fn status(e: Error) -> ttrpc::Error {
+    use ttrpc::Code;
+    let code = match &e {
+        Error::NotFound(_) => Code::NOT_FOUND,
+        Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
+        Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
+        Error::InvalidArgument(_) | Error::Config { .. } => Code::INVALID_ARGUMENT,
+        Error::Unimplemented(_) => Code::UNIMPLEMENTED,
+        _ => Code::INTERNAL,
+    };
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, e.to_string()))
+}
+
+fn check_id(id: &str) -> Result<()> {
+    if valid_id(id) {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!("invalid id {id:?}")))
+    }
+}
+
+fn want(s: &Stdio) -> [bool; 3] {
+    [s.stdin, s.stdout, s.stderr]
+}
+
+impl AgentService {
+    pub fn new(exits: Exits, modules: Vec<String>) -> AgentService {
+        let (runtime, mut rx) = Runtime::new("guest", exits);
+        let events = Arc::new(EventQueue::default());
+        let queue = events.clone();
+        tokio::spawn(async move {
+            while let Some(e) = rx.recv().await {
+                let ev = match e {
+                    Event::Exit { id, exec_id, info } => GuestEvent {
+                        kind: Kind::EXIT.into(),
+                        container_id: id,
+                        exec_id,
+                        pid: info.pid,
+                        exit_code: info.code,
+                        exited_at_unix_nanos: unix_nanos(info.at),
+                        ..Default::default()
+                    },
+                    Event::Oom { id } => GuestEvent {
+                        kind: Kind::OOM.into(),
+                        container_id: id,
+                        ..Default::default()
+                    },
+                    // The host emits lifecycle events itself when its calls return.
+                    _ => continue,
+                };
+                queue.push(ev);
+            }
+        });
+        AgentService {
+            modules,
+            runtime,
+            config: Mutex::new(None),
+            events,
+        }
+    }
+
+    fn config_source(&self) -> Result<ConfigSource> {
+        let body = self.config.lock().expect("config lock").clone();
+        let body = body.ok_or_else(|| {
+            Error::FailedPrecondition("CreateSandbox must come before containers".into())
+        })?;
+        Ok(ConfigSource {
+            body: Some(body),
+            path: None,
+        })
+    }
+
+    async fn create_sandbox(&self, req: CreateSandboxRequest) -> Result<()> {
+        // The guest runs containers with the container backend, in its own state dir,
+        // whatever the host's mode says; the `[container]` hardening comes from the host.
+        let mut config = Config::parse(&req.container_config, Path::new("<host config>"))?;
+        config.runtime.mode = Mode::Container;
+        config.runtime.state_dir = PathBuf::from(STATE_DIR);
+        let text = toml::to_string(&config).map_err(|e| Error::Backend(e.to_string()))?;
+        if !req.hostname.is_empty() {
+            nix::unistd::sethostname(&req.hostname)
+                .map_err(|e| Error::InvalidArgument(format!("hostname: {e}")))?;
+        }
+        if !req.share_tag.is_empty() {
+            crate::init::mount_share(&req.share_tag, Path::new(GUEST_SHARE_DIR))?;
+        }
+        *self.config.lock().expect("config lock") = Some(text);
+        log::info!(sandbox = req.sandbox_id.as_str(); "sandbox ready");
+        Ok(())
+    }
+
+    async fn create_container(&self, req: CreateContainerRequest) -> Result<u32> {
+        check_id(&req.container_id)?;
+        let config = self.config_source()?;
+        let id = req.container_id.as_str();
+        let spec: oci_spec::runtime::Spec = serde_json::from_slice(&req.spec_json)
+            .map_err(|e| Error::InvalidArgument(format!("invalid spec: {e}")))?;
+        let bundle = Path::new(BUNDLES).join(id);
+        std::fs::create_dir_all(&bundle).map_err(Error::io("create bundle"))?;
+        let io = req.stdio.get_or_default();
+        let result = async {
+            spec.save(bundle.join("config.json"))
+                .map_err(|e| Error::Backend(format!("write spec: {e}")))?;
+            let paths = stdio::make_fifos(id, "", want(io), io.terminal)
+                .map_err(Error::io("make stdio fifos"))?;
+            self.runtime
+                .create(CreateRequest {
+                    id: id.into(),
+                    bundle: bundle.clone(),
+                    rootfs: Vec::new(),
+                    stdio: paths,
+                    config,
+                    systemd_cgroup: false,
+                })
+                .await
+        }
+        .await;
+        if result.is_err() {
+            stdio::remove_container(id);
+            let _ = std::fs::remove_dir_all(&bundle);
+        }
+        result
+    }
+
+    async fn exec(&self, req: ExecRequest) -> Result<()> {
+        check_id(&req.container_id)?;
+        check_id(&req.exec_id)?;
+        let io = req.stdio.get_or_default();
+        let paths = stdio::make_fifos(&req.container_id, &req.exec_id, want(io), io.terminal)
+            .map_err(Error::io("make stdio fifos"))?;
+        let res = self
+            .runtime
+            .exec(
+                &req.container_id,
+                &req.exec_id,
+                ProcessSpec {
+                    json: req.process_json,
+                },
+                paths,
+            )
+            .await;
+        if res.is_err() {
+            stdio::remove_fifos(&req.container_id, &req.exec_id);
+        }
+        res
+    }
+
+    async fn delete(&self, req: ProcessRef) -> Result<ExitInfo> {
+        let info = self.runtime.delete(&req.container_id, &req.exec_id).await?;
+        stdio::remove_fifos(&req.container_id, &req.exec_id);
+        if req.exec_id.is_empty() {
+            stdio::remove_container(&req.container_id);
+            let _ = std::fs::remove_dir_all(Path::new(BUNDLES).join(&req.container_id));
+        }
+        Ok(info)
+    }
+}
+
+#[async_trait]
 impl Agent for AgentService {
-    fn version(&self, _ctx: &TtrpcContext, req: VersionRequest) -> ttrpc::Result<VersionResponse> {
+    async fn version(
+        &self,
+        _ctx: &TtrpcContext,
+        req: VersionRequest,
+    ) -> ttrpc::Result<VersionResponse> {
         if req.host_protocol != PROTOCOL_VERSION {
             return Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
                 ttrpc::Code::FAILED_PRECONDITION,
@@ -48,6 +276,8 @@ impl Agent for AgentService {
                 capabilities::HEALTH,
                 capabilities::GUEST_DETAILS,
                 capabilities::SHUTDOWN,
+                capabilities::CONTAINERS,
+                capabilities::VIRTIOFS,
             ]
             .map(String::from)
             .to_vec(),
@@ -55,14 +285,14 @@ impl Agent for AgentService {
         })
     }
 
-    fn health(&self, _ctx: &TtrpcContext, _req: Empty) -> ttrpc::Result<HealthResponse> {
+    async fn health(&self, _ctx: &TtrpcContext, _req: Empty) -> ttrpc::Result<HealthResponse> {
         Ok(HealthResponse {
             serving: true,
             ..Default::default()
         })
     }
 
-    fn guest_details(
+    async fn guest_details(
         &self,
         _ctx: &TtrpcContext,
         _req: Empty,
@@ -71,7 +301,7 @@ impl Agent for AgentService {
         Ok(GuestDetailsResponse {
             kernel_release: uts.release().to_string_lossy().into_owned(),
             hostname: uts.nodename().to_string_lossy().into_owned(),
-            memory_total_bytes: meminfo_total(),
+            memory_total_bytes: crate::init::meminfo_total(),
             online_cpus: std::thread::available_parallelism()
                 .map(|n| n.get() as u32)
                 .unwrap_or(1),
@@ -80,10 +310,161 @@ impl Agent for AgentService {
         })
     }
 
-    fn shutdown(&self, _ctx: &TtrpcContext, _req: Empty) -> ttrpc::Result<Empty> {
+    async fn create_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateSandboxRequest,
+    ) -> ttrpc::Result<Empty> {
+        AgentService::create_sandbox(self, req)
+            .await
+            .map_err(status)?;
+        Ok(Empty::default())
+    }
+
+    async fn create_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateContainerRequest,
+    ) -> ttrpc::Result<PidResponse> {
+        let pid = AgentService::create_container(self, req)
+            .await
+            .map_err(status)?;
+        Ok(PidResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn start_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ProcessRef,
+    ) -> ttrpc::Result<PidResponse> {
+        let pid = self
+            .runtime
+            .start(&req.container_id, &req.exec_id)
+            .await
+            .map_err(status)?;
+        Ok(PidResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn exec(&self, _ctx: &TtrpcContext, req: ExecRequest) -> ttrpc::Result<Empty> {
+        AgentService::exec(self, req).await.map_err(status)?;
+        Ok(Empty::default())
+    }
+
+    async fn signal(&self, _ctx: &TtrpcContext, req: SignalRequest) -> ttrpc::Result<Empty> {
+        self.runtime
+            .kill(&req.container_id, &req.exec_id, req.signal, req.all)
+            .await
+            .map_err(status)?;
+        Ok(Empty::default())
+    }
+
+    async fn wait(&self, _ctx: &TtrpcContext, req: ProcessRef) -> ttrpc::Result<ExitResponse> {
+        let info = self
+            .runtime
+            .wait(&req.container_id, &req.exec_id)
+            .await
+            .map_err(status)?;
+        Ok(exit_response(info))
+    }
+
+    async fn delete(&self, _ctx: &TtrpcContext, req: ProcessRef) -> ttrpc::Result<ExitResponse> {
+        let info = AgentService::delete(self, req).await.map_err(status)?;
+        Ok(exit_response(info))
+    }
+
+    async fn stats(&self, _ctx: &TtrpcContext, req: ContainerRef) -> ttrpc::Result<StatsResponse> {
+        let (version, metrics) = self
+            .runtime
+            .stats(&req.container_id)
+            .await
+            .map_err(status)?;
+        Ok(StatsResponse {
+            cgroup_v2: version == CgroupVersion::V2,
+            metrics_json: serde_json::to_vec(&metrics)
+                .map_err(|e| ttrpc::Error::Others(e.to_string()))?,
+            ..Default::default()
+        })
+    }
+
+    async fn update_resources(
+        &self,
+        _ctx: &TtrpcContext,
+        req: UpdateRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.runtime
+            .update(&req.container_id, &req.resources_json)
+            .await
+            .map_err(status)?;
+        Ok(Empty::default())
+    }
+
+    async fn set_paused(&self, _ctx: &TtrpcContext, req: PauseRequest) -> ttrpc::Result<Empty> {
+        self.runtime
+            .set_paused(&req.container_id, req.paused)
+            .await
+            .map_err(status)?;
+        Ok(Empty::default())
+    }
+
+    async fn resize_tty(&self, _ctx: &TtrpcContext, req: ResizeRequest) -> ttrpc::Result<Empty> {
+        self.runtime
+            .resize_pty(&req.container_id, &req.exec_id, req.width, req.height)
+            .await
+            .map_err(status)?;
+        Ok(Empty::default())
+    }
+
+    async fn close_stdin(&self, _ctx: &TtrpcContext, req: ProcessRef) -> ttrpc::Result<Empty> {
+        self.runtime
+            .close_io(&req.container_id, &req.exec_id)
+            .map_err(status)?;
+        Ok(Empty::default())
+    }
+
+    async fn list_processes(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRef,
+    ) -> ttrpc::Result<ProcessList> {
+        let pids = self.runtime.pids(&req.container_id).await.map_err(status)?;
+        Ok(ProcessList {
+            processes: pids
+                .into_iter()
+                .map(|(pid, exec)| ProcessEntry {
+                    pid,
+                    exec_id: exec.unwrap_or_default(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    async fn events(
+        &self,
+        _ctx: &TtrpcContext,
+        req: EventsRequest,
+    ) -> ttrpc::Result<EventsResponse> {
+        let events = self
+            .events
+            .poll(req.acked, Duration::from_millis(req.wait_millis.into()))
+            .await;
+        Ok(EventsResponse {
+            events,
+            ..Default::default()
+        })
+    }
+
+    async fn shutdown(&self, _ctx: &TtrpcContext, _req: Empty) -> ttrpc::Result<Empty> {
         // Answer first; power off a moment later so the reply reaches the host.
         std::thread::spawn(|| {
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(50));
             nix::unistd::sync();
             let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
         });

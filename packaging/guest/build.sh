@@ -2,7 +2,8 @@
 # Build the guest assets of the VM backend from Debian's linux-image-cloud-amd64:
 #   OUT/vmlinuz     the kernel
 #   OUT/initrd.img  a gzip'd cpio: stockade-agent as /init, plus the kernel modules it
-#                   loads at boot (virtio-mmio, vsock, virtiofs, overlay) and their order
+#                   loads at boot (virtio-mmio, vsock, virtiofs, overlay) and their order;
+#                   the agent runs the guest's containers with libcontainer
 #   packaging/guest/build.sh [OUT]        (default OUT: /usr/share/stockade)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -18,8 +19,10 @@ kver=${STOCKADE_GUEST_KERNEL:-$(ls "$KROOT/lib/modules" 2>/dev/null | grep -E 'c
   exit 1
 }
 
-# The agent is PID 1 of a guest with no libc: link it statically.
+# The agent is PID 1 of a guest with no libc: link it statically, libseccomp included
+# (the guest's containers get the same seccomp hardening as the container backend's).
 (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
+  LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
   cargo build --release --locked -p stockade-agent --target "$TARGET")
 agent=$ROOT/target/$TARGET/release/stockade-agent
 

@@ -91,6 +91,8 @@ pub struct HypervisorConfig {
     pub initrd: PathBuf,
     /// vhost-user vsock backend, used when /dev/vhost-vsock is absent.
     pub vsock_backend: PathBuf,
+    /// virtio-fs daemon, one per pod, run with `--sandbox namespace`.
+    pub virtiofsd: PathBuf,
     pub vcpus: u32,
     pub memory_mib: u32,
     pub boot_timeout_secs: u64,
@@ -104,6 +106,7 @@ impl Default for HypervisorConfig {
             kernel: PathBuf::from("/usr/share/stockade/vmlinuz"),
             initrd: PathBuf::from("/usr/share/stockade/initrd.img"),
             vsock_backend: PathBuf::from("/usr/local/bin/vhost-device-vsock"),
+            virtiofsd: PathBuf::from("/usr/local/bin/virtiofsd"),
             vcpus: 1,
             memory_mib: 256,
             boot_timeout_secs: 30,

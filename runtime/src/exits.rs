@@ -17,6 +17,8 @@ const KEEP_UNCLAIMED: Duration = Duration::from_secs(60);
 struct Inner {
     waiters: HashMap<i32, Vec<oneshot::Sender<i32>>>,
     unclaimed: HashMap<i32, (i32, Instant)>,
+    /// Set when every process is gone at once (a VM died): all waits end with this code.
+    closed: Option<i32>,
 }
 
 /// Exit codes follow runc: the exit status, or 128 + signal for a signal death.
@@ -41,11 +43,24 @@ impl Exits {
         inner.unclaimed.insert(pid, (code, now));
     }
 
+    /// Every process is gone (its VM died): end every wait, now and later, with `code`.
+    pub fn close(&self, code: i32) {
+        let mut inner = self.inner.lock().expect("exits lock");
+        inner.closed = Some(code);
+        for (_, waiters) in inner.waiters.drain() {
+            for w in waiters {
+                let _ = w.send(code);
+            }
+        }
+    }
+
     /// A receiver that resolves with the exit code of `pid`.
     pub fn subscribe(&self, pid: i32) -> oneshot::Receiver<i32> {
         let (tx, rx) = oneshot::channel();
         let mut inner = self.inner.lock().expect("exits lock");
         if let Some((code, _)) = inner.unclaimed.remove(&pid) {
+            let _ = tx.send(code);
+        } else if let Some(code) = inner.closed {
             let _ = tx.send(code);
         } else {
             inner.waiters.entry(pid).or_default().push(tx);
@@ -68,6 +83,15 @@ mod tests {
         let exits = Exits::default();
         exits.notify(42, 137);
         assert_eq!(exits.wait(42).await, 137);
+    }
+
+    #[tokio::test]
+    async fn close_ends_every_wait() {
+        let exits = Exits::default();
+        let a = exits.subscribe(7);
+        exits.close(255);
+        assert_eq!(a.await.unwrap(), 255);
+        assert_eq!(exits.wait(8).await, 255);
     }
 
     #[tokio::test]

@@ -81,6 +81,8 @@ pub(crate) struct Container {
     pub(crate) own_pid_ns: bool,
     pub(crate) paused: Mutex<bool>,
     pub(crate) no_new_privileges: bool,
+    /// The pod VM the container runs in (VM backend); None for the container backend.
+    pub(crate) vm: Option<Arc<crate::vm::Sandbox>>,
 }
 
 impl Container {

@@ -21,6 +21,8 @@ use crate::probe::{RealHost, probe_kvm};
 use crate::process::{Container, ProcState, Process};
 use crate::select::{Backend, select};
 use crate::stdio::{ProcessIo, StdioPaths};
+use crate::vm::Sandbox;
+use crate::vm::agent::stdio_msg;
 
 const OUTPUT_GRACE: Duration = Duration::from_secs(5);
 const EXIT_GRACE: Duration = Duration::from_secs(10);
@@ -118,6 +120,8 @@ struct Inner {
     events: mpsc::UnboundedSender<Event>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     linux: LinuxBackend,
+    /// The pod's VM (VM backend), booted by the first container's Create.
+    sandbox: tokio::sync::Mutex<Option<Arc<Sandbox>>>,
 }
 
 impl Runtime {
@@ -129,6 +133,7 @@ impl Runtime {
             exits,
             events: tx,
             containers: Mutex::new(HashMap::new()),
+            sandbox: tokio::sync::Mutex::new(None),
         };
         (
             Runtime {
@@ -178,12 +183,6 @@ impl Runtime {
         let annotations = spec.annotations().clone().unwrap_or_default();
         let selection = select(&config, &annotations, || probe_kvm(&RealHost))?;
         log::info!(id = req.id.as_str(), backend:? = selection.backend, reason = selection.reason.as_str(); "backend selected");
-        if let Backend::Vm { .. } = selection.backend {
-            return Err(Error::VmUnavailable {
-                reason: selection.reason,
-            });
-        }
-
         let dirs = ContainerDirs::new(&config.runtime.state_dir, &self.inner.namespace, &req.id);
         if dirs.state.exists() {
             // Left by a shim that died: nothing in it is trusted or reused.
@@ -195,9 +194,16 @@ impl Runtime {
         set_mode(&dirs.state, 0o700);
 
         let mut mounted = None;
-        let result = self
-            .create_in(&req, &config, &mut spec, &dirs, &mut mounted)
-            .await;
+        let result = match selection.backend {
+            Backend::Vm { .. } => {
+                self.create_vm(&req, &config, &mut spec, &dirs, &mut mounted)
+                    .await
+            }
+            Backend::Container => {
+                self.create_in(&req, &config, &mut spec, &dirs, &mut mounted)
+                    .await
+            }
+        };
         match result {
             Ok(pid) => Ok(pid),
             Err(e) => {
@@ -209,6 +215,150 @@ impl Runtime {
                 Err(e)
             }
         }
+    }
+
+    /// The pod's VM: the one already running, or a new one.
+    async fn vm_sandbox(&self, id: &str, config: &Config, spec: &Spec) -> Result<Arc<Sandbox>> {
+        let mut slot = self.inner.sandbox.lock().await;
+        if let Some(sb) = slot.as_ref() {
+            if sb.is_dead() {
+                return Err(Error::FailedPrecondition(format!(
+                    "the pod's VM has died (console: {})",
+                    sb.console_log().display()
+                )));
+            }
+            return Ok(sb.clone());
+        }
+        let events = self.inner.events.clone();
+        let hostname = spec.hostname().clone().unwrap_or_default();
+        let sb = Sandbox::boot(config, &self.inner.namespace, id, &hostname, move |id| {
+            log::warn!(id = id.as_str(); "OOM kill in container (guest)");
+            let _ = events.send(Event::Oom { id });
+        })
+        .await?;
+        std::fs::write(
+            ContainerDirs::new(&config.runtime.state_dir, &self.inner.namespace, id)
+                .state
+                .join(SANDBOX_MARK),
+            sb.dir.to_string_lossy().as_bytes(),
+        )
+        .map_err(Error::io("record the sandbox dir"))?;
+        *slot = Some(sb.clone());
+        Ok(sb)
+    }
+
+    /// Tear the pod's VM down once no container uses it.
+    async fn release_sandbox_if_unused(&self) -> Result<()> {
+        let in_use = self
+            .inner
+            .containers
+            .lock()
+            .expect("containers lock")
+            .values()
+            .any(|c| c.vm.is_some());
+        if in_use {
+            return Ok(());
+        }
+        let sb = self.inner.sandbox.lock().await.take();
+        match sb {
+            Some(sb) => sb.teardown().await,
+            None => Ok(()),
+        }
+    }
+
+    async fn create_vm(
+        &self,
+        req: &CreateRequest,
+        config: &Config,
+        spec: &mut Spec,
+        dirs: &ContainerDirs,
+        mounted: &mut Option<PathBuf>,
+    ) -> Result<u32> {
+        let sandbox = self.vm_sandbox(&req.id, config, spec).await?;
+        let res = self
+            .create_vm_in(&sandbox, req, config, spec, dirs, mounted)
+            .await;
+        if res.is_err() {
+            let _ = sandbox.share.remove_container(&req.id);
+            let _ = self.release_sandbox_if_unused().await;
+        }
+        res
+    }
+
+    async fn create_vm_in(
+        &self,
+        sandbox: &Arc<Sandbox>,
+        req: &CreateRequest,
+        config: &Config,
+        spec: &mut Spec,
+        dirs: &ContainerDirs,
+        mounted: &mut Option<PathBuf>,
+    ) -> Result<u32> {
+        if !req.rootfs.is_empty() {
+            let target = req.bundle.join("rootfs");
+            std::fs::create_dir_all(&target)
+                .map_err(Error::io(format!("create {}", target.display())))?;
+            mounts::mount_all(&req.rootfs, &target)?;
+            *mounted = Some(target);
+        }
+        guest_spec(spec, req.stdio.terminal);
+        sandbox.share.add_container(&req.id, spec, &req.bundle)?;
+        let json = serde_json::to_vec(&spec).map_err(|e| Error::Backend(e.to_string()))?;
+        let own_pid_ns = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .is_some_and(|ns| ns.iter().any(|n| n.typ() == LinuxNamespaceType::Pid));
+
+        let (io, mut child) = ProcessIo::new(&host_side(&req.stdio), &dirs.state, "init")?;
+        let fds = std::mem::take(&mut child.fds);
+        let want = [0, 1, 2].map(|i| fds[i].is_some());
+        let pid = sandbox
+            .agent
+            .create_container(&req.id, json, stdio_msg(want, req.stdio.terminal))
+            .await;
+        let pid = match pid {
+            Ok(pid) => pid,
+            Err(e) => {
+                io.shutdown();
+                return Err(e);
+            }
+        };
+        if let Err(e) = sandbox.attach_stdio(&req.id, "", fds).await {
+            io.shutdown();
+            let _ = sandbox.agent.delete(&req.id, "").await;
+            return Err(e);
+        }
+        let init = Process::new("", req.stdio.clone(), io, pid);
+        let container = Arc::new(Container {
+            id: req.id.clone(),
+            bundle: req.bundle.clone(),
+            dirs: dirs.clone(),
+            mounted_rootfs: mounted.clone(),
+            init: init.clone(),
+            execs: Mutex::new(HashMap::new()),
+            cgroup_path: PathBuf::new(),
+            systemd: false,
+            own_pid_ns,
+            paused: Mutex::new(false),
+            no_new_privileges: config.container.no_new_privileges,
+            vm: Some(sandbox.clone()),
+        });
+        self.inner
+            .containers
+            .lock()
+            .expect("containers lock")
+            .insert(req.id.clone(), container.clone());
+        let exit = sandbox.exits.subscribe(pid as i32);
+        self.spawn_exit_watch(container, init, pid as i32, exit);
+        self.emit(Event::Create {
+            id: req.id.clone(),
+            bundle: req.bundle.clone(),
+            pid,
+            rootfs: req.rootfs.clone(),
+            stdio: req.stdio.clone(),
+        });
+        Ok(pid)
     }
 
     async fn create_in(
@@ -301,13 +451,15 @@ impl Runtime {
             own_pid_ns,
             paused: Mutex::new(false),
             no_new_privileges: config.container.no_new_privileges,
+            vm: None,
         });
         self.inner
             .containers
             .lock()
             .expect("containers lock")
             .insert(req.id.clone(), container.clone());
-        self.spawn_exit_watch(container.clone(), init, pid);
+        let exit = self.inner.exits.subscribe(pid);
+        self.spawn_exit_watch(container.clone(), init, pid, exit);
         let events = self.inner.events.clone();
         let id = req.id.clone();
         oom::watch(&container.cgroup_path, move || {
@@ -324,9 +476,14 @@ impl Runtime {
         Ok(pid as u32)
     }
 
-    fn spawn_exit_watch(&self, container: Arc<Container>, proc: Arc<Process>, pid: i32) {
+    fn spawn_exit_watch(
+        &self,
+        container: Arc<Container>,
+        proc: Arc<Process>,
+        pid: i32,
+        exit: tokio::sync::oneshot::Receiver<i32>,
+    ) {
         let rt = self.clone();
-        let exit = self.inner.exits.subscribe(pid);
         tokio::spawn(async move {
             let code = exit.await.unwrap_or(255);
             let at = SystemTime::now();
@@ -369,11 +526,7 @@ impl Runtime {
             return;
         }
         if !c.own_pid_ns {
-            let _ = self
-                .inner
-                .linux
-                .kill_all(&c.dirs, &c.id, libc::SIGKILL)
-                .await;
+            let _ = self.kill_all(c, libc::SIGKILL).await;
         }
         for p in running {
             let _ = tokio::time::timeout(EXIT_GRACE, p.wait_exit()).await;
@@ -387,6 +540,9 @@ impl Runtime {
             return Err(Error::FailedPrecondition(format!(
                 "process {id}/{exec_id} is not in the created state"
             )));
+        }
+        if let Some(vm) = &c.vm {
+            return self.start_vm(vm, &c, &p, id, exec_id).await;
         }
         if exec_id.is_empty() {
             let res = self.inner.linux.start(&c.dirs, id).await;
@@ -440,7 +596,8 @@ impl Runtime {
         }
         *p.pid.lock().expect("pid lock") = pid as u32;
         *p.state.lock().expect("state lock") = ProcState::Running;
-        self.spawn_exit_watch(c.clone(), p.clone(), pid);
+        let exit = self.inner.exits.subscribe(pid);
+        self.spawn_exit_watch(c.clone(), p.clone(), pid, exit);
         self.emit(Event::ExecStarted {
             id: id.into(),
             exec_id: exec_id.into(),
@@ -448,6 +605,49 @@ impl Runtime {
         });
         p.open_gate();
         Ok(pid as u32)
+    }
+
+    async fn start_vm(
+        &self,
+        vm: &Arc<Sandbox>,
+        c: &Arc<Container>,
+        p: &Arc<Process>,
+        id: &str,
+        exec_id: &str,
+    ) -> Result<u32> {
+        if !exec_id.is_empty() && c.init.state() != ProcState::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {id} is not running"
+            )));
+        }
+        let pid = match vm.agent.start(id, exec_id).await {
+            Ok(pid) => pid,
+            Err(e) => {
+                if exec_id.is_empty() {
+                    p.open_gate();
+                } else {
+                    p.io.shutdown();
+                    c.execs.lock().expect("execs lock").remove(exec_id);
+                    let _ = vm.agent.delete(id, exec_id).await;
+                }
+                return Err(e);
+            }
+        };
+        *p.pid.lock().expect("pid lock") = pid;
+        *p.state.lock().expect("state lock") = ProcState::Running;
+        if exec_id.is_empty() {
+            self.emit(Event::Start { id: id.into(), pid });
+        } else {
+            let exit = vm.exits.subscribe(pid as i32);
+            self.spawn_exit_watch(c.clone(), p.clone(), pid as i32, exit);
+            self.emit(Event::ExecStarted {
+                id: id.into(),
+                exec_id: exec_id.into(),
+                pid,
+            });
+        }
+        p.open_gate();
+        Ok(pid)
     }
 
     pub async fn exec(
@@ -477,6 +677,36 @@ impl Runtime {
         let mut stdio = stdio;
         stdio.terminal = process.terminal().unwrap_or(false) || stdio.terminal;
         process.set_terminal(Some(stdio.terminal));
+        if let Some(vm) = &c.vm {
+            let json = serde_json::to_vec(&process).map_err(|e| Error::Backend(e.to_string()))?;
+            let name = format!("exec-{exec_id}");
+            let (io, mut child) = ProcessIo::new(&host_side(&stdio), &c.dirs.state, &name)?;
+            let fds = std::mem::take(&mut child.fds);
+            let want = [0, 1, 2].map(|i| fds[i].is_some());
+            if let Err(e) = vm
+                .agent
+                .exec(id, exec_id, json, stdio_msg(want, stdio.terminal))
+                .await
+            {
+                io.shutdown();
+                return Err(e);
+            }
+            if let Err(e) = vm.attach_stdio(id, exec_id, fds).await {
+                io.shutdown();
+                let _ = vm.agent.delete(id, exec_id).await;
+                return Err(e);
+            }
+            let p = Process::new(exec_id, stdio, io, 0);
+            c.execs
+                .lock()
+                .expect("execs lock")
+                .insert(exec_id.into(), p);
+            self.emit(Event::ExecAdded {
+                id: id.into(),
+                exec_id: exec_id.into(),
+            });
+            return Ok(());
+        }
         let spec_file = c.dirs.state.join(format!("exec-{exec_id}.json"));
         std::fs::write(
             &spec_file,
@@ -515,8 +745,11 @@ impl Runtime {
             _ => {}
         }
         p.open_gate();
+        if let Some(vm) = &c.vm {
+            return vm.agent.signal(id, exec_id, signal, all).await;
+        }
         if all && exec_id.is_empty() {
-            return self.inner.linux.kill_all(&c.dirs, id, signal as i32).await;
+            return self.kill_all(&c, signal as i32).await;
         }
         let sig = nix::sys::signal::Signal::try_from(signal as i32)
             .map_err(|_| Error::InvalidArgument(format!("invalid signal {signal}")))?;
@@ -550,6 +783,11 @@ impl Runtime {
             };
             p.io.shutdown();
             c.execs.lock().expect("execs lock").remove(exec_id);
+            if let Some(vm) = &c.vm
+                && !vm.is_dead()
+            {
+                let _ = vm.agent.delete(id, exec_id).await;
+            }
             return Ok(info);
         }
         let info = match p.state() {
@@ -562,7 +800,7 @@ impl Runtime {
             ProcState::Created => {
                 // Never started: libcontainer kills the waiting init; report its exit.
                 p.open_gate();
-                self.inner.linux.delete(&c.dirs, id).await?;
+                self.remove_container(&c).await?;
                 tokio::time::timeout(EXIT_GRACE, p.wait_exit())
                     .await
                     .unwrap_or(ExitInfo {
@@ -575,8 +813,11 @@ impl Runtime {
         for e in c.execs.lock().expect("execs lock").drain() {
             e.1.io.shutdown();
         }
-        self.inner.linux.delete(&c.dirs, id).await?;
+        self.remove_container(&c).await?;
         p.io.shutdown();
+        if let Some(vm) = &c.vm {
+            vm.share.remove_container(id)?;
+        }
         if let Some(target) = &c.mounted_rootfs {
             mounts::unmount_all(target)?;
         }
@@ -586,11 +827,35 @@ impl Runtime {
             .lock()
             .expect("containers lock")
             .remove(id);
+        if c.vm.is_some()
+            && let Err(e) = self.release_sandbox_if_unused().await
+        {
+            log::warn!(id, error:% = e; "VM teardown incomplete");
+        }
         self.emit(Event::Delete {
             id: id.into(),
             info,
         });
         Ok(info)
+    }
+
+    /// Remove the backend's container (its processes die with it).
+    async fn remove_container(&self, c: &Container) -> Result<()> {
+        match &c.vm {
+            Some(vm) if vm.is_dead() => Ok(()),
+            Some(vm) => match vm.agent.delete(&c.id, "").await {
+                Ok(_) | Err(Error::NotFound(_)) => Ok(()),
+                Err(e) => Err(e),
+            },
+            None => self.inner.linux.delete(&c.dirs, &c.id).await,
+        }
+    }
+
+    async fn kill_all(&self, c: &Container, signal: i32) -> Result<()> {
+        match &c.vm {
+            Some(vm) => vm.agent.signal(&c.id, "", signal as u32, true).await,
+            None => self.inner.linux.kill_all(&c.dirs, &c.id, signal).await,
+        }
     }
 
     pub fn state(&self, id: &str, exec_id: &str) -> Result<TaskState> {
@@ -617,6 +882,9 @@ impl Runtime {
     pub async fn pids(&self, id: &str) -> Result<Vec<(u32, Option<String>)>> {
         use libcgroups::common::CgroupManager;
         let c = self.container(id)?;
+        if let Some(vm) = &c.vm {
+            return vm.agent.pids(id).await;
+        }
         let pids = in_cgroup(&c, |path, systemd, id| {
             stats::manager(path, systemd, id)?
                 .get_all_pids()
@@ -646,7 +914,10 @@ impl Runtime {
                 "container {id} is not running"
             )));
         }
-        self.inner.linux.set_paused(&c.dirs, id, paused).await?;
+        match &c.vm {
+            Some(vm) => vm.agent.set_paused(id, paused).await?,
+            None => self.inner.linux.set_paused(&c.dirs, id, paused).await?,
+        }
         *c.paused.lock().expect("paused lock") = paused;
         self.emit(if paused {
             Event::Paused { id: id.into() }
@@ -658,6 +929,17 @@ impl Runtime {
 
     pub async fn stats(&self, id: &str) -> Result<(stats::CgroupVersion, stats::Metrics)> {
         let c = self.container(id)?;
+        if let Some(vm) = &c.vm {
+            let r = vm.agent.stats(id).await?;
+            let m: stats::Metrics = serde_json::from_slice(&r.metrics_json)
+                .map_err(|e| Error::Backend(format!("guest sent unreadable stats: {e}")))?;
+            let v = if r.cgroup_v2 {
+                stats::CgroupVersion::V2
+            } else {
+                stats::CgroupVersion::V1
+            };
+            return Ok((v, m));
+        }
         let m = in_cgroup(&c, stats::collect).await?;
         Ok((stats::cgroup_version(), m))
     }
@@ -667,6 +949,10 @@ impl Runtime {
         let c = self.container(id)?;
         let resources: LinuxResources = serde_json::from_slice(resources_json)
             .map_err(|e| Error::InvalidArgument(format!("invalid resources: {e}")))?;
+        if let Some(vm) = &c.vm {
+            let json = serde_json::to_vec(&resources).map_err(|e| Error::Backend(e.to_string()))?;
+            return vm.agent.update(id, json).await;
+        }
         in_cgroup(&c, move |path, systemd, id| {
             let opt = ControllerOpt {
                 resources: &resources,
@@ -681,13 +967,18 @@ impl Runtime {
         .await
     }
 
-    pub fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
-        self.container(id)?
-            .process(exec_id)?
-            .io
-            .resize(width, height)
+    pub async fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        let c = self.container(id)?;
+        let p = c.process(exec_id)?;
+        match &c.vm {
+            Some(vm) => vm.agent.resize(id, exec_id, width, height).await,
+            None => p.io.resize(width, height),
+        }
     }
 
+    /// Close a process's stdin once what containerd wrote so far is delivered. In a VM
+    /// the host's copier ends, and its half-close of the vsock stream reaches the guest
+    /// as the end of file.
     pub fn close_io(&self, id: &str, exec_id: &str) -> Result<()> {
         self.container(id)?.process(exec_id)?.io.close_stdin();
         Ok(())
@@ -696,6 +987,15 @@ impl Runtime {
     /// The shim's `delete` subcommand: clean up after a shim that died, from disk alone.
     pub async fn cleanup(&self, id: &str, bundle: &Path, config: &Config) -> Result<()> {
         let dirs = ContainerDirs::new(&config.runtime.state_dir, &self.inner.namespace, id);
+        // The VM this container's shim booted, with its helpers and share.
+        let vm_dir =
+            crate::vm::sandbox::sandbox_dir(&config.runtime.state_dir, &self.inner.namespace, id);
+        if dirs.state.join(SANDBOX_MARK).exists() || vm_dir.exists() {
+            let dir = vm_dir.clone();
+            tokio::task::spawn_blocking(move || crate::vm::sandbox::cleanup_dir(&dir))
+                .await
+                .map_err(|e| Error::Backend(e.to_string()))??;
+        }
         if dirs.state.exists() {
             self.inner.linux.delete(&dirs, id).await?;
         }
@@ -705,6 +1005,43 @@ impl Runtime {
                 .map_err(Error::io(format!("remove {}", dirs.state.display())))?;
         }
         Ok(())
+    }
+}
+
+/// Marks the container whose Create booted the pod's VM.
+const SANDBOX_MARK: &str = "vm-sandbox";
+
+/// The spec as the guest runs it. Host hooks cannot run in the guest; namespace paths
+/// name host namespaces (the guest creates its own); the guest picks the cgroup.
+fn guest_spec(spec: &mut Spec, terminal: bool) {
+    if spec.hooks().is_some() {
+        log::info!("OCI hooks are host programs; not run inside the VM");
+        spec.set_hooks(None);
+    }
+    if let Some(linux) = spec.linux_mut() {
+        if let Some(ns) = linux.namespaces_mut() {
+            for n in ns.iter_mut() {
+                n.set_path(None);
+            }
+        }
+        linux.set_cgroups_path(None);
+    }
+    if let Some(p) = spec.process_mut() {
+        p.set_terminal(Some(terminal));
+    }
+}
+
+/// The host side of a VM process's stdio: plain pipes even for a TTY (the PTY lives in
+/// the guest; its bytes arrive on one vsock stream).
+fn host_side(stdio: &StdioPaths) -> StdioPaths {
+    StdioPaths {
+        terminal: false,
+        stderr: if stdio.terminal {
+            String::new()
+        } else {
+            stdio.stderr.clone()
+        },
+        ..stdio.clone()
     }
 }
 

@@ -258,6 +258,7 @@ impl Task for TaskService {
     async fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> ttrpc::Result<Empty> {
         self.runtime
             .resize_pty(&req.id, &req.exec_id, req.width, req.height)
+            .await
             .rpc()?;
         Ok(Empty::new())
     }

@@ -12,7 +12,7 @@ pub enum CgroupVersion {
     V2,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Metrics {
     pub cpu_total_ns: u64,
     pub cpu_user_ns: u64,

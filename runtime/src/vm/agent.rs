@@ -1,14 +1,18 @@
 //! The host's client of the guest agent. The guest is untrusted: every call has a
-//! deadline, and ttrpc bounds message sizes.
+//! deadline, ttrpc bounds message sizes (4 MiB), and every reply is checked before use.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use stockade_agent_protocol::asynchronous::agent::{
-    Empty, GuestDetailsResponse, VersionRequest, VersionResponse,
+    ContainerRef, CreateContainerRequest, CreateSandboxRequest, Empty, EventsRequest, ExecRequest,
+    ExitResponse, GuestDetailsResponse, GuestEvent, PauseRequest, ProcessRef, ResizeRequest,
+    SignalRequest, StatsResponse, Stdio, UpdateRequest, VersionRequest, VersionResponse,
 };
 use stockade_agent_protocol::asynchronous::agent_ttrpc::AgentClient as RawClient;
-use stockade_agent_protocol::{AGENT_PORT, PROTOCOL_VERSION};
+use stockade_agent_protocol::{AGENT_PORT, PROTOCOL_VERSION, STDIO_PORT, stdio_header};
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
 use ttrpc::asynchronous::Client;
 use ttrpc::asynchronous::transport::Socket;
 
@@ -16,9 +20,16 @@ use crate::error::{Error, Result};
 use crate::vm::vsock::connect_hybrid;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Creating a container or an exec runs libcontainer in the guest: slower under TCG.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the agent may hold an Events poll open, and our margin on top.
+const EVENTS_WAIT: Duration = Duration::from_secs(20);
+const EVENTS_MARGIN: Duration = Duration::from_secs(10);
+const MAX_EVENTS: usize = 256;
 
 pub struct AgentClient {
     raw: RawClient,
+    uds: PathBuf,
     pub version: VersionResponse,
 }
 
@@ -26,8 +37,44 @@ fn ctx(limit: Duration) -> ttrpc::context::Context {
     ttrpc::context::with_timeout(limit.as_nanos() as i64)
 }
 
+/// The guest's status codes back into runtime errors (the agent's mapping, reversed);
+/// the message is the guest's and says so.
 fn rpc_err(call: &str) -> impl FnOnce(ttrpc::Error) -> Error + '_ {
-    move |e| Error::Backend(format!("agent {call}: {e}"))
+    move |e| match e {
+        ttrpc::Error::RpcStatus(s) => {
+            let msg = format!("guest: {}", s.message());
+            match s.code() {
+                ttrpc::Code::NOT_FOUND => Error::NotFound(msg),
+                ttrpc::Code::ALREADY_EXISTS => Error::AlreadyExists(msg),
+                ttrpc::Code::FAILED_PRECONDITION => Error::FailedPrecondition(msg),
+                ttrpc::Code::INVALID_ARGUMENT => Error::InvalidArgument(msg),
+                ttrpc::Code::UNIMPLEMENTED => Error::Unimplemented("this call in the guest"),
+                ttrpc::Code::DEADLINE_EXCEEDED => {
+                    Error::Backend(format!("agent {call}: no answer in time"))
+                }
+                _ => Error::Backend(format!("agent {call}: {msg}")),
+            }
+        }
+        other => Error::Backend(format!("agent {call}: {other}")),
+    }
+}
+
+fn process_ref(id: &str, exec_id: &str) -> ProcessRef {
+    ProcessRef {
+        container_id: id.into(),
+        exec_id: exec_id.into(),
+        ..Default::default()
+    }
+}
+
+pub fn stdio_msg(want: [bool; 3], terminal: bool) -> Stdio {
+    Stdio {
+        stdin: want[0],
+        stdout: want[1],
+        stderr: want[2],
+        terminal,
+        ..Default::default()
+    }
 }
 
 impl AgentClient {
@@ -49,7 +96,11 @@ impl AgentClient {
                 version.protocol
             )));
         }
-        Ok(AgentClient { raw, version })
+        Ok(AgentClient {
+            raw,
+            uds: uds.to_path_buf(),
+            version,
+        })
     }
 
     pub async fn health(&self) -> Result<bool> {
@@ -74,5 +125,200 @@ impl AgentClient {
             .await
             .map_err(rpc_err("shutdown"))?;
         Ok(())
+    }
+
+    pub async fn create_sandbox(
+        &self,
+        id: &str,
+        hostname: &str,
+        config_toml: String,
+    ) -> Result<()> {
+        let req = CreateSandboxRequest {
+            sandbox_id: id.into(),
+            hostname: hostname.into(),
+            share_tag: stockade_agent_protocol::SHARE_TAG.into(),
+            container_config: config_toml,
+            ..Default::default()
+        };
+        self.raw
+            .create_sandbox(ctx(CALL_TIMEOUT), &req)
+            .await
+            .map_err(rpc_err("create sandbox"))?;
+        Ok(())
+    }
+
+    pub async fn create_container(
+        &self,
+        id: &str,
+        spec_json: Vec<u8>,
+        stdio: Stdio,
+    ) -> Result<u32> {
+        let req = CreateContainerRequest {
+            container_id: id.into(),
+            spec_json,
+            stdio: Some(stdio).into(),
+            ..Default::default()
+        };
+        Ok(self
+            .raw
+            .create_container(ctx(CREATE_TIMEOUT), &req)
+            .await
+            .map_err(rpc_err("create container"))?
+            .pid)
+    }
+
+    pub async fn start(&self, id: &str, exec_id: &str) -> Result<u32> {
+        Ok(self
+            .raw
+            .start_process(ctx(CREATE_TIMEOUT), &process_ref(id, exec_id))
+            .await
+            .map_err(rpc_err("start"))?
+            .pid)
+    }
+
+    pub async fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process_json: Vec<u8>,
+        stdio: Stdio,
+    ) -> Result<()> {
+        let req = ExecRequest {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+            process_json,
+            stdio: Some(stdio).into(),
+            ..Default::default()
+        };
+        self.raw
+            .exec(ctx(CALL_TIMEOUT), &req)
+            .await
+            .map_err(rpc_err("exec"))?;
+        Ok(())
+    }
+
+    pub async fn signal(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+        let req = SignalRequest {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+            signal,
+            all,
+            ..Default::default()
+        };
+        self.raw
+            .signal(ctx(CALL_TIMEOUT), &req)
+            .await
+            .map_err(rpc_err("signal"))?;
+        Ok(())
+    }
+
+    pub async fn delete(&self, id: &str, exec_id: &str) -> Result<ExitResponse> {
+        self.raw
+            .delete(ctx(CREATE_TIMEOUT), &process_ref(id, exec_id))
+            .await
+            .map_err(rpc_err("delete"))
+    }
+
+    pub async fn stats(&self, id: &str) -> Result<StatsResponse> {
+        let req = ContainerRef {
+            container_id: id.into(),
+            ..Default::default()
+        };
+        self.raw
+            .stats(ctx(CALL_TIMEOUT), &req)
+            .await
+            .map_err(rpc_err("stats"))
+    }
+
+    pub async fn update(&self, id: &str, resources_json: Vec<u8>) -> Result<()> {
+        let req = UpdateRequest {
+            container_id: id.into(),
+            resources_json,
+            ..Default::default()
+        };
+        self.raw
+            .update_resources(ctx(CALL_TIMEOUT), &req)
+            .await
+            .map_err(rpc_err("update"))?;
+        Ok(())
+    }
+
+    pub async fn set_paused(&self, id: &str, paused: bool) -> Result<()> {
+        let req = PauseRequest {
+            container_id: id.into(),
+            paused,
+            ..Default::default()
+        };
+        self.raw
+            .set_paused(ctx(CALL_TIMEOUT), &req)
+            .await
+            .map_err(rpc_err("pause"))?;
+        Ok(())
+    }
+
+    pub async fn resize(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        let req = ResizeRequest {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+            width,
+            height,
+            ..Default::default()
+        };
+        self.raw
+            .resize_tty(ctx(CALL_TIMEOUT), &req)
+            .await
+            .map_err(rpc_err("resize"))?;
+        Ok(())
+    }
+
+    pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
+        self.raw
+            .close_stdin(ctx(CALL_TIMEOUT), &process_ref(id, exec_id))
+            .await
+            .map_err(rpc_err("close stdin"))?;
+        Ok(())
+    }
+
+    pub async fn pids(&self, id: &str) -> Result<Vec<(u32, Option<String>)>> {
+        let req = ContainerRef {
+            container_id: id.into(),
+            ..Default::default()
+        };
+        let list = self
+            .raw
+            .list_processes(ctx(CALL_TIMEOUT), &req)
+            .await
+            .map_err(rpc_err("list processes"))?;
+        Ok(list
+            .processes
+            .into_iter()
+            .map(|p| (p.pid, (!p.exec_id.is_empty()).then_some(p.exec_id)))
+            .collect())
+    }
+
+    /// One long poll: the events after `acked`, at most [`MAX_EVENTS`] of them.
+    pub async fn events(&self, acked: u64) -> Result<Vec<GuestEvent>> {
+        let req = EventsRequest {
+            acked,
+            wait_millis: EVENTS_WAIT.as_millis() as u32,
+            ..Default::default()
+        };
+        let mut events = self
+            .raw
+            .events(ctx(EVENTS_WAIT + EVENTS_MARGIN), &req)
+            .await
+            .map_err(rpc_err("events"))?
+            .events;
+        events.truncate(MAX_EVENTS);
+        Ok(events)
+    }
+
+    /// Open one stdio stream of a process and name it; the stream then carries its bytes.
+    pub async fn stdio_stream(&self, id: &str, exec_id: &str, stream: &str) -> Result<UnixStream> {
+        let mut s = connect_hybrid(&self.uds, STDIO_PORT, CALL_TIMEOUT).await?;
+        s.write_all(stdio_header(id, exec_id, stream).as_bytes())
+            .await
+            .map_err(Error::io("stdio header"))?;
+        Ok(s)
     }
 }

@@ -1,15 +1,19 @@
-//! The VM backend (in progress): a QEMU microVM per sandbox, the Stockade agent as the
-//! guest's PID 1, reached over vsock.
+//! The VM backend: a QEMU microVM per pod, the Stockade agent as the guest's PID 1,
+//! reached over vsock; container rootfs and bind-mount sources reach the guest through
+//! one sandboxed virtiofsd per pod.
 //!
-//! What exists: booting the guest assets under KVM or TCG with a vhost-user vsock
-//! backend, the hybrid-vsock transport, and the agent client with the version
-//! handshake. Containers in the guest, virtio-fs and networking come next; until
-//! then selection refuses to run a VM sandbox (see `select`).
+//! The guest runs each container with the same runtime the host's container backend
+//! uses; the host keeps each process's state and events (`runtime.rs`), forwards the
+//! calls to the agent ([`AgentClient`]) and copies stdio between containerd's FIFOs and
+//! one vsock stream per process stream.
 
 pub mod agent;
 pub mod process;
 pub mod qemu;
+pub mod sandbox;
+pub mod share;
 pub mod vsock;
 
 pub use agent::AgentClient;
 pub use qemu::MicroVm;
+pub use sandbox::Sandbox;

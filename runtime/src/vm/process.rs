@@ -63,6 +63,24 @@ impl Watched {
         false
     }
 
+    /// A future that resolves when the process exits (on a duplicate of the pidfd, so
+    /// it outlives borrows of `self`).
+    pub fn exit_future(&self) -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
+        let dup = self
+            .pidfd
+            .get_ref()
+            .try_clone()
+            .map_err(Error::io("dup pidfd"))?;
+        // SAFETY: the duplicate is owned by the AsyncFd alone, as in `new`.
+        let fd = unsafe { AsyncFd::register_with_interest(dup, tokio::io::Interest::READABLE) }
+            .map_err(|e| Error::io("watch pidfd")(e.into()))?;
+        Ok(async move {
+            if let Ok(mut g) = fd.readable().await {
+                g.retain_ready();
+            }
+        })
+    }
+
     pub fn signal(&self, sig: i32) {
         // SAFETY: pidfd_send_signal on our pidfd with no siginfo.
         unsafe {

@@ -8,6 +8,7 @@ use crate::config::{Accel, HypervisorConfig};
 use crate::error::{Error, Result};
 use crate::vm::agent::AgentClient;
 use crate::vm::process::Watched;
+use stockade_agent_protocol::SHARE_TAG;
 
 /// The guest CID; each VM has its own vsock backend, so every guest can use the same.
 const GUEST_CID: u32 = 3;
@@ -15,9 +16,31 @@ const CONSOLE_TAIL_LINES: usize = 25;
 
 pub struct MicroVm {
     pub dir: PathBuf,
-    pub agent: AgentClient,
+    pub agent: std::sync::Arc<AgentClient>,
     qemu: Watched,
     vsock: Watched,
+    virtiofsd: Option<Watched>,
+}
+
+/// The virtio-fs socket QEMU connects to (virtiofsd serves it).
+fn virtiofs_socket(dir: &Path) -> PathBuf {
+    dir.join("virtiofs.sock")
+}
+
+/// Spawn a helper that dies with the shim: PR_SET_PDEATHSIG fires when the spawning
+/// thread exits, and these are spawned from the runtime's long-lived worker threads.
+fn spawn_helper(cmd: &mut Command, what: &str) -> Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(Error::io(format!("spawn {what}")))
 }
 
 /// The last lines of the guest console, for error messages.
@@ -53,7 +76,7 @@ fn host_tsc_khz(cpuinfo: &str) -> Option<u64> {
     (mhz > 0.0).then_some((mhz * 1000.0) as u64)
 }
 
-pub fn qemu_args(cfg: &HypervisorConfig, dir: &Path) -> Vec<String> {
+pub fn qemu_args(cfg: &HypervisorConfig, dir: &Path, share: bool) -> Vec<String> {
     let accel = match cfg.accel {
         Accel::Kvm => "kvm",
         Accel::Tcg => "tcg",
@@ -90,6 +113,14 @@ pub fn qemu_args(cfg: &HypervisorConfig, dir: &Path) -> Vec<String> {
         "-append".into(),
         kernel_cmdline(cfg.accel),
     ];
+    if share {
+        a.extend([
+            "-chardev".into(),
+            format!("socket,id=fs0,path={}", virtiofs_socket(dir).display()),
+            "-device".into(),
+            format!("vhost-user-fs-device,chardev=fs0,tag={SHARE_TAG}"),
+        ]);
+    }
     if cfg.accel == Accel::Kvm {
         a.extend(["-cpu".into(), "host".into()]);
     } else {
@@ -101,13 +132,18 @@ pub fn qemu_args(cfg: &HypervisorConfig, dir: &Path) -> Vec<String> {
 impl MicroVm {
     /// Boot a guest with its state in `dir` and complete the agent handshake within
     /// `boot_timeout_secs`. On any failure nothing is left running and `dir` is removed.
-    pub async fn boot(cfg: &HypervisorConfig, dir: &Path) -> Result<MicroVm> {
-        for (what, path) in [
+    /// With `share`, one sandboxed virtiofsd exports that directory to the guest.
+    pub async fn boot(cfg: &HypervisorConfig, dir: &Path, share: Option<&Path>) -> Result<MicroVm> {
+        let mut needed = vec![
             ("kernel", &cfg.kernel),
             ("initrd", &cfg.initrd),
             ("qemu", &cfg.qemu),
             ("vsock backend", &cfg.vsock_backend),
-        ] {
+        ];
+        if share.is_some() {
+            needed.push(("virtiofsd", &cfg.virtiofsd));
+        }
+        for (what, path) in needed {
             if !path.exists() {
                 return Err(Error::FailedPrecondition(format!(
                     "VM {what} {} does not exist (run packaging/setup.sh)",
@@ -116,51 +152,76 @@ impl MicroVm {
             }
         }
         std::fs::create_dir_all(dir).map_err(Error::io(format!("create {}", dir.display())))?;
-        let result = Self::boot_in(cfg, dir).await;
+        let result = Self::boot_in(cfg, dir, share).await;
         if result.is_err() {
             let _ = std::fs::remove_dir_all(dir);
         }
         result
     }
 
-    async fn boot_in(cfg: &HypervisorConfig, dir: &Path) -> Result<MicroVm> {
+    async fn boot_in(cfg: &HypervisorConfig, dir: &Path, share: Option<&Path>) -> Result<MicroVm> {
         let deadline = Instant::now() + Duration::from_secs(cfg.boot_timeout_secs);
         let vhost = dir.join("vsock.vhost");
         let uds = dir.join("vsock.sock");
-        let child = Command::new(&cfg.vsock_backend)
-            .arg("--guest-cid")
-            .arg(GUEST_CID.to_string())
-            .arg("--socket")
-            .arg(&vhost)
-            .arg("--uds-path")
-            .arg(&uds)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("vsock.log")).map_err(Error::io("vsock log"))?)
-            .spawn()
-            .map_err(Error::io(format!("spawn {}", cfg.vsock_backend.display())))?;
-        let mut vsock = Watched::new("vhost-device-vsock", child)?;
-        while !vhost.exists() {
-            if vsock.has_exited() || Instant::now() > deadline {
-                vsock.kill().await;
-                return Err(Error::Backend(format!(
-                    "vsock backend did not come up: {}",
-                    std::fs::read_to_string(dir.join("vsock.log")).unwrap_or_default()
-                )));
+        let mut vsock = start_helper(
+            "vhost-device-vsock",
+            Command::new(&cfg.vsock_backend)
+                .arg("--guest-cid")
+                .arg(GUEST_CID.to_string())
+                .arg("--socket")
+                .arg(&vhost)
+                .arg("--uds-path")
+                .arg(&uds),
+            &dir.join("vsock.log"),
+            &vhost,
+            deadline,
+        )
+        .await?;
+        let mut virtiofsd = None;
+        if let Some(share) = share {
+            let sock = virtiofs_socket(dir);
+            let started = start_helper(
+                "virtiofsd",
+                Command::new(&cfg.virtiofsd)
+                    .arg("--socket-path")
+                    .arg(&sock)
+                    .arg("--shared-dir")
+                    .arg(share)
+                    // Its own mount, pid and network namespaces; seccomp stays on (default).
+                    .args(["--sandbox", "namespace", "--cache", "auto"])
+                    .args(["--log-level", "warn"]),
+                &dir.join("virtiofsd.log"),
+                &sock,
+                deadline,
+            )
+            .await;
+            match started {
+                Ok(w) => virtiofsd = Some(w),
+                Err(e) => {
+                    vsock.kill().await;
+                    return Err(e);
+                }
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let child = Command::new(&cfg.qemu)
-            .args(qemu_args(cfg, dir))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("qemu.log")).map_err(Error::io("qemu log"))?)
-            .spawn();
+        let qemu_log = std::fs::File::create(dir.join("qemu.log")).map_err(Error::io("qemu log"));
+        let child = qemu_log.and_then(|log| {
+            spawn_helper(
+                Command::new(&cfg.qemu)
+                    .args(qemu_args(cfg, dir, share.is_some()))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(log),
+                &cfg.qemu.display().to_string(),
+            )
+        });
         let child = match child {
             Ok(c) => c,
             Err(e) => {
                 vsock.kill().await;
-                return Err(Error::io(format!("spawn {}", cfg.qemu.display()))(e));
+                if let Some(mut v) = virtiofsd {
+                    v.kill().await;
+                }
+                return Err(e);
             }
         };
         let mut qemu = Watched::new("qemu", child)?;
@@ -179,6 +240,9 @@ impl MicroVm {
                 };
                 qemu.kill().await;
                 vsock.kill().await;
+                if let Some(mut v) = virtiofsd {
+                    v.kill().await;
+                }
                 let log = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
                 return Err(Error::Backend(format!(
                     "VM boot failed: {why}\n--- guest console (tail) ---\n{}\n--- qemu ---\n{}\n--- vsock backend ---\n{}",
@@ -194,9 +258,10 @@ impl MicroVm {
         };
         Ok(MicroVm {
             dir: dir.to_path_buf(),
-            agent,
+            agent: std::sync::Arc::new(agent),
             qemu,
             vsock,
+            virtiofsd,
         })
     }
 
@@ -204,21 +269,77 @@ impl MicroVm {
         self.qemu.pid()
     }
 
+    /// The pids of every host process this VM runs (qemu, vsock backend, virtiofsd).
+    pub fn helper_pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.qemu.pid(), self.vsock.pid()];
+        pids.extend(self.virtiofsd.as_ref().map(Watched::pid));
+        pids
+    }
+
+    /// A future that resolves when qemu exits, whoever reaps it.
+    pub fn qemu_exit(&self) -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
+        self.qemu.exit_future()
+    }
+
+    /// Kill every helper at once (the guest is gone or must go); keeps the state dir.
+    pub async fn kill(&mut self) {
+        self.qemu.kill().await;
+        self.vsock.kill().await;
+        if let Some(v) = self.virtiofsd.as_mut() {
+            v.kill().await;
+        }
+    }
+
     pub fn vsock_pid(&self) -> u32 {
         self.vsock.pid()
     }
 
     /// Ask the agent to power off; kill what does not stop in time; remove the state dir.
-    pub async fn shutdown(mut self) -> Result<()> {
+    pub async fn shutdown(self) -> Result<()> {
+        let dir = self.dir.clone();
+        let asked = self.shutdown_keep_dir().await;
+        std::fs::remove_dir_all(&dir).map_err(Error::io(format!("remove {}", dir.display())))?;
+        asked
+    }
+
+    /// As [`shutdown`](Self::shutdown), but the state dir stays.
+    pub async fn shutdown_keep_dir(mut self) -> Result<()> {
         let asked = self.agent.shutdown().await;
         if asked.is_err() || !self.qemu.exited_within(Duration::from_secs(10)).await {
             self.qemu.kill().await;
         }
         self.vsock.kill().await;
-        std::fs::remove_dir_all(&self.dir)
-            .map_err(Error::io(format!("remove {}", self.dir.display())))?;
+        if let Some(v) = self.virtiofsd.as_mut() {
+            v.kill().await;
+        }
         asked
     }
+}
+
+/// Spawn a helper that serves a socket and wait until the socket exists.
+async fn start_helper(
+    name: &'static str,
+    cmd: &mut Command,
+    log: &Path,
+    socket: &Path,
+    deadline: Instant,
+) -> Result<Watched> {
+    let log_file = std::fs::File::create(log).map_err(Error::io(format!("{name} log")))?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file);
+    let mut w = Watched::new(name, spawn_helper(cmd, name)?)?;
+    while !socket.exists() {
+        if w.has_exited() || Instant::now() > deadline {
+            w.kill().await;
+            return Err(Error::Backend(format!(
+                "{name} did not come up: {}",
+                std::fs::read_to_string(log).unwrap_or_default().trim()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(w)
 }
 
 #[cfg(test)]
@@ -237,7 +358,8 @@ mod tests {
     #[test]
     fn only_tcg_gets_a_tsc_rate() {
         assert!(!kernel_cmdline(Accel::Kvm).contains("tsc_early_khz"));
-        let args = qemu_args(&HypervisorConfig::default(), Path::new("/x"));
+        let args = qemu_args(&HypervisorConfig::default(), Path::new("/x"), true);
+        assert!(args.iter().any(|a| a.starts_with("vhost-user-fs-device")));
         assert!(args.iter().any(|a| a == "-nodefaults"));
         assert!(args.iter().any(|a| a.starts_with("on,obsolete=deny")));
     }

@@ -1,0 +1,311 @@
+//! One pod's VM on the host: the microVM and its helpers, the share, the agent, and
+//! the event pump that turns guest exits and OOM kills into host events.
+
+use std::hash::{Hash, Hasher};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use stockade_agent_protocol::asynchronous::agent::guest_event::Kind;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::exits::Exits;
+use crate::vm::agent::AgentClient;
+use crate::vm::qemu::MicroVm;
+use crate::vm::share::{Share, unmount_under};
+
+/// The exit code of every process of a VM that died.
+pub const VM_DIED_EXIT: i32 = 255;
+const PIDS_FILE: &str = "pids";
+
+pub struct Sandbox {
+    pub id: String,
+    pub dir: PathBuf,
+    pub share: Share,
+    pub agent: Arc<AgentClient>,
+    /// Exit codes by guest pid, fed by the event pump.
+    pub exits: Exits,
+    vm: tokio::sync::Mutex<Option<MicroVm>>,
+    dead: watch::Sender<bool>,
+    pump: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// `<state_dir>/vm/<16 hex>`: short, because QEMU, virtiofsd and the vsock backend put
+/// Unix sockets in it (108 bytes at most), and a function of (namespace, sandbox id)
+/// alone, so the shim's `delete` finds it after a crash.
+pub fn sandbox_dir(state_dir: &Path, namespace: &str, id: &str) -> PathBuf {
+    let mut h = std::hash::DefaultHasher::new();
+    (namespace, id).hash(&mut h);
+    state_dir.join("vm").join(format!("{:016x}", h.finish()))
+}
+
+impl Sandbox {
+    /// Boot the pod's VM, export the share, prepare the guest. `on_oom` receives the id
+    /// of every container the guest reports OOM-killed.
+    pub async fn boot(
+        config: &Config,
+        namespace: &str,
+        id: &str,
+        hostname: &str,
+        on_oom: impl Fn(String) + Send + Sync + 'static,
+    ) -> Result<Arc<Sandbox>> {
+        let dir = sandbox_dir(&config.runtime.state_dir, namespace, id);
+        if dir.exists() {
+            // A crashed shim's leftovers: nothing in it is trusted or reused.
+            cleanup_dir(&dir)?;
+        }
+        std::fs::create_dir_all(&dir).map_err(Error::io(format!("create {}", dir.display())))?;
+        set_private(&dir);
+        let share = match Share::create(&dir.join("share")) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let vm = match MicroVm::boot(&config.hypervisor, &dir.join("vm"), Some(share.path())).await
+        {
+            Ok(vm) => vm,
+            Err(e) => {
+                let _ = share.destroy();
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let pids: Vec<String> = vm.helper_pids().iter().map(u32::to_string).collect();
+        let _ = std::fs::write(dir.join(PIDS_FILE), pids.join("\n"));
+        let agent = vm.agent.clone();
+        let qemu_exit = vm.qemu_exit();
+        let sandbox = Arc::new(Sandbox {
+            id: id.into(),
+            dir: dir.clone(),
+            share,
+            agent: agent.clone(),
+            exits: Exits::default(),
+            vm: tokio::sync::Mutex::new(Some(vm)),
+            dead: watch::channel(false).0,
+            pump: Mutex::new(None),
+        });
+        let guest_config = guest_config(config)?;
+        let ready = match qemu_exit {
+            Ok(exit) => agent
+                .create_sandbox(id, hostname, guest_config)
+                .await
+                .map(|_| exit),
+            Err(e) => Err(e),
+        };
+        let qemu_exit = match ready {
+            Ok(exit) => exit,
+            Err(e) => {
+                let _ = sandbox.teardown().await;
+                return Err(e);
+            }
+        };
+        let pump = tokio::spawn(pump(Arc::downgrade(&sandbox), qemu_exit, on_oom));
+        *sandbox.pump.lock().expect("pump lock") = Some(pump);
+        log::info!(sandbox = id, dir:% = dir.display(); "VM sandbox ready");
+        Ok(sandbox)
+    }
+
+    pub fn is_dead(&self) -> bool {
+        *self.dead.borrow()
+    }
+
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join("vm").join("console.log")
+    }
+
+    /// Stop the guest and every helper, unmount and remove everything.
+    pub async fn teardown(&self) -> Result<()> {
+        if let Some(p) = self.pump.lock().expect("pump lock").take() {
+            p.abort();
+        }
+        let vm = self.vm.lock().await.take();
+        let stopped = match vm {
+            Some(mut vm) if self.is_dead() => {
+                vm.kill().await;
+                Ok(())
+            }
+            Some(vm) => vm.shutdown_keep_dir().await,
+            None => Ok(()),
+        };
+        self.exits.close(VM_DIED_EXIT);
+        log::debug!(sandbox = self.id.as_str(), console:% = crate::vm::qemu::console_tail(&self.dir.join("vm")); "guest console at teardown");
+        self.share.destroy()?;
+        std::fs::remove_dir_all(&self.dir)
+            .or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(Error::io(format!("remove {}", self.dir.display())))?;
+        log::info!(sandbox = self.id.as_str(); "VM sandbox removed");
+        stopped
+    }
+
+    /// Connect a process's stdio: one vsock stream per pipe end the host side holds.
+    /// `fds` are the process's ends of the host pipes (stdin's read end, the outputs'
+    /// write ends), as the container backend would hand them to the process.
+    pub async fn attach_stdio(
+        &self,
+        id: &str,
+        exec_id: &str,
+        fds: [Option<OwnedFd>; 3],
+    ) -> Result<()> {
+        for (i, fd) in fds.into_iter().enumerate() {
+            let Some(fd) = fd else { continue };
+            let name = ["stdin", "stdout", "stderr"][i];
+            let stream = self.agent.stdio_stream(id, exec_id, name).await?;
+            let (mut rd, mut wr) = stream.into_split();
+            if i == 0 {
+                let mut src = pipe::Receiver::from_owned_fd(fd).map_err(Error::io("stdin pipe"))?;
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 32 * 1024];
+                    while let Ok(n) = src.read(&mut buf).await {
+                        if n == 0 || wr.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    // The guest reads this half-close as the process's end of file.
+                    let _ = wr.shutdown().await;
+                    drop(rd);
+                });
+            } else {
+                let mut dst = pipe::Sender::from_owned_fd(fd).map_err(Error::io("output pipe"))?;
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = rd.read(&mut buf).await {
+                        if n == 0 || dst.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    drop(wr);
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the guest runs containers with: the host's `[container]` hardening.
+fn guest_config(config: &Config) -> Result<String> {
+    let guest = Config {
+        container: config.container.clone(),
+        ..Config::default()
+    };
+    toml::to_string(&guest).map_err(|e| Error::Backend(format!("guest config: {e}")))
+}
+
+fn set_private(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+}
+
+/// Guest exits and OOM kills into host events; when qemu dies, every process of the
+/// VM exits with [`VM_DIED_EXIT`] and the helpers are stopped.
+async fn pump(
+    sandbox: Weak<Sandbox>,
+    qemu_exit: impl std::future::Future<Output = ()> + Send + 'static,
+    on_oom: impl Fn(String) + Send + Sync + 'static,
+) {
+    tokio::pin!(qemu_exit);
+    let mut acked = 0u64;
+    loop {
+        let Some(sb) = sandbox.upgrade() else { return };
+        let agent = sb.agent.clone();
+        drop(sb);
+        tokio::select! {
+            _ = &mut qemu_exit => break,
+            got = agent.events(acked) => match got {
+                Ok(events) => {
+                    let Some(sb) = sandbox.upgrade() else { return };
+                    for e in events {
+                        if e.seq <= acked {
+                            continue;
+                        }
+                        acked = e.seq;
+                        match e.kind.enum_value() {
+                            Ok(Kind::EXIT) => sb.exits.notify(e.pid as i32, e.exit_code as i32),
+                            Ok(Kind::OOM) => on_oom(e.container_id),
+                            Err(_) => log::warn!(sandbox = sb.id.as_str(); "unknown guest event"),
+                        }
+                    }
+                }
+                Err(e) => {
+                    log::debug!(error:% = e; "agent events");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            },
+        }
+    }
+    let Some(sb) = sandbox.upgrade() else { return };
+    log::error!(sandbox = sb.id.as_str(), console:% = sb.console_log().display(); "the VM died; every process of the sandbox is reported exited");
+    sb.dead.send_replace(true);
+    sb.exits.close(VM_DIED_EXIT);
+    if let Some(vm) = sb.vm.lock().await.as_mut() {
+        vm.kill().await;
+    }
+}
+
+/// The shim's `delete` after a crash: kill the helpers a sandbox dir names (only if
+/// they still run with that dir on their command line, so a recycled pid is safe),
+/// unmount its share, remove it.
+pub fn cleanup_dir(dir: &Path) -> Result<()> {
+    let pids = std::fs::read_to_string(dir.join(PIDS_FILE)).unwrap_or_default();
+    let needle = dir.to_string_lossy().into_owned();
+    for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&needle) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    // Give the kernel a moment to tear the killed processes' mounts and fds down.
+    for _ in 0..50 {
+        let alive = pids
+            .lines()
+            .filter_map(|l| l.trim().parse::<i32>().ok())
+            .any(|p| {
+                std::fs::read(format!("/proc/{p}/cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+                    .unwrap_or(false)
+            });
+        if !alive {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unmount_under(dir)?;
+    std::fs::remove_dir_all(dir).map_err(Error::io(format!("remove {}", dir.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sandbox_dirs_are_short_and_stable() {
+        let a = sandbox_dir(Path::new("/run/stockade"), "k8s.io", &"f".repeat(64));
+        assert_eq!(
+            a,
+            sandbox_dir(Path::new("/run/stockade"), "k8s.io", &"f".repeat(64))
+        );
+        assert_ne!(
+            a,
+            sandbox_dir(Path::new("/run/stockade"), "default", &"f".repeat(64))
+        );
+        // Room for "/vm/virtiofs.sock" inside sun_path's 108 bytes.
+        assert!(a.as_os_str().len() + 20 < 100);
+    }
+}
