@@ -169,6 +169,12 @@ pub struct TestContainerd {
 
 impl TestContainerd {
     pub fn start() -> Result<TestContainerd> {
+        Self::start_with("auto", "")
+    }
+
+    /// With Stockade's `[runtime] mode` and extra configuration (TOML tables after
+    /// `[runtime]`, e.g. a `[hypervisor]` section).
+    pub fn start_with(mode: &str, extra: &str) -> Result<TestContainerd> {
         let dir = tempfile::Builder::new()
             .prefix("stockade-it-")
             .tempdir_in("/tmp")?;
@@ -179,7 +185,7 @@ impl TestContainerd {
         std::fs::write(
             &config,
             format!(
-                "[runtime]\nmode = \"auto\"\nstate_dir = \"{}\"\n",
+                "[runtime]\nmode = \"{mode}\"\nstate_dir = \"{}\"\n{extra}",
                 stockade_state.display()
             ),
         )?;
@@ -311,6 +317,33 @@ state = "{state}"
         let ps = run(Command::new("pgrep").args(["-f", &format!("stockade.*{id}")]));
         if ps.ok() && !ps.stdout.trim().is_empty() {
             found.push(format!("processes {}", ps.stdout.trim()));
+        }
+        found
+    }
+
+    /// What VM sandboxes may leave behind: sandbox dirs, and qemu, virtiofsd or vsock
+    /// backend processes working in this containerd's Stockade state dir.
+    pub fn vm_leaks(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        let vm = self.stockade_state.join("vm");
+        if let Ok(entries) = std::fs::read_dir(&vm) {
+            for e in entries.flatten() {
+                found.push(format!("sandbox dir {}", e.path().display()));
+            }
+        }
+        let state = self.stockade_state.display().to_string();
+        let ps = run(Command::new("pgrep").args(["-a", "-f", &state]));
+        for line in ps.stdout.lines() {
+            if line.contains("qemu") || line.contains("virtiofsd") || line.contains("vhost-device")
+            {
+                found.push(format!("process {line}"));
+            }
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for line in mounts.lines() {
+            if line.contains(&format!("{}/vm/", state)) {
+                found.push(format!("mount {line}"));
+            }
         }
         found
     }
@@ -455,6 +488,20 @@ pub fn guest_assets() -> PathBuf {
     std::env::var_os("STOCKADE_GUEST_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/share/stockade"))
+}
+
+/// The `[hypervisor]` table of a Stockade config for [`guest_config`].
+pub fn hypervisor_toml(cfg: &stockade_runtime::config::HypervisorConfig) -> String {
+    format!(
+        "[hypervisor]\naccel = \"{}\"\nkernel = \"{}\"\ninitrd = \"{}\"\nboot_timeout_secs = {}\n",
+        match cfg.accel {
+            stockade_runtime::config::Accel::Kvm => "kvm",
+            stockade_runtime::config::Accel::Tcg => "tcg",
+        },
+        cfg.kernel.display(),
+        cfg.initrd.display(),
+        cfg.boot_timeout_secs
+    )
 }
 
 /// The hypervisor config the VM tests and benchmarks boot with: the installed guest

@@ -479,11 +479,11 @@ fn backend_selection_fails_closed(s: &Suite) -> Result<()> {
             "mode=vm without KVM must fail: {out:?}"
         );
     }
-    // With software emulation asked for, the VM backend is chosen; until it exists the
-    // shim must refuse rather than run a weaker container.
+    // Software emulation asked for, but the guest kernel is missing: the VM backend
+    // fails with a clear error and never falls back to a weaker container.
     std::fs::write(
         &vm,
-        "[runtime]\nmode = \"vm\"\n[hypervisor]\naccel = \"tcg\"\n",
+        "[runtime]\nmode = \"vm\"\n[hypervisor]\naccel = \"tcg\"\nkernel = \"/nonexistent/vmlinuz\"\n",
     )?;
     let out = s.ctd.ctr(&[
         "run",
@@ -497,8 +497,11 @@ fn backend_selection_fails_closed(s: &Suite) -> Result<()> {
         "true",
     ]);
     ensure!(
-        !out.ok() && out.stderr.contains("refusing to run a weaker container"),
-        "mode=vm tcg: {out:?}"
+        !out.ok()
+            && out
+                .stderr
+                .contains("kernel /nonexistent/vmlinuz does not exist"),
+        "mode=vm without a kernel: {out:?}"
     );
     let bad = s.ctd.dir.path().join("bad.toml");
     std::fs::write(&bad, "[runtime]\nmode = \"fast\"\n")?;

@@ -18,10 +18,6 @@ pub enum Error {
     Unimplemented(&'static str),
     #[error("configuration {path}: {message}")]
     Config { path: PathBuf, message: String },
-    #[error(
-        "the VM backend was selected ({reason}) but is not available in this build; refusing to run a weaker container than configured"
-    )]
-    VmUnavailable { reason: String },
     #[error("{context}")]
     Io {
         context: String,

@@ -301,7 +301,7 @@ impl Runtime {
             mounts::mount_all(&req.rootfs, &target)?;
             *mounted = Some(target);
         }
-        guest_spec(spec, req.stdio.terminal);
+        guest_spec(spec, &req.id, req.stdio.terminal);
         sandbox.share.add_container(&req.id, spec, &req.bundle)?;
         let json = serde_json::to_vec(&spec).map_err(|e| Error::Backend(e.to_string()))?;
         let own_pid_ns = spec
@@ -1012,8 +1012,8 @@ impl Runtime {
 const SANDBOX_MARK: &str = "vm-sandbox";
 
 /// The spec as the guest runs it. Host hooks cannot run in the guest; namespace paths
-/// name host namespaces (the guest creates its own); the guest picks the cgroup.
-fn guest_spec(spec: &mut Spec, terminal: bool) {
+/// name host namespaces (the guest creates its own); the cgroup is the guest's.
+fn guest_spec(spec: &mut Spec, id: &str, terminal: bool) {
     if spec.hooks().is_some() {
         log::info!("OCI hooks are host programs; not run inside the VM");
         spec.set_hooks(None);
@@ -1024,7 +1024,7 @@ fn guest_spec(spec: &mut Spec, terminal: bool) {
                 n.set_path(None);
             }
         }
-        linux.set_cgroups_path(None);
+        linux.set_cgroups_path(Some(PathBuf::from(format!("/stockade/{id}"))));
     }
     if let Some(p) = spec.process_mut() {
         p.set_terminal(Some(terminal));

@@ -7,7 +7,7 @@ pub fn to_ttrpc(e: Error) -> ttrpc::Error {
     let code = match &e {
         Error::NotFound(_) => Code::NOT_FOUND,
         Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
-        Error::FailedPrecondition(_) | Error::VmUnavailable { .. } => Code::FAILED_PRECONDITION,
+        Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
         Error::InvalidArgument(_) | Error::Config { .. } => Code::INVALID_ARGUMENT,
         Error::Unimplemented(_) => Code::UNIMPLEMENTED,
         Error::Io { .. } | Error::Backend(_) => Code::UNKNOWN,

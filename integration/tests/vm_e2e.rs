@@ -1,0 +1,602 @@
+//! End-to-end tests of the VM backend through a real containerd 1.7 and a real dockerd
+//! 26, with every container in its own QEMU guest (TCG where KVM is unusable, as on
+//! these test machines): output, exit codes, stdin, TTY, exec, kill, pause/resume,
+//! metrics, bad input, the isolation boundary, and the faults (qemu killed, agent
+//! silent). Every case checks that nothing is left behind.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use stockade_integration::{
+    IMAGE, NAMESPACE, Out, RUNTIME, TestContainerd, TestDocker, build_image, guest_assets,
+    guest_config, hypervisor_toml, in_tty, run, run_with_stdin, skip_reason,
+};
+
+struct Suite {
+    ctd: TestContainerd,
+    docker: Option<TestDocker>,
+    guest_release: String,
+}
+
+type Case = (&'static str, fn(&Suite) -> Result<()>);
+
+fn expect_code(out: &Out, code: i32, what: &str) -> Result<()> {
+    ensure!(
+        out.code == code,
+        "{what}: exit code {} (expected {code})\nstdout: {}\nstderr: {}",
+        out.code,
+        out.stdout,
+        out.stderr
+    );
+    Ok(())
+}
+
+fn expect_clean(s: &Suite, id: &str) -> Result<()> {
+    for _ in 0..100 {
+        let mut leaks = s.ctd.leaks(NAMESPACE, id);
+        leaks.extend(s.ctd.vm_leaks());
+        if leaks.is_empty() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut leaks = s.ctd.leaks(NAMESPACE, id);
+    leaks.extend(s.ctd.vm_leaks());
+    bail!("{id} left behind: {leaks:?}")
+}
+
+fn cleanup(s: &Suite, id: &str) {
+    let _ = s.ctd.ctr(&["task", "kill", "--signal", "SIGKILL", id]);
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = s.ctd.ctr(&["task", "delete", "-f", id]);
+    let _ = s.ctd.ctr(&["container", "delete", id]);
+}
+
+fn host_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn uname_is_the_guest_kernel(s: &Suite) -> Result<()> {
+    let out = s.ctd.run_rm("vuname", &["uname", "-r"]);
+    expect_code(&out, 0, "uname -r")?;
+    let got = out.stdout.trim();
+    ensure!(got != host_release(), "uname -r is the host's: {got}");
+    ensure!(
+        got == s.guest_release,
+        "uname -r {got:?}, guest kernel {:?}",
+        s.guest_release
+    );
+    expect_clean(s, "vuname")
+}
+
+fn no_host_path_is_visible(s: &Suite) -> Result<()> {
+    // The container's mount table names the share, never a host path; the host's
+    // snapshot and state directories do not exist inside.
+    let host_dir = s.ctd.dir.path().display().to_string();
+    let script = format!(
+        "cat /proc/self/mountinfo; test -e {host_dir} && echo HOST-PATH-VISIBLE; ls /sys/class/net"
+    );
+    let out = s.ctd.run_rm("vpaths", &["sh", "-c", &script]);
+    expect_code(&out, 0, "mountinfo")?;
+    ensure!(
+        !out.stdout.contains(&host_dir) && !out.stdout.contains("HOST-PATH-VISIBLE"),
+        "host path visible inside the VM container:\n{}",
+        out.stdout
+    );
+    ensure!(
+        out.stdout.contains("virtiofs") || out.stdout.contains("stockade-share"),
+        "rootfs does not come from the share:\n{}",
+        out.stdout
+    );
+    expect_clean(s, "vpaths")
+}
+
+fn output_exit_codes_and_large_output(s: &Suite) -> Result<()> {
+    let out = s.ctd.run_rm(
+        "vout1",
+        &["sh", "-c", "echo to-out; echo to-err >&2; exit 7"],
+    );
+    expect_code(&out, 7, "exit 7")?;
+    ensure!(out.stdout == "to-out\n", "stdout {:?}", out.stdout);
+    ensure!(out.stderr.contains("to-err"), "stderr {:?}", out.stderr);
+    let out = s.ctd.run_rm(
+        "vout2",
+        &["sh", "-c", "head -c 5000000 /dev/zero | tr '\\0' a"],
+    );
+    expect_code(&out, 0, "large output")?;
+    ensure!(
+        out.stdout.len() == 5_000_000 && out.stdout.bytes().all(|b| b == b'a'),
+        "large output: {} bytes",
+        out.stdout.len()
+    );
+    expect_clean(s, "vout1")?;
+    expect_clean(s, "vout2")
+}
+
+fn stdin_reaches_the_guest(s: &Suite) -> Result<()> {
+    let input: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let out = run_with_stdin(
+        s.ctd.ctr_cmd().args([
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            "vstdin",
+            "sh",
+            "-c",
+            "wc -c; echo done",
+        ]),
+        &input,
+    );
+    expect_code(&out, 0, "stdin")?;
+    ensure!(
+        out.stdout.contains("200000") && out.stdout.contains("done"),
+        "stdout {:?}",
+        out.stdout
+    );
+    expect_clean(s, "vstdin")
+}
+
+fn tty(s: &Suite) -> Result<()> {
+    let cmd = format!(
+        "/usr/bin/ctr --address {} --namespace {NAMESPACE} run --rm -t --runtime {RUNTIME} {IMAGE} vtty sh -c 'tty; exit 5'",
+        s.ctd.socket.display()
+    );
+    let out = in_tty(&cmd);
+    expect_code(&out, 5, "tty")?;
+    ensure!(out.stdout.contains("/dev/pts/"), "no pty: {:?}", out.stdout);
+    expect_clean(s, "vtty")
+}
+
+fn exec_ps_metrics_pause_kill(s: &Suite) -> Result<()> {
+    let id = "vlife";
+    s.ctd.run_detached(id, &["sleep", "1000"])?;
+    let result = (|| -> Result<()> {
+        let out = s.ctd.ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "e1",
+            id,
+            "sh",
+            "-c",
+            "echo exec-out; uname -r; exit 3",
+        ]);
+        expect_code(&out, 3, "exec")?;
+        ensure!(
+            out.stdout.contains("exec-out") && out.stdout.contains(&s.guest_release),
+            "exec stdout {:?}",
+            out.stdout
+        );
+        let cmd = format!(
+            "/usr/bin/ctr --address {} --namespace {NAMESPACE} task exec -t --exec-id e2 {id} sh -c 'tty; exit 4'",
+            s.ctd.socket.display()
+        );
+        let out = in_tty(&cmd);
+        expect_code(&out, 4, "exec -t")?;
+        ensure!(
+            out.stdout.contains("/dev/pts/"),
+            "exec tty {:?}",
+            out.stdout
+        );
+
+        let ps = s.ctd.ctr(&["task", "ps", id]);
+        expect_code(&ps, 0, "ps")?;
+        let pid = s.ctd.task_pid(id)?.to_string();
+        ensure!(
+            ps.stdout.contains(&pid),
+            "ps {:?} lacks init pid {pid}",
+            ps.stdout
+        );
+
+        let m = s.ctd.ctr(&["task", "metrics", id]);
+        expect_code(&m, 0, "metrics")?;
+        ensure!(
+            m.stdout.contains("pids.limit") && m.stdout.contains("4096"),
+            "metrics from the guest cgroup: {}",
+            m.stdout
+        );
+
+        expect_code(&s.ctd.ctr(&["task", "pause", id]), 0, "pause")?;
+        ensure!(
+            s.ctd.ctr(&["task", "ls"]).stdout.contains("PAUSED"),
+            "not paused"
+        );
+        // A paused container runs nothing: an exec cannot complete until resumed.
+        expect_code(&s.ctd.ctr(&["task", "resume", id]), 0, "resume")?;
+        ensure!(
+            s.ctd.ctr(&["task", "ls"]).stdout.contains("RUNNING"),
+            "not resumed"
+        );
+
+        let mut sleeper = s
+            .ctd
+            .ctr_cmd()
+            .args(["task", "exec", "--exec-id", "e3", id, "sleep", "1000"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let mut killed = false;
+        for _ in 0..100 {
+            std::thread::sleep(Duration::from_millis(100));
+            if s.ctd
+                .ctr(&["task", "kill", "--exec-id", "e3", "--signal", "SIGTERM", id])
+                .ok()
+            {
+                killed = true;
+                break;
+            }
+        }
+        ensure!(killed, "could not signal exec e3");
+        let status = sleeper.wait()?;
+        ensure!(
+            status.code() == Some(143),
+            "exec killed by SIGTERM: {status:?}"
+        );
+        Ok(())
+    })();
+    cleanup(s, id);
+    result?;
+    expect_clean(s, id)
+}
+
+fn kill_reports_137(s: &Suite) -> Result<()> {
+    let id = "vkill";
+    let mut child = s
+        .ctd
+        .ctr_cmd()
+        .args([
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            id,
+            "sleep",
+            "1000",
+        ])
+        .stdin(std::process::Stdio::null())
+        .spawn()?;
+    let mut sent = false;
+    for _ in 0..200 {
+        std::thread::sleep(Duration::from_millis(100));
+        if s.ctd.ctr(&["task", "ls"]).stdout.contains("RUNNING")
+            && s.ctd.ctr(&["task", "kill", "--signal", "SIGKILL", id]).ok()
+        {
+            sent = true;
+            break;
+        }
+    }
+    let status = child.wait()?;
+    ensure!(sent, "never saw {id} running");
+    ensure!(
+        status.code() == Some(137),
+        "ctr run after SIGKILL: {status:?}"
+    );
+    expect_clean(s, id)
+}
+
+/// The qemu of a running sandbox, found by the state dir on its command line.
+fn qemu_pid(s: &Suite) -> Result<i32> {
+    let ps = run(Command::new("pgrep").args([
+        "-f",
+        &format!("qemu-system.*{}", s.ctd.stockade_state.display()),
+    ]));
+    ps.stdout
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .context("no qemu for the sandbox")
+}
+
+fn qemu_killed_exits_task_and_cleans_up(s: &Suite) -> Result<()> {
+    let id = "vqemu9";
+    s.ctd.run_detached(id, &["sleep", "1000"])?;
+    let result = (|| -> Result<()> {
+        let pid = qemu_pid(s)?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+        let start = Instant::now();
+        loop {
+            let ls = s.ctd.ctr(&["task", "ls"]).stdout;
+            if ls
+                .lines()
+                .any(|l| l.starts_with(id) && l.contains("STOPPED"))
+            {
+                break;
+            }
+            ensure!(
+                start.elapsed() < Duration::from_secs(20),
+                "task not stopped after qemu died: {ls}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        expect_code(&s.ctd.ctr(&["task", "delete", id]), 0, "task delete")?;
+        Ok(())
+    })();
+    cleanup(s, id);
+    result?;
+    expect_clean(s, id)
+}
+
+fn bad_input_and_silent_agent_fail_cleanly(s: &Suite) -> Result<()> {
+    let dir = s.ctd.dir.path();
+    // No kernel: a clear error, and no weaker container instead.
+    let cfg = dir.join("nokernel.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[runtime]\nmode = \"vm\"\nstate_dir = \"{}\"\n[hypervisor]\naccel = \"tcg\"\nkernel = \"/nonexistent/vmlinuz\"\n",
+            s.ctd.stockade_state.display()
+        ),
+    )?;
+    let out = s.ctd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        &cfg.display().to_string(),
+        IMAGE,
+        "vbad1",
+        "true",
+    ]);
+    ensure!(
+        !out.ok() && out.stderr.contains("does not exist"),
+        "missing kernel: {out:?}"
+    );
+    let _ = s.ctd.ctr(&["container", "delete", "vbad1"]);
+    expect_clean(s, "vbad1")?;
+
+    // An agent that never answers: an initramfs whose init sleeps forever. Create
+    // fails within the configured boot timeout, with the console's tail in the error.
+    let silent = dir.join("silent-initrd.img");
+    let script = format!(
+        "set -e; w=$(mktemp -d); cp /bin/busybox $w/busybox; printf '#!/busybox sh\\n/busybox sleep 1000\\n' > $w/init; chmod +x $w/init; (cd $w && printf 'init\\nbusybox\\n' | cpio -o -H newc --quiet) | gzip > {}; rm -rf $w",
+        silent.display()
+    );
+    let o = run(Command::new("sh").arg("-c").arg(&script));
+    ensure!(o.ok(), "build silent initrd: {}", o.stderr);
+    let mut hv = guest_config();
+    hv.initrd = silent;
+    hv.boot_timeout_secs = 8;
+    let cfg = dir.join("silent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[runtime]\nmode = \"vm\"\nstate_dir = \"{}\"\n{}",
+            s.ctd.stockade_state.display(),
+            hypervisor_toml(&hv)
+        ),
+    )?;
+    let start = Instant::now();
+    let out = s.ctd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        &cfg.display().to_string(),
+        IMAGE,
+        "vbad2",
+        "true",
+    ]);
+    let took = start.elapsed();
+    ensure!(
+        !out.ok() && out.stderr.contains("did not answer within 8s"),
+        "silent agent: {out:?}"
+    );
+    ensure!(took < Duration::from_secs(30), "silent agent took {took:?}");
+    ensure!(
+        out.stderr.contains("guest console"),
+        "no console tail in the error: {}",
+        out.stderr
+    );
+    let _ = s.ctd.ctr(&["container", "delete", "vbad2"]);
+    expect_clean(s, "vbad2")?;
+
+    // An unknown mount type in the spec: refused, nothing left.
+    let out = s.ctd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--mount",
+        "type=nosuchfs,src=none,dst=/mnt,options=rw",
+        IMAGE,
+        "vbad3",
+        "true",
+    ]);
+    ensure!(
+        !out.ok() && out.stderr.contains("nosuchfs"),
+        "unknown mount type: {out:?}"
+    );
+    let _ = s.ctd.ctr(&["container", "delete", "vbad3"]);
+    expect_clean(s, "vbad3")
+}
+
+fn docker_of(s: &Suite) -> Result<&TestDocker> {
+    s.docker
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("dockerd did not start"))
+}
+
+fn docker_runs_in_the_vm(s: &Suite) -> Result<()> {
+    let d = docker_of(s)?;
+    let out = d.docker(&["run", "--rm", "--runtime", RUNTIME, IMAGE, "uname", "-r"]);
+    expect_code(&out, 0, "docker run uname -r")?;
+    ensure!(
+        out.stdout.trim() == s.guest_release,
+        "docker uname -r {:?}, guest {:?}",
+        out.stdout.trim(),
+        s.guest_release
+    );
+    let out = d.docker(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "sh",
+        "-c",
+        "exit 9",
+    ]);
+    expect_code(&out, 9, "docker exit code")?;
+    let name = "stockade-vm-d1";
+    let out = d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "sleep",
+        "1000",
+    ]);
+    expect_code(&out, 0, "docker run -d")?;
+    let result = (|| -> Result<()> {
+        let out = d.docker(&["exec", name, "sh", "-c", "echo in-vm; cat /etc/hostname"]);
+        expect_code(&out, 0, "docker exec")?;
+        ensure!(out.stdout.contains("in-vm"), "docker exec {:?}", out.stdout);
+        let out = d.docker(&["stats", "--no-stream", "--format", "{{.MemUsage}}", name]);
+        expect_code(&out, 0, "docker stats")?;
+        let out = d.docker(&["stop", "-t", "2", name]);
+        expect_code(&out, 0, "docker stop")?;
+        Ok(())
+    })();
+    let _ = d.docker(&["rm", "-f", name]);
+    result?;
+    for _ in 0..100 {
+        if s.ctd.vm_leaks().is_empty() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("docker left VM state behind: {:?}", s.ctd.vm_leaks())
+}
+
+fn main() {
+    if let Some(why) = skip_reason() {
+        println!("SKIPPED vm_e2e: {why}");
+        println!("0 passed, 0 failed, 1 skipped");
+        return;
+    }
+    let hv = guest_config();
+    let missing: Vec<_> = [
+        &hv.kernel,
+        &hv.initrd,
+        &hv.qemu,
+        &hv.vsock_backend,
+        &hv.virtiofsd,
+    ]
+    .into_iter()
+    .filter(|p| !p.exists())
+    .collect();
+    if !missing.is_empty() {
+        println!("SKIPPED vm_e2e: missing {missing:?}: run packaging/setup.sh --deps");
+        println!("0 passed, 0 failed, 1 skipped");
+        return;
+    }
+    let guest_release = std::fs::read_to_string(guest_assets().join("guest-kernel-release"))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let setup = (|| -> Result<Suite> {
+        let ctd = TestContainerd::start_with("vm", &hypervisor_toml(&hv))?;
+        let tar = ctd.dir.path().join("busybox.tar");
+        build_image(&tar)?;
+        ctd.import_image(&tar)?;
+        let docker = match TestDocker::start(&ctd) {
+            Ok(d) => {
+                let o = d.docker(&["load", "-i", &tar.display().to_string()]);
+                if !o.ok() {
+                    bail!("docker load: {}", o.stderr);
+                }
+                Some(d)
+            }
+            Err(e) => {
+                eprintln!("dockerd failed to start: {e:#}");
+                None
+            }
+        };
+        Ok(Suite {
+            ctd,
+            docker,
+            guest_release,
+        })
+    })();
+    let suite = match setup {
+        Ok(s) => s,
+        Err(e) => {
+            println!("vm_e2e setup failed: {e:#}");
+            println!("0 passed, 1 failed");
+            std::process::exit(1);
+        }
+    };
+    let cases: &[Case] = &[
+        ("vm_uname_is_the_guest_kernel", uname_is_the_guest_kernel),
+        ("vm_no_host_path_is_visible", no_host_path_is_visible),
+        (
+            "vm_output_exit_codes_and_large_output",
+            output_exit_codes_and_large_output,
+        ),
+        ("vm_stdin_reaches_the_guest", stdin_reaches_the_guest),
+        ("vm_tty", tty),
+        ("vm_exec_ps_metrics_pause_kill", exec_ps_metrics_pause_kill),
+        ("vm_kill_reports_137", kill_reports_137),
+        (
+            "vm_qemu_killed_exits_task_and_cleans_up",
+            qemu_killed_exits_task_and_cleans_up,
+        ),
+        (
+            "vm_bad_input_and_silent_agent_fail_cleanly",
+            bad_input_and_silent_agent_fail_cleanly,
+        ),
+        ("vm_docker_runs_in_the_vm", docker_runs_in_the_vm),
+    ];
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let (mut passed, mut failed) = (0, 0);
+    for (name, case) in cases {
+        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        let start = Instant::now();
+        match case(&suite) {
+            Ok(()) => {
+                passed += 1;
+                println!("test {name} ... ok ({:.1}s)", start.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                failed += 1;
+                println!(
+                    "test {name} ... FAILED ({:.1}s)\n{e:#}",
+                    start.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+    if failed > 0 {
+        let log = suite.ctd.log();
+        let tail: Vec<&str> = log.lines().rev().take(80).collect();
+        println!("--- containerd log (last lines) ---");
+        for l in tail.into_iter().rev() {
+            println!("{l}");
+        }
+    }
+    drop(suite);
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
