@@ -94,6 +94,46 @@ fn no_host_path_is_visible(s: &Suite) -> Result<()> {
     expect_clean(s, "vpaths")
 }
 
+/// SECURITY.md 16: inside the guest, containers are hardened as on the host (the
+/// vsock probe is the agent's own transport: a container must not reach it).
+fn hardening_seen_from_inside(s: &Suite) -> Result<()> {
+    let script = "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status; \
+        for t in vsock alg userns netns clone-userns io_uring bpf keyctl userfaultfd perf; do echo \"$t: $(probe $t)\"; done; \
+        echo \"kcore: $(wc -c < /proc/kcore 2>/dev/null || echo none)\"; \
+        (echo x > /proc/sys/kernel/hostname) 2>&1 | grep -q 'Read-only' && echo 'procsys: ro'; \
+        (echo x > /proc/sysrq-trigger) 2>&1 | grep -q 'Read-only' && echo 'sysrq: ro'; \
+        echo \"fds: $(ls /proc/self/fd | wc -l)\"; \
+        (mknod /tmp/vda b 254 0 && cat /tmp/vda) >/dev/null 2>&1 || echo 'disk: denied'";
+    let out = s.ctd.run_rm("vhard", &["sh", "-c", script]);
+    expect_code(&out, 0, "hardening probe")?;
+    let o = &out.stdout;
+    for want in [
+        "NoNewPrivs:\t1",
+        "Seccomp:\t2",
+        "vsock: denied",
+        "alg: denied",
+        "userns: denied",
+        "netns: denied",
+        "clone-userns: denied",
+        "io_uring: denied",
+        "bpf: denied",
+        "keyctl: denied",
+        "userfaultfd: denied",
+        "perf: denied",
+        "procsys: ro",
+        "sysrq: ro",
+        "fds: 4",
+        "disk: denied",
+    ] {
+        ensure!(o.contains(want), "missing {want:?} in:\n{o}");
+    }
+    ensure!(
+        o.contains("kcore: 0") || o.contains("kcore: none"),
+        "kcore readable:\n{o}"
+    );
+    expect_clean(s, "vhard")
+}
+
 fn output_exit_codes_and_large_output(s: &Suite) -> Result<()> {
     let out = s.ctd.run_rm(
         "vout1",
@@ -299,6 +339,35 @@ fn qemu_killed_exits_task_and_cleans_up(s: &Suite) -> Result<()> {
     s.ctd.run_detached(id, &["sleep", "1000"])?;
     let result = (|| -> Result<()> {
         let pid = qemu_pid(s)?;
+        // SECURITY.md 20 and 17: qemu and virtiofsd's serving process (the child of
+        // its namespace supervisor) run under seccomp filters.
+        let state = s.ctd.stockade_state.display().to_string();
+        for name in ["qemu-system", "virtiofsd"] {
+            let ps = run(Command::new("pgrep").args(["-f", &format!("{name}.*{state}")]));
+            let pids: Vec<&str> = ps.stdout.split_whitespace().collect();
+            let serving: Vec<&str> = pids
+                .iter()
+                .copied()
+                .filter(|p| {
+                    let st =
+                        std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+                    let ppid = st
+                        .lines()
+                        .find_map(|l| l.strip_prefix("PPid:"))
+                        .map(str::trim)
+                        .unwrap_or("");
+                    name == "qemu-system" || pids.contains(&ppid)
+                })
+                .collect();
+            ensure!(!serving.is_empty(), "no {name} process: {pids:?}");
+            for p in serving {
+                let status = std::fs::read_to_string(format!("/proc/{p}/status"))?;
+                ensure!(
+                    status.contains("Seccomp:\t2"),
+                    "{name} ({p}) runs without seccomp:\n{status}"
+                );
+            }
+        }
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
@@ -544,6 +613,7 @@ fn main() {
     let cases: &[Case] = &[
         ("vm_uname_is_the_guest_kernel", uname_is_the_guest_kernel),
         ("vm_no_host_path_is_visible", no_host_path_is_visible),
+        ("vm_hardening_seen_from_inside", hardening_seen_from_inside),
         (
             "vm_output_exit_codes_and_large_output",
             output_exit_codes_and_large_output,
