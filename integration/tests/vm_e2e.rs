@@ -395,6 +395,41 @@ fn qemu_killed_exits_task_and_cleans_up(s: &Suite) -> Result<()> {
     expect_clean(s, id)
 }
 
+/// A shim killed with SIGKILL takes its VM with it (the helpers die with their parent)
+/// and containerd's `delete` removes the share, mounts and state.
+fn shim_killed_is_cleaned_up(s: &Suite) -> Result<()> {
+    let id = "vcrash";
+    s.ctd.run_detached(id, &["sleep", "1000"])?;
+    let qemu = qemu_pid(s)?;
+    let shim = s
+        .ctd
+        .shims()
+        .into_iter()
+        .find(|l| l.contains(&format!("-id {id} ")))
+        .and_then(|l| {
+            l.split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<i32>().ok())
+        })
+        .ok_or_else(|| anyhow::anyhow!("no shim for {id}: {:?}", s.ctd.shims()))?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    let mut gone = false;
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(100));
+        if !std::path::Path::new(&format!("/proc/{qemu}")).exists() {
+            gone = true;
+            break;
+        }
+    }
+    let _ = s.ctd.ctr(&["task", "delete", "--force", id]);
+    let _ = s.ctd.ctr(&["container", "delete", id]);
+    ensure!(gone, "qemu {qemu} survived its shim's death");
+    expect_clean(s, id)
+}
+
 fn bad_input_and_silent_agent_fail_cleanly(s: &Suite) -> Result<()> {
     let dir = s.ctd.dir.path();
     // No kernel: a clear error, and no weaker container instead.
@@ -626,6 +661,7 @@ fn main() {
             "vm_qemu_killed_exits_task_and_cleans_up",
             qemu_killed_exits_task_and_cleans_up,
         ),
+        ("vm_shim_killed_is_cleaned_up", shim_killed_is_cleaned_up),
         (
             "vm_bad_input_and_silent_agent_fail_cleanly",
             bad_input_and_silent_agent_fail_cleanly,
