@@ -224,6 +224,33 @@ fn exec_ps_metrics_pause_kill(s: &Suite) -> Result<()> {
             out.stdout
         );
 
+        // The debugging CLI finds the sandbox and shows the guest console and agent log.
+        let shim = stockade_integration::shim_dir()?.join("containerd-shim-stockade-v2");
+        let state = s.ctd.stockade_state.display().to_string();
+        let cli = |args: &[&str]| {
+            run(Command::new(&shim)
+                .arg("--state-dir")
+                .arg(&state)
+                .args(args))
+        };
+        let list = cli(&["sandboxes"]);
+        expect_code(&list, 0, "sandboxes")?;
+        ensure!(list.stdout.contains(id), "sandboxes: {}", list.stdout);
+        let log = cli(&["agent-log", id]);
+        expect_code(&log, 0, "agent-log")?;
+        ensure!(
+            log.stdout.contains("stockade-agent:") && log.stdout.contains("sandbox ready"),
+            "agent-log: {}",
+            log.stdout
+        );
+        let console = cli(&["console", id]);
+        ensure!(
+            console.stdout.contains("Linux version")
+                || console.stdout.lines().count() > log.stdout.lines().count(),
+            "console: {}",
+            console.stdout
+        );
+
         let ps = s.ctd.ctr(&["task", "ps", id]);
         expect_code(&ps, 0, "ps")?;
         let pid = s.ctd.task_pid(id)?.to_string();

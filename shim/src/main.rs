@@ -1,5 +1,6 @@
 //! `containerd-shim-stockade-v2`: containerd's runtime v2 shim for Stockade.
 
+mod debug;
 mod error;
 mod events;
 mod metrics;
@@ -14,6 +15,24 @@ fn main() {
     // It must run before any thread (tokio's included) exists.
     if args.get(1).map(String::as_str) == Some(stockade_runtime::linux::helper::HELPER_ARG) {
         std::process::exit(stockade_runtime::linux::helper::main(&args[2..]));
+    }
+    // Operator commands: never used by containerd, whose calls all start with a flag.
+    let cmd_at = if args.get(1).map(String::as_str) == Some("--state-dir") {
+        3
+    } else {
+        1
+    };
+    if args
+        .get(cmd_at)
+        .is_some_and(|a| debug::COMMANDS.contains(&a.as_str()))
+    {
+        match debug::main(args[1..].to_vec()) {
+            Ok(()) => return,
+            Err(e) => {
+                eprintln!("{e:#}");
+                std::process::exit(1);
+            }
+        }
     }
     if args
         .iter()

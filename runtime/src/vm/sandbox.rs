@@ -23,6 +23,8 @@ use crate::vm::share::{Share, unmount_under};
 /// The exit code of every process of a VM that died.
 pub const VM_DIED_EXIT: i32 = 255;
 const PIDS_FILE: &str = "pids";
+/// `<namespace>\n<sandbox id>\n`: lets the debugging CLI find a sandbox by its id.
+const ID_FILE: &str = "id";
 
 pub struct Sandbox {
     pub id: String,
@@ -62,6 +64,7 @@ impl Sandbox {
         }
         std::fs::create_dir_all(&dir).map_err(Error::io(format!("create {}", dir.display())))?;
         set_private(&dir);
+        let _ = std::fs::write(dir.join(ID_FILE), format!("{namespace}\n{id}\n"));
         let share = match Share::create(&dir.join("share")) {
             Ok(s) => s,
             Err(e) => {
@@ -253,6 +256,43 @@ async fn pump(
     if let Some(vm) = sb.vm.lock().await.as_mut() {
         vm.kill().await;
     }
+}
+
+/// A running sandbox as the debugging CLI lists it.
+#[derive(Debug, Clone)]
+pub struct SandboxInfo {
+    pub namespace: String,
+    pub id: String,
+    pub dir: PathBuf,
+}
+
+impl SandboxInfo {
+    /// The guest's serial console; the agent's log lines are in it, prefixed
+    /// `stockade-agent:`.
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join("vm").join("console.log")
+    }
+}
+
+/// Every sandbox under `state_dir`.
+pub fn list(state_dir: &Path) -> Vec<SandboxInfo> {
+    let Ok(entries) = std::fs::read_dir(state_dir.join("vm")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<SandboxInfo> = entries
+        .flatten()
+        .filter_map(|e| {
+            let text = std::fs::read_to_string(e.path().join(ID_FILE)).ok()?;
+            let mut lines = text.lines();
+            Some(SandboxInfo {
+                namespace: lines.next()?.to_string(),
+                id: lines.next()?.to_string(),
+                dir: e.path(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.namespace, &a.id).cmp(&(&b.namespace, &b.id)));
+    out
 }
 
 /// The shim's `delete` after a crash: kill the helpers a sandbox dir names (only if

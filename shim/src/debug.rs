@@ -1,0 +1,72 @@
+//! Debugging subcommands of the shim binary (run by an operator, not by containerd):
+//!
+//! ```text
+//! containerd-shim-stockade-v2 sandboxes            list running VM sandboxes
+//! containerd-shim-stockade-v2 console <id>         the guest's serial console log
+//! containerd-shim-stockade-v2 agent-log <id>       only the agent's lines of it
+//! ```
+//!
+//! `<id>` is the sandbox's id (the pod sandbox, or a standalone container's id), or a
+//! unique prefix of it. The state dir comes from the configuration (`STOCKADE_CONFIG`,
+//! `/etc/stockade/configuration.toml`, ...) or `--state-dir <dir>`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use stockade_runtime::Config;
+use stockade_runtime::vm::sandbox::{SandboxInfo, list};
+
+pub const COMMANDS: [&str; 3] = ["sandboxes", "console", "agent-log"];
+
+fn state_dir(args: &mut Vec<String>) -> Result<PathBuf> {
+    if let Some(i) = args.iter().position(|a| a == "--state-dir") {
+        let dir = args
+            .get(i + 1)
+            .context("--state-dir needs a directory")?
+            .clone();
+        args.drain(i..=i + 1);
+        return Ok(PathBuf::from(dir));
+    }
+    Ok(Config::load(&Default::default())?.runtime.state_dir)
+}
+
+fn find(all: &[SandboxInfo], id: &str) -> Result<SandboxInfo> {
+    let matches: Vec<&SandboxInfo> = all.iter().filter(|s| s.id.starts_with(id)).collect();
+    match matches.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => bail!("no running VM sandbox {id:?} (see `sandboxes`)"),
+        _ => bail!("{id:?} matches several sandboxes; give more of the id"),
+    }
+}
+
+/// Run one debugging command; `args` are the words after the binary's name.
+pub fn main(mut args: Vec<String>) -> Result<()> {
+    let dir = state_dir(&mut args)?;
+    let all = list(&dir);
+    match args.first().map(String::as_str) {
+        Some("sandboxes") => {
+            println!("{:<12} {:<64} DIR", "NAMESPACE", "SANDBOX");
+            for s in &all {
+                println!("{:<12} {:<64} {}", s.namespace, s.id, s.dir.display());
+            }
+            Ok(())
+        }
+        Some(cmd @ ("console" | "agent-log")) => {
+            let id = args.get(1).context("which sandbox? give its id")?;
+            let sb = find(&all, id)?;
+            let path = sb.console_log();
+            let text = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+            let text = String::from_utf8_lossy(&text);
+            for line in text.lines() {
+                let line = line.trim_end_matches('\r');
+                if cmd == "console" || line.starts_with("stockade-agent:") {
+                    println!("{line}");
+                }
+            }
+            Ok(())
+        }
+        _ => bail!(
+            "usage: containerd-shim-stockade-v2 [--state-dir DIR] sandboxes | console <id> | agent-log <id>"
+        ),
+    }
+}
