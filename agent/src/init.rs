@@ -61,15 +61,32 @@ fn switch_root_inner() -> std::io::Result<()> {
     mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)?;
     nix::unistd::chroot(".")?;
     nix::unistd::chdir("/")?;
+    // Nothing on the root is written after this: /run, /tmp and /dev are mounts of
+    // their own. A read-only root also means no container can overwrite /init through
+    // /proc/<pid>/exe (CVE-2019-5736) or plant files the agent would trust.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None::<&str>,
+    )?;
     let err = std::process::Command::new("/init")
         .env(SWITCHED, "1")
         .exec();
     Err(err)
 }
 
+/// Whether `/` is mounted read-only (after the switch it is).
+pub fn root_is_readonly() -> bool {
+    nix::sys::statvfs::statvfs("/")
+        .map(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
+        .unwrap_or(false)
+}
+
 pub fn early_mounts() {
     let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
-    let mounts: [(&str, &str, &str, MsFlags, Option<&str>); 6] = [
+    let mounts: [(&str, &str, &str, MsFlags, Option<&str>); 7] = [
         ("proc", "/proc", "proc", nodev, None),
         ("sysfs", "/sys", "sysfs", nodev, None),
         (
@@ -86,6 +103,13 @@ pub fn early_mounts() {
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             Some("mode=0755"),
         ),
+        (
+            "tmpfs",
+            "/tmp",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=1777"),
+        ),
         ("cgroup2", "/sys/fs/cgroup", "cgroup2", nodev, None),
         (
             "devpts",
@@ -96,6 +120,7 @@ pub fn early_mounts() {
         ),
     ];
     for (src, target, fstype, flags, data) in mounts {
+        // The directories exist (made before the root went read-only).
         let _ = std::fs::create_dir_all(target);
         if let Err(e) = mount(Some(src), target, Some(fstype), flags, data) {
             eprintln!("stockade-agent: mount {target}: {e}");

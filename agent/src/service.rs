@@ -122,7 +122,10 @@ fn want(s: &Stdio) -> [bool; 3] {
 
 impl AgentService {
     pub fn new(exits: Exits, modules: Vec<String>) -> AgentService {
-        let (runtime, mut rx) = Runtime::new("guest", exits);
+        // The agent's binary lives on the read-only root (see init::switch_root_to_tmpfs):
+        // a container cannot overwrite it through /proc/self/exe, so no sealed copy.
+        let (runtime, mut rx) =
+            Runtime::with_exe_sealing("guest", exits, !crate::init::root_is_readonly());
         let events = Arc::new(EventQueue::default());
         let queue = events.clone();
         tokio::spawn(async move {

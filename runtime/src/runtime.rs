@@ -126,10 +126,21 @@ struct Inner {
 
 impl Runtime {
     pub fn new(namespace: &str, exits: Exits) -> (Runtime, mpsc::UnboundedReceiver<Event>) {
+        Self::with_exe_sealing(namespace, exits, true)
+    }
+
+    /// As [`new`](Self::new); `seal_exe = false` is for a binary that cannot be
+    /// overwritten (the guest agent, on a read-only root), where the sealed copy made
+    /// for every container-entering call would only cost time.
+    pub fn with_exe_sealing(
+        namespace: &str,
+        exits: Exits,
+        seal_exe: bool,
+    ) -> (Runtime, mpsc::UnboundedReceiver<Event>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let inner = Inner {
             namespace: namespace.into(),
-            linux: LinuxBackend::new(exits.clone()),
+            linux: LinuxBackend::new(exits.clone(), seal_exe),
             exits,
             events: tx,
             containers: Mutex::new(HashMap::new()),

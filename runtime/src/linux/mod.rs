@@ -38,11 +38,14 @@ impl ContainerDirs {
 
 pub struct LinuxBackend {
     exits: Exits,
+    seal_exe: bool,
 }
 
 impl LinuxBackend {
-    pub fn new(exits: Exits) -> LinuxBackend {
-        LinuxBackend { exits }
+    /// `seal_exe`: run container-entering helpers from a sealed memfd copy. Only a
+    /// binary on a read-only filesystem (the guest agent's) may skip it.
+    pub fn new(exits: Exits, seal_exe: bool) -> LinuxBackend {
+        LinuxBackend { exits, seal_exe }
     }
 
     /// Create and Exec run libcontainer's init inside the container: they run from a
@@ -55,7 +58,7 @@ impl LinuxBackend {
         stdio: [Option<OwnedFd>; 3],
     ) -> Result<Option<i32>> {
         let enters_container = matches!(req, Request::Create { .. } | Request::Exec { .. });
-        let exe = if enters_container {
+        let exe = if enters_container && self.seal_exe {
             HelperExe::Sealed(SealedExe::new()?)
         } else {
             HelperExe::Host

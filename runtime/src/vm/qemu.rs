@@ -13,6 +13,8 @@ use stockade_agent_protocol::SHARE_TAG;
 /// The guest CID; each VM has its own vsock backend, so every guest can use the same.
 const GUEST_CID: u32 = 3;
 const CONSOLE_TAIL_LINES: usize = 25;
+/// TCG translation-cache size (MiB).
+const TCG_TB_MIB: u32 = 256;
 
 pub struct MicroVm {
     pub dir: PathBuf,
@@ -77,14 +79,18 @@ fn host_tsc_khz(cpuinfo: &str) -> Option<u64> {
 }
 
 pub fn qemu_args(cfg: &HypervisorConfig, dir: &Path, share: bool) -> Vec<String> {
+    // TCG's translation cache defaults to 1 GiB of host memory, most of it touched
+    // over time: cap it, it is host overhead outside the guest's RAM.
     let accel = match cfg.accel {
-        Accel::Kvm => "kvm",
-        Accel::Tcg => "tcg",
+        Accel::Kvm => "kvm".to_string(),
+        Accel::Tcg => format!("tcg,tb-size={TCG_TB_MIB}"),
     };
     let mem = format!("{}M", cfg.memory_mib);
     let mut a: Vec<String> = vec![
         "-M".into(),
-        format!("microvm,accel={accel},memory-backend=mem"),
+        "microvm,memory-backend=mem".into(),
+        "-accel".into(),
+        accel,
         "-m".into(),
         mem.clone(),
         "-object".into(),

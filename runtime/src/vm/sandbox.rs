@@ -129,15 +129,11 @@ impl Sandbox {
         if let Some(p) = self.pump.lock().expect("pump lock").take() {
             p.abort();
         }
-        let vm = self.vm.lock().await.take();
-        let stopped = match vm {
-            Some(mut vm) if self.is_dead() => {
-                vm.kill().await;
-                Ok(())
-            }
-            Some(vm) => vm.shutdown_keep_dir().await,
-            None => Ok(()),
-        };
+        // No container is left and the guest keeps nothing the host needs (container
+        // writes went to the share), so there is nothing to flush: stop it outright.
+        if let Some(mut vm) = self.vm.lock().await.take() {
+            vm.kill().await;
+        }
         self.exits.close(VM_DIED_EXIT);
         log::debug!(sandbox = self.id.as_str(), console:% = crate::vm::qemu::console_tail(&self.dir.join("vm")); "guest console at teardown");
         self.share.destroy()?;
@@ -151,7 +147,7 @@ impl Sandbox {
             })
             .map_err(Error::io(format!("remove {}", self.dir.display())))?;
         log::info!(sandbox = self.id.as_str(); "VM sandbox removed");
-        stopped
+        Ok(())
     }
 
     /// Connect a process's stdio: one vsock stream per pipe end the host side holds.

@@ -1,0 +1,166 @@
+//! Benchmark (not a test) of the VM backend, both sides under the same accel in one run:
+//!
+//! 1. `ctr run --rm IMAGE true` through Stockade in VM mode against a bare boot of the
+//!    same kernel + initramfs to the agent's first vsock answer, interleaved N times;
+//!    Stockade's added time = (ctr run median - bare boot median) / bare boot median.
+//! 2. Host memory of one running VM sandbox: PSS of qemu, virtiofsd, the vsock backend
+//!    and the shim, and the part of it outside guest RAM (qemu's PSS without its
+//!    guest-memory mapping).
+//!
+//!   sudo cargo run --release -p stockade-integration --example vm_bench -- [N]
+//!   (after `cargo build --release`; uses the installed guest assets)
+
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use stockade_integration::{
+    IMAGE, TestContainerd, build_image, guest_config, hypervisor_toml, run,
+};
+use stockade_runtime::vm::MicroVm;
+
+/// PSS in KiB from /proc/<pid>/smaps: (total, guest RAM, TCG translation cache).
+/// Guest RAM is QEMU's memfd memory backend; the TCG cache is its anonymous
+/// read-write-execute mapping (absent under KVM).
+fn pss_kib(pid: &str) -> (u64, u64, u64) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let (mut total, mut guest, mut tcg) = (0, 0, 0);
+    let mut kind = 0;
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if first.contains('-') && first.chars().next().is_some_and(|c| c.is_ascii_hexdigit()) {
+            let perms = words.next().unwrap_or("");
+            let named = line.split_whitespace().count() > 5;
+            kind = if line.contains("memfd:memory-backend") {
+                1
+            } else if perms == "rwxp" && !named {
+                2
+            } else {
+                0
+            };
+            continue;
+        }
+        if let Some(v) = line.strip_prefix("Pss:") {
+            let kib: u64 = v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0);
+            total += kib;
+            match kind {
+                1 => guest += kib,
+                2 => tcg += kib,
+                _ => {}
+            }
+        }
+    }
+    (total, guest, tcg)
+}
+
+fn pids(pattern: &str) -> Vec<String> {
+    run(Command::new("pgrep").args(["-f", pattern]))
+        .stdout
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() -> Result<()> {
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(10);
+    let hv = guest_config();
+    let ctd = TestContainerd::start_with("vm", &hypervisor_toml(&hv))?;
+    let tar = ctd.dir.path().join("busybox.tar");
+    build_image(&tar)?;
+    ctd.import_image(&tar)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let bare_dir = ctd.dir.path().join("bare");
+
+    let (mut bare, mut stockade) = (Vec::new(), Vec::new());
+    // One of each to warm the page cache.
+    for i in 0..=n {
+        let start = Instant::now();
+        let vm = rt.block_on(MicroVm::boot(&hv, &bare_dir.join(i.to_string()), None))?;
+        let t = start.elapsed().as_secs_f64() * 1000.0;
+        rt.block_on(vm.shutdown())?;
+        let id = format!("bench{i}");
+        let start = Instant::now();
+        let out = ctd.run_rm(&id, &["true"]);
+        let s = start.elapsed().as_secs_f64() * 1000.0;
+        if !out.ok() {
+            bail!("ctr run {id}: {}", out.stderr);
+        }
+        if i > 0 {
+            bare.push(t);
+            stockade.push(s);
+        }
+    }
+    let (mb, ms) = (median(&mut bare), median(&mut stockade));
+    println!("accel: {:?}, {n} interleaved runs each", hv.accel);
+    println!("  bare boot to the agent's first answer: median {mb:.0} ms");
+    println!("  ctr run --rm {IMAGE} true (VM mode):  median {ms:.0} ms");
+    println!(
+        "  Stockade's added time: {:.0} ms = {:.1} % of the bare boot (target <= 15 %)",
+        ms - mb,
+        (ms - mb) / mb * 100.0
+    );
+
+    // Memory of one running sandbox.
+    let id = "bench-idle";
+    ctd.run_detached(id, &["sleep", "1000"])?;
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let state = ctd.stockade_state.display().to_string();
+    let sock = ctd.socket.display().to_string();
+    let mut total = 0u64;
+    let mut guest_ram = 0u64;
+    let mut tcg_cache = 0u64;
+    for (name, pattern) in [
+        ("qemu", format!("qemu-system.*{state}")),
+        ("virtiofsd", format!("virtiofsd.*{state}")),
+        ("vhost-device-vsock", format!("vhost-device-vsock.*{state}")),
+        (
+            "shim",
+            format!("containerd-shim-stockade-v2.*-id {id} .*{sock}"),
+        ),
+    ] {
+        let mut kib = 0;
+        for p in pids(&pattern) {
+            let (t, g, c) = pss_kib(&p);
+            kib += t;
+            guest_ram += g;
+            tcg_cache += c;
+        }
+        total += kib;
+        println!("  {name:<20} PSS {:>7.1} MiB", kib as f64 / 1024.0);
+    }
+    let overhead = total - guest_ram;
+    let mib = |k: u64| k as f64 / 1024.0;
+    println!(
+        "  one sandbox ({} MiB guest): PSS {:.1} MiB in all, of which guest RAM touched {:.1} MiB",
+        hv.memory_mib,
+        mib(total),
+        mib(guest_ram)
+    );
+    println!(
+        "  host overhead outside guest RAM: {:.1} MiB; without the TCG translation cache ({:.1} MiB, absent under KVM): {:.1} MiB (target <= 40 MiB)",
+        mib(overhead),
+        mib(tcg_cache),
+        mib(overhead - tcg_cache)
+    );
+    let _ = ctd.ctr(&["task", "kill", "--signal", "SIGKILL", id]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _ = ctd.ctr(&["task", "delete", id]);
+    let _ = ctd.ctr(&["container", "delete", id]);
+    let left = ctd.vm_leaks();
+    if !left.is_empty() {
+        bail!("the benchmark left VM state behind: {left:?}");
+    }
+    drop(ctd);
+    Ok(())
+}
