@@ -1,6 +1,7 @@
 //! Debugging subcommands of the shim binary (run by an operator, not by containerd):
 //!
 //! ```text
+//! containerd-shim-stockade-v2 check                what this node runs: KVM probe, backend
 //! containerd-shim-stockade-v2 sandboxes            list running VM sandboxes
 //! containerd-shim-stockade-v2 console <id>         the guest's serial console log
 //! containerd-shim-stockade-v2 agent-log <id>       only the agent's lines of it
@@ -16,7 +17,7 @@ use anyhow::{Context, Result, bail};
 use stockade_runtime::Config;
 use stockade_runtime::vm::sandbox::{SandboxInfo, list};
 
-pub const COMMANDS: [&str; 3] = ["sandboxes", "console", "agent-log"];
+pub const COMMANDS: [&str; 4] = ["check", "sandboxes", "console", "agent-log"];
 
 fn state_dir(args: &mut Vec<String>) -> Result<PathBuf> {
     if let Some(i) = args.iter().position(|a| a == "--state-dir") {
@@ -39,11 +40,51 @@ fn find(all: &[SandboxInfo], id: &str) -> Result<SandboxInfo> {
     }
 }
 
+/// The KVM probe, the backend this node's configuration selects, and the VM assets.
+fn check() -> Result<()> {
+    use stockade_runtime::probe::{RealHost, probe_kvm};
+    use stockade_runtime::select::{Backend, select};
+    let config = Config::load(&Default::default())?;
+    let probe = probe_kvm(&RealHost);
+    println!(
+        "kvm: {}",
+        if probe.is_usable() {
+            "usable".to_string()
+        } else {
+            probe.to_string()
+        }
+    );
+    println!("mode: {}", config.runtime.mode);
+    match select(&config, &Default::default(), || probe.clone()) {
+        Ok(sel) => {
+            let backend = match sel.backend {
+                Backend::Container => "container (shares the host kernel: the weaker tier)".into(),
+                Backend::Vm { accel } => format!("vm ({accel:?})"),
+            };
+            println!("backend: {backend}\nreason: {}", sel.reason);
+        }
+        Err(e) => println!("backend: none: {e}"),
+    }
+    let hv = &config.hypervisor;
+    for (what, path) in [
+        ("qemu", &hv.qemu),
+        ("kernel", &hv.kernel),
+        ("initrd", &hv.initrd),
+        ("virtiofsd", &hv.virtiofsd),
+        ("vsock backend", &hv.vsock_backend),
+    ] {
+        let state = if path.exists() { "ok" } else { "MISSING" };
+        println!("{what}: {} ({state})", path.display());
+    }
+    Ok(())
+}
+
 /// Run one debugging command; `args` are the words after the binary's name.
 pub fn main(mut args: Vec<String>) -> Result<()> {
     let dir = state_dir(&mut args)?;
     let all = list(&dir);
     match args.first().map(String::as_str) {
+        Some("check") => check(),
         Some("sandboxes") => {
             println!("{:<12} {:<64} DIR", "NAMESPACE", "SANDBOX");
             for s in &all {
