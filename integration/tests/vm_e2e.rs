@@ -312,6 +312,65 @@ fn exec_ps_metrics_pause_kill(s: &Suite) -> Result<()> {
     expect_clean(s, id)
 }
 
+/// Events of a VM container arrive in containerd's order, and an OOM kill inside the
+/// guest (memory limit enforced by the guest's cgroup) is reported as TaskOOM.
+fn events_are_ordered_and_oom_reported(s: &Suite) -> Result<()> {
+    let log = s.ctd.dir.path().join("vm-events.log");
+    let mut events = s
+        .ctd
+        .ctr_cmd()
+        .arg("events")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&log)?)
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let out = s.ctd.run_rm("vev1", &["echo", "hi"]);
+    let oom = s.ctd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--memory-limit",
+        "33554432",
+        IMAGE,
+        "voom",
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=64M",
+        "count=1",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = events.kill();
+    let _ = events.wait();
+    expect_code(&out, 0, "vev1")?;
+    expect_code(&oom, 137, "OOM-killed container in the VM")?;
+    let text = std::fs::read_to_string(&log)?;
+    let topics: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("\"vev1\""))
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("/tasks/")))
+        .collect();
+    ensure!(
+        topics
+            == [
+                "/tasks/create",
+                "/tasks/start",
+                "/tasks/exit",
+                "/tasks/delete"
+            ],
+        "events for vev1: {topics:?}"
+    );
+    ensure!(
+        text.lines()
+            .any(|l| l.contains("/tasks/oom") && l.contains("\"voom\"")),
+        "no /tasks/oom for voom:\n{text}"
+    );
+    expect_clean(s, "vev1")?;
+    expect_clean(s, "voom")
+}
+
 fn kill_reports_137(s: &Suite) -> Result<()> {
     let id = "vkill";
     let mut child = s
@@ -684,6 +743,10 @@ fn main() {
         ("vm_tty", tty),
         ("vm_exec_ps_metrics_pause_kill", exec_ps_metrics_pause_kill),
         ("vm_kill_reports_137", kill_reports_137),
+        (
+            "vm_events_are_ordered_and_oom_reported",
+            events_are_ordered_and_oom_reported,
+        ),
         (
             "vm_qemu_killed_exits_task_and_cleans_up",
             qemu_killed_exits_task_and_cleans_up,
