@@ -324,10 +324,12 @@ impl Runtime {
         let (io, mut child) = ProcessIo::new(&host_side(&req.stdio), &dirs.state, "init")?;
         let fds = std::mem::take(&mut child.fds);
         let want = [0, 1, 2].map(|i| fds[i].is_some());
+        let asked = std::time::Instant::now();
         let pid = sandbox
             .agent
             .create_container(&req.id, json, stdio_msg(want, req.stdio.terminal))
             .await;
+        log::debug!(id = req.id.as_str(), ms = asked.elapsed().as_millis() as u64; "guest create");
         let pid = match pid {
             Ok(pid) => pid,
             Err(e) => {

@@ -72,6 +72,7 @@ impl Sandbox {
                 return Err(e);
             }
         };
+        let booting = std::time::Instant::now();
         let vm = match MicroVm::boot(&config.hypervisor, &dir.join("vm"), Some(share.path())).await
         {
             Ok(vm) => vm,
@@ -81,6 +82,7 @@ impl Sandbox {
                 return Err(e);
             }
         };
+        log::debug!(sandbox = id, ms = booting.elapsed().as_millis() as u64; "VM booted, agent answered");
         let pids: Vec<String> = vm.helper_pids().iter().map(u32::to_string).collect();
         let _ = std::fs::write(dir.join(PIDS_FILE), pids.join("\n"));
         let agent = vm.agent.clone();
