@@ -41,7 +41,7 @@ fn main() -> anyhow::Result<()> {
         let vm = rt.block_on(MicroVm::boot(&cfg, &dir, None))?;
         times.push(start.elapsed().as_secs_f64() * 1000.0);
         if memory.is_none() {
-            memory = Some((pss_kib(vm.qemu_pid()), pss_kib(vm.vsock_pid())));
+            memory = Some((pss_kib(vm.qemu_pid()), vm.vsock_pid().map_or(0, pss_kib)));
         }
         rt.block_on(vm.shutdown())?;
     }

@@ -63,7 +63,7 @@ async fn boots_and_answers(state: &Path) -> Result<()> {
     );
     vm.shutdown().await?;
     ensure!(
-        !alive(qemu) && !alive(vsock),
+        !alive(qemu) && !vsock.is_some_and(alive),
         "qemu or the vsock backend survived shutdown"
     );
     ensure!(!dir.exists(), "state dir left behind");

@@ -82,6 +82,18 @@ impl Default for RuntimeConfig {
     }
 }
 
+/// The host side of the guest's vsock device.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum VsockMode {
+    /// Kernel vhost-vsock when `/dev/vhost-vsock` exists, else vhost-user.
+    Auto,
+    /// Kernel vhost-vsock (`/dev/vhost-vsock`), the host connecting with AF_VSOCK.
+    Kernel,
+    /// vhost-user vsock through `vsock_backend` (hybrid vsock Unix socket).
+    VhostUser,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct HypervisorConfig {
@@ -89,7 +101,8 @@ pub struct HypervisorConfig {
     pub qemu: PathBuf,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
-    /// vhost-user vsock backend, used when /dev/vhost-vsock is absent.
+    pub vsock: VsockMode,
+    /// vhost-user vsock backend, used when the kernel transport is not.
     pub vsock_backend: PathBuf,
     /// virtio-fs daemon, one per pod, run with `--sandbox namespace`.
     pub virtiofsd: PathBuf,
@@ -105,6 +118,7 @@ impl Default for HypervisorConfig {
             qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
             kernel: PathBuf::from("/usr/share/stockade/vmlinuz"),
             initrd: PathBuf::from("/usr/share/stockade/initrd.img"),
+            vsock: VsockMode::Auto,
             vsock_backend: PathBuf::from("/usr/local/bin/vhost-device-vsock"),
             virtiofsd: PathBuf::from("/usr/local/bin/virtiofsd"),
             vcpus: 1,

@@ -1,7 +1,6 @@
 //! The host's client of the guest agent. The guest is untrusted: every call has a
 //! deadline, ttrpc bounds message sizes (4 MiB), and every reply is checked before use.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use stockade_agent_protocol::asynchronous::agent::{
@@ -12,12 +11,11 @@ use stockade_agent_protocol::asynchronous::agent::{
 use stockade_agent_protocol::asynchronous::agent_ttrpc::AgentClient as RawClient;
 use stockade_agent_protocol::{AGENT_PORT, PROTOCOL_VERSION, STDIO_PORT, stdio_header};
 use tokio::io::AsyncWriteExt;
-use tokio::net::UnixStream;
 use ttrpc::asynchronous::Client;
 use ttrpc::asynchronous::transport::Socket;
 
 use crate::error::{Error, Result};
-use crate::vm::vsock::connect_hybrid;
+use crate::vm::vsock::{GuestStream, Transport};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Creating a container or an exec runs libcontainer in the guest: slower under TCG.
@@ -29,7 +27,7 @@ const MAX_EVENTS: usize = 256;
 
 pub struct AgentClient {
     raw: RawClient,
-    uds: PathBuf,
+    transport: Transport,
     pub version: VersionResponse,
 }
 
@@ -78,9 +76,9 @@ pub fn stdio_msg(want: [bool; 3], terminal: bool) -> Stdio {
 }
 
 impl AgentClient {
-    /// Connect through the hybrid vsock socket and negotiate the protocol version.
-    pub async fn connect(uds: &Path, limit: Duration) -> Result<AgentClient> {
-        let stream = connect_hybrid(uds, AGENT_PORT, limit).await?;
+    /// Connect to the agent's port and negotiate the protocol version.
+    pub async fn connect(transport: &Transport, limit: Duration) -> Result<AgentClient> {
+        let stream = transport.connect(AGENT_PORT, limit).await?;
         let raw = RawClient::new(Client::new(Socket::new(stream)));
         let req = VersionRequest {
             host_protocol: PROTOCOL_VERSION,
@@ -98,7 +96,7 @@ impl AgentClient {
         }
         Ok(AgentClient {
             raw,
-            uds: uds.to_path_buf(),
+            transport: transport.clone(),
             version,
         })
     }
@@ -314,8 +312,8 @@ impl AgentClient {
     }
 
     /// Open one stdio stream of a process and name it; the stream then carries its bytes.
-    pub async fn stdio_stream(&self, id: &str, exec_id: &str, stream: &str) -> Result<UnixStream> {
-        let mut s = connect_hybrid(&self.uds, STDIO_PORT, CALL_TIMEOUT).await?;
+    pub async fn stdio_stream(&self, id: &str, exec_id: &str, stream: &str) -> Result<GuestStream> {
+        let mut s = self.transport.connect(STDIO_PORT, CALL_TIMEOUT).await?;
         s.write_all(stdio_header(id, exec_id, stream).as_bytes())
             .await
             .map_err(Error::io("stdio header"))?;

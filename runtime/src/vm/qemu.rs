@@ -4,10 +4,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::config::{Accel, HypervisorConfig};
+use crate::config::{Accel, HypervisorConfig, VsockMode};
 use crate::error::{Error, Result};
 use crate::vm::agent::AgentClient;
 use crate::vm::process::Watched;
+use crate::vm::vsock::Transport;
 use stockade_agent_protocol::SHARE_TAG;
 
 /// The guest CID; each VM has its own vsock backend, so every guest can use the same.
@@ -20,8 +21,47 @@ pub struct MicroVm {
     pub dir: PathBuf,
     pub agent: std::sync::Arc<AgentClient>,
     qemu: Watched,
-    vsock: Watched,
-    virtiofsd: Option<Watched>,
+    /// The vhost-user vsock backend (absent with kernel vhost-vsock) and virtiofsd.
+    helpers: Vec<Watched>,
+    pub transport: Transport,
+}
+
+async fn kill_all(helpers: &mut [Watched]) {
+    for h in helpers.iter_mut() {
+        h.kill().await;
+    }
+}
+
+/// Which vsock transport a VM uses: kernel vhost-vsock where the host has it (and the
+/// config allows), else the vhost-user backend.
+pub fn choose_transport(cfg: &HypervisorConfig, dir: &Path, have_vhost_vsock: bool) -> Transport {
+    let kernel = match cfg.vsock {
+        VsockMode::Kernel => true,
+        VsockMode::VhostUser => false,
+        VsockMode::Auto => have_vhost_vsock,
+    };
+    if kernel {
+        Transport::Kernel { cid: random_cid() }
+    } else {
+        Transport::Hybrid {
+            uds: dir.join("vsock.sock"),
+        }
+    }
+}
+
+/// A guest CID for kernel vhost-vsock: unique on the host, so random over the valid
+/// range (3 to 2^32 - 2); QEMU refuses one already in use and the boot fails clearly.
+fn random_cid() -> u32 {
+    let mut b = [0u8; 4];
+    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| {
+        use std::io::Read;
+        f.read_exact(&mut b)
+    });
+    cid_from(u32::from_ne_bytes(b))
+}
+
+fn cid_from(r: u32) -> u32 {
+    3 + r % (u32::MAX - 4)
 }
 
 /// The virtio-fs socket QEMU connects to (virtiofsd serves it).
@@ -78,7 +118,12 @@ fn host_tsc_khz(cpuinfo: &str) -> Option<u64> {
     (mhz > 0.0).then_some((mhz * 1000.0) as u64)
 }
 
-pub fn qemu_args(cfg: &HypervisorConfig, dir: &Path, share: bool) -> Vec<String> {
+pub fn qemu_args(
+    cfg: &HypervisorConfig,
+    dir: &Path,
+    share: bool,
+    transport: &Transport,
+) -> Vec<String> {
     // TCG's translation cache defaults to 1 GiB of host memory, most of it touched
     // over time: cap it, it is host overhead outside the guest's RAM.
     let accel = match cfg.accel {
@@ -105,13 +150,6 @@ pub fn qemu_args(cfg: &HypervisorConfig, dir: &Path, share: bool) -> Vec<String>
         "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
         "-serial".into(),
         format!("file:{}", dir.join("console.log").display()),
-        "-chardev".into(),
-        format!(
-            "socket,id=vsock0,path={}",
-            dir.join("vsock.vhost").display()
-        ),
-        "-device".into(),
-        "vhost-user-vsock-device,chardev=vsock0".into(),
         "-kernel".into(),
         cfg.kernel.display().to_string(),
         "-initrd".into(),
@@ -119,6 +157,21 @@ pub fn qemu_args(cfg: &HypervisorConfig, dir: &Path, share: bool) -> Vec<String>
         "-append".into(),
         kernel_cmdline(cfg.accel),
     ];
+    match transport {
+        Transport::Kernel { cid } => a.extend([
+            "-device".into(),
+            format!("vhost-vsock-device,guest-cid={cid}"),
+        ]),
+        Transport::Hybrid { .. } => a.extend([
+            "-chardev".into(),
+            format!(
+                "socket,id=vsock0,path={}",
+                dir.join("vsock.vhost").display()
+            ),
+            "-device".into(),
+            "vhost-user-vsock-device,chardev=vsock0".into(),
+        ]),
+    }
     if share {
         a.extend([
             "-chardev".into(),
@@ -144,7 +197,6 @@ impl MicroVm {
             ("kernel", &cfg.kernel),
             ("initrd", &cfg.initrd),
             ("qemu", &cfg.qemu),
-            ("vsock backend", &cfg.vsock_backend),
         ];
         if share.is_some() {
             needed.push(("virtiofsd", &cfg.virtiofsd));
@@ -167,23 +219,33 @@ impl MicroVm {
 
     async fn boot_in(cfg: &HypervisorConfig, dir: &Path, share: Option<&Path>) -> Result<MicroVm> {
         let deadline = Instant::now() + Duration::from_secs(cfg.boot_timeout_secs);
-        let vhost = dir.join("vsock.vhost");
-        let uds = dir.join("vsock.sock");
-        let mut vsock = start_helper(
-            "vhost-device-vsock",
-            Command::new(&cfg.vsock_backend)
-                .arg("--guest-cid")
-                .arg(GUEST_CID.to_string())
-                .arg("--socket")
-                .arg(&vhost)
-                .arg("--uds-path")
-                .arg(&uds),
-            &dir.join("vsock.log"),
-            &vhost,
-            deadline,
-        )
-        .await?;
-        let mut virtiofsd = None;
+        let transport = choose_transport(cfg, dir, Path::new("/dev/vhost-vsock").exists());
+        let mut helpers = Vec::new();
+        if let Transport::Hybrid { uds } = &transport {
+            if !cfg.vsock_backend.exists() {
+                return Err(Error::FailedPrecondition(format!(
+                    "VM vsock backend {} does not exist (run packaging/setup.sh)",
+                    cfg.vsock_backend.display()
+                )));
+            }
+            let vhost = dir.join("vsock.vhost");
+            helpers.push(
+                start_helper(
+                    "vhost-device-vsock",
+                    Command::new(&cfg.vsock_backend)
+                        .arg("--guest-cid")
+                        .arg(GUEST_CID.to_string())
+                        .arg("--socket")
+                        .arg(&vhost)
+                        .arg("--uds-path")
+                        .arg(uds),
+                    &dir.join("vsock.log"),
+                    &vhost,
+                    deadline,
+                )
+                .await?,
+            );
+        }
         if let Some(share) = share {
             let sock = virtiofs_socket(dir);
             let started = start_helper(
@@ -202,9 +264,9 @@ impl MicroVm {
             )
             .await;
             match started {
-                Ok(w) => virtiofsd = Some(w),
+                Ok(w) => helpers.push(w),
                 Err(e) => {
-                    vsock.kill().await;
+                    kill_all(&mut helpers).await;
                     return Err(e);
                 }
             }
@@ -213,7 +275,7 @@ impl MicroVm {
         let child = qemu_log.and_then(|log| {
             spawn_helper(
                 Command::new(&cfg.qemu)
-                    .args(qemu_args(cfg, dir, share.is_some()))
+                    .args(qemu_args(cfg, dir, share.is_some(), &transport))
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(log),
@@ -223,10 +285,7 @@ impl MicroVm {
         let child = match child {
             Ok(c) => c,
             Err(e) => {
-                vsock.kill().await;
-                if let Some(mut v) = virtiofsd {
-                    v.kill().await;
-                }
+                kill_all(&mut helpers).await;
                 return Err(e);
             }
         };
@@ -245,10 +304,7 @@ impl MicroVm {
                     format!("the agent did not answer within {}s", cfg.boot_timeout_secs)
                 };
                 qemu.kill().await;
-                vsock.kill().await;
-                if let Some(mut v) = virtiofsd {
-                    v.kill().await;
-                }
+                kill_all(&mut helpers).await;
                 let log = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
                 return Err(Error::Backend(format!(
                     "VM boot failed: {why}\n--- guest console (tail) ---\n{}\n--- qemu ---\n{}\n--- vsock backend ---\n{}",
@@ -257,7 +313,7 @@ impl MicroVm {
                     log("vsock.log").trim()
                 )));
             }
-            match AgentClient::connect(&uds, left.min(Duration::from_secs(2))).await {
+            match AgentClient::connect(&transport, left.min(Duration::from_secs(2))).await {
                 Ok(a) => break a,
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
@@ -266,8 +322,8 @@ impl MicroVm {
             dir: dir.to_path_buf(),
             agent: std::sync::Arc::new(agent),
             qemu,
-            vsock,
-            virtiofsd,
+            helpers,
+            transport,
         })
     }
 
@@ -277,8 +333,8 @@ impl MicroVm {
 
     /// The pids of every host process this VM runs (qemu, vsock backend, virtiofsd).
     pub fn helper_pids(&self) -> Vec<u32> {
-        let mut pids = vec![self.qemu.pid(), self.vsock.pid()];
-        pids.extend(self.virtiofsd.as_ref().map(Watched::pid));
+        let mut pids = vec![self.qemu.pid()];
+        pids.extend(self.helpers.iter().map(Watched::pid));
         pids
     }
 
@@ -290,14 +346,15 @@ impl MicroVm {
     /// Kill every helper at once (the guest is gone or must go); keeps the state dir.
     pub async fn kill(&mut self) {
         self.qemu.kill().await;
-        self.vsock.kill().await;
-        if let Some(v) = self.virtiofsd.as_mut() {
-            v.kill().await;
-        }
+        kill_all(&mut self.helpers).await;
     }
 
-    pub fn vsock_pid(&self) -> u32 {
-        self.vsock.pid()
+    /// The vhost-user vsock backend's pid (none with kernel vhost-vsock).
+    pub fn vsock_pid(&self) -> Option<u32> {
+        self.helpers
+            .iter()
+            .find(|h| h.name == "vhost-device-vsock")
+            .map(Watched::pid)
     }
 
     /// Ask the agent to power off; kill what does not stop in time; remove the state dir.
@@ -314,10 +371,7 @@ impl MicroVm {
         if asked.is_err() || !self.qemu.exited_within(Duration::from_secs(10)).await {
             self.qemu.kill().await;
         }
-        self.vsock.kill().await;
-        if let Some(v) = self.virtiofsd.as_mut() {
-            v.kill().await;
-        }
+        kill_all(&mut self.helpers).await;
         asked
     }
 }
@@ -353,6 +407,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn kernel_vhost_vsock_when_the_host_has_it() {
+        let mut cfg = HypervisorConfig::default();
+        let dir = Path::new("/x");
+        let t = choose_transport(&cfg, dir, true);
+        let Transport::Kernel { cid } = t else {
+            panic!("auto with /dev/vhost-vsock must pick the kernel transport")
+        };
+        assert!((3..u32::MAX - 1).contains(&cid));
+        let args = qemu_args(&cfg, dir, false, &t);
+        assert!(args.contains(&format!("vhost-vsock-device,guest-cid={cid}")));
+        assert!(!args.iter().any(|a| a.contains("vhost-user-vsock")));
+        assert!(matches!(
+            choose_transport(&cfg, dir, false),
+            Transport::Hybrid { .. }
+        ));
+        cfg.vsock = VsockMode::VhostUser;
+        assert!(matches!(
+            choose_transport(&cfg, dir, true),
+            Transport::Hybrid { .. }
+        ));
+        cfg.vsock = VsockMode::Kernel;
+        assert!(matches!(
+            choose_transport(&cfg, dir, false),
+            Transport::Kernel { .. }
+        ));
+    }
+
+    #[test]
+    fn cids_stay_in_the_valid_range() {
+        for r in [0, 1, 2, u32::MAX, u32::MAX - 1, u32::MAX - 4, 12345] {
+            let c = cid_from(r);
+            assert!((3..=u32::MAX - 2).contains(&c), "{r} -> {c}");
+        }
+    }
+
+    #[test]
     fn tsc_rate_comes_from_cpuinfo() {
         assert_eq!(
             host_tsc_khz("processor : 0\ncpu MHz\t\t: 2445.426\n"),
@@ -364,7 +454,14 @@ mod tests {
     #[test]
     fn only_tcg_gets_a_tsc_rate() {
         assert!(!kernel_cmdline(Accel::Kvm).contains("tsc_early_khz"));
-        let args = qemu_args(&HypervisorConfig::default(), Path::new("/x"), true);
+        let hybrid = Transport::Hybrid {
+            uds: "/x/vsock.sock".into(),
+        };
+        let args = qemu_args(&HypervisorConfig::default(), Path::new("/x"), true, &hybrid);
+        assert!(
+            args.iter()
+                .any(|a| a == "vhost-user-vsock-device,chardev=vsock0")
+        );
         assert!(args.iter().any(|a| a.starts_with("vhost-user-fs-device")));
         assert!(args.iter().any(|a| a == "-nodefaults"));
         assert!(args.iter().any(|a| a.starts_with("on,obsolete=deny")));

@@ -165,7 +165,7 @@ impl Sandbox {
             let Some(fd) = fd else { continue };
             let name = ["stdin", "stdout", "stderr"][i];
             let stream = self.agent.stdio_stream(id, exec_id, name).await?;
-            let (mut rd, mut wr) = stream.into_split();
+            let (mut rd, mut wr) = tokio::io::split(stream);
             if i == 0 {
                 let mut src = pipe::Receiver::from_owned_fd(fd).map_err(Error::io("stdin pipe"))?;
                 tokio::spawn(async move {
@@ -196,13 +196,17 @@ impl Sandbox {
     }
 }
 
-/// What the guest runs containers with: the host's `[container]` hardening.
+/// What the guest runs containers with: the host's `[container]` hardening, alone (the
+/// host's other sections mean nothing in the guest and may be newer than its agent).
 fn guest_config(config: &Config) -> Result<String> {
-    let guest = Config {
-        container: config.container.clone(),
-        ..Config::default()
-    };
-    toml::to_string(&guest).map_err(|e| Error::Backend(format!("guest config: {e}")))
+    #[derive(serde::Serialize)]
+    struct Guest<'a> {
+        container: &'a crate::config::ContainerConfig,
+    }
+    toml::to_string(&Guest {
+        container: &config.container,
+    })
+    .map_err(|e| Error::Backend(format!("guest config: {e}")))
 }
 
 fn set_private(dir: &Path) {
@@ -331,6 +335,16 @@ pub fn cleanup_dir(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_guest_gets_only_the_container_section() {
+        let mut config = Config::default();
+        config.container.default_pids_limit = 77;
+        let text = guest_config(&config).unwrap();
+        assert!(!text.contains("[hypervisor]") && !text.contains("[runtime]"));
+        let parsed = Config::parse(&text, Path::new("guest")).unwrap();
+        assert_eq!(parsed.container.default_pids_limit, 77);
+    }
 
     #[test]
     fn sandbox_dirs_are_short_and_stable() {

@@ -4,13 +4,45 @@
 //! to the backend's Unix socket, write `CONNECT <port>\n`, read `OK <host port>\n`; the
 //! stream then carries the guest connection.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use crate::error::{Error, Result};
+
+/// How the host reaches a guest's vsock ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// vhost-user vsock: the backend's hybrid Unix socket.
+    Hybrid { uds: PathBuf },
+    /// Kernel vhost-vsock: AF_VSOCK to the guest's CID.
+    Kernel { cid: u32 },
+}
+
+/// A connected guest stream, whatever the transport.
+pub trait Duplex: AsyncRead + AsyncWrite + Send + Sync + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin> Duplex for T {}
+pub type GuestStream = Box<dyn Duplex>;
+
+impl Transport {
+    pub async fn connect(&self, port: u32, limit: Duration) -> Result<GuestStream> {
+        match self {
+            Transport::Hybrid { uds } => Ok(Box::new(connect_hybrid(uds, port, limit).await?)),
+            Transport::Kernel { cid } => {
+                let addr = tokio_vsock::VsockAddr::new(*cid, port);
+                let s = tokio::time::timeout(limit, tokio_vsock::VsockStream::connect(addr))
+                    .await
+                    .map_err(|_| {
+                        Error::Backend(format!("vsock {cid}:{port}: no answer within {limit:?}"))
+                    })?
+                    .map_err(Error::io(format!("vsock connect {cid}:{port}")))?;
+                Ok(Box::new(s))
+            }
+        }
+    }
+}
 
 /// The acknowledgement line is short; anything longer is a misbehaving backend.
 const MAX_ACK: usize = 64;
