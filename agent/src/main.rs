@@ -12,6 +12,7 @@
 
 mod init;
 mod logger;
+mod net;
 mod service;
 mod stdio;
 
@@ -42,6 +43,7 @@ fn main() {
     let loaded = init::load_modules(std::path::Path::new("/lib/modules/stockade"));
     init::enable_cgroup_controllers();
     init::set_hostname("stockade");
+    net::loopback_up();
     let exits = Exits::default();
     init::spawn_reaper(exits.clone());
     log::info!(modules:% = loaded.join(" "); "modules loaded");

@@ -116,6 +116,45 @@ fn check_id(id: &str) -> Result<()> {
     }
 }
 
+/// A container without a network namespace of its own shares the guest's, which is the
+/// pod's network: its `net.*` sysctls (Docker sets some) are the pod's, applied here
+/// rather than refused by libcontainer as host-namespace sysctls.
+fn apply_pod_net_sysctls(spec: &mut oci_spec::runtime::Spec) -> Result<()> {
+    use oci_spec::runtime::LinuxNamespaceType;
+    let Some(linux) = spec.linux_mut() else {
+        return Ok(());
+    };
+    let own_netns = linux
+        .namespaces()
+        .as_ref()
+        .is_some_and(|ns| ns.iter().any(|n| n.typ() == LinuxNamespaceType::Network));
+    if own_netns {
+        return Ok(());
+    }
+    let Some(sysctl) = linux.sysctl_mut() else {
+        return Ok(());
+    };
+    let net: Vec<(String, String)> = sysctl
+        .iter()
+        .filter(|(k, _)| k.starts_with("net."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (k, v) in net {
+        if !k
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            || k.contains("..")
+        {
+            return Err(Error::InvalidArgument(format!("sysctl {k:?}")));
+        }
+        let path = Path::new("/proc/sys").join(k.replace('.', "/"));
+        std::fs::write(&path, &v)
+            .map_err(|e| Error::InvalidArgument(format!("sysctl {k}={v}: {e}")))?;
+        sysctl.remove(&k);
+    }
+    Ok(())
+}
+
 fn want(s: &Stdio) -> [bool; 3] {
     [s.stdin, s.stdout, s.stderr]
 }
@@ -184,6 +223,14 @@ impl AgentService {
         if !req.share_tag.is_empty() {
             crate::init::mount_share(&req.share_tag, Path::new(GUEST_SHARE_DIR))?;
         }
+        if let Some(net) = req.network.as_ref() {
+            let routes: Vec<(String, String)> = net
+                .routes
+                .iter()
+                .map(|r| (r.dest.clone(), r.gateway.clone()))
+                .collect();
+            crate::net::configure(&net.mac, net.mtu, &net.addresses, &routes)?;
+        }
         *self.config.lock().expect("config lock") = Some(text);
         log::info!(sandbox = req.sandbox_id.as_str(); "sandbox ready");
         Ok(())
@@ -193,8 +240,9 @@ impl AgentService {
         check_id(&req.container_id)?;
         let config = self.config_source()?;
         let id = req.container_id.as_str();
-        let spec: oci_spec::runtime::Spec = serde_json::from_slice(&req.spec_json)
+        let mut spec: oci_spec::runtime::Spec = serde_json::from_slice(&req.spec_json)
             .map_err(|e| Error::InvalidArgument(format!("invalid spec: {e}")))?;
+        apply_pod_net_sysctls(&mut spec)?;
         let bundle = Path::new(BUNDLES).join(id);
         std::fs::create_dir_all(&bundle).map_err(Error::io("create bundle"))?;
         let io = req.stdio.get_or_default();

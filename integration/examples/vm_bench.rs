@@ -86,7 +86,12 @@ fn main() -> Result<()> {
     // One of each to warm the page cache.
     for i in 0..=n {
         let start = Instant::now();
-        let vm = rt.block_on(MicroVm::boot(&hv, &bare_dir.join(i.to_string()), None))?;
+        let vm = rt.block_on(MicroVm::boot(
+            &hv,
+            &bare_dir.join(i.to_string()),
+            None,
+            None,
+        ))?;
         let t = start.elapsed().as_secs_f64() * 1000.0;
         rt.block_on(vm.shutdown())?;
         let id = format!("bench{i}");

@@ -38,7 +38,7 @@ fn main() -> anyhow::Result<()> {
     for i in 0..n {
         let dir = state.path().join(format!("vm{i}"));
         let start = Instant::now();
-        let vm = rt.block_on(MicroVm::boot(&cfg, &dir, None))?;
+        let vm = rt.block_on(MicroVm::boot(&cfg, &dir, None, None))?;
         times.push(start.elapsed().as_secs_f64() * 1000.0);
         if memory.is_none() {
             memory = Some((pss_kib(vm.qemu_pid()), vm.vsock_pid().map_or(0, pss_kib)));

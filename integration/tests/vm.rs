@@ -21,7 +21,7 @@ async fn boots_and_answers(state: &Path) -> Result<()> {
     let cfg = guest_config();
     let dir = state.join("vm1");
     let start = Instant::now();
-    let vm = MicroVm::boot(&cfg, &dir, None).await?;
+    let vm = MicroVm::boot(&cfg, &dir, None, None).await?;
     let boot = start.elapsed();
     let (qemu, vsock) = (vm.qemu_pid(), vm.vsock_pid());
     ensure!(vm.agent.version.protocol == stockade_agent_protocol::PROTOCOL_VERSION);
@@ -118,7 +118,7 @@ async fn silent_guest_times_out_cleanly(state: &Path) -> Result<()> {
     cfg.initrd = silent;
     cfg.boot_timeout_secs = 8;
     let start = Instant::now();
-    let err = match MicroVm::boot(&cfg, &dir, None).await {
+    let err = match MicroVm::boot(&cfg, &dir, None, None).await {
         Ok(vm) => {
             let _ = vm.shutdown().await;
             bail!("a guest without an agent booted")

@@ -673,6 +673,87 @@ fn docker_runs_in_the_vm(s: &Suite) -> Result<()> {
     bail!("docker left VM state behind: {:?}", s.ctd.vm_leaks())
 }
 
+/// Docker's bridge network reaches the VM: the pod's veth is mirrored onto a tap the
+/// guest's NIC sits on, with the same MAC, address, routes and MTU. A server in the
+/// guest answers at the container's address and through a published port.
+fn docker_bridge_network_and_published_port(s: &Suite) -> Result<()> {
+    use std::io::{Read, Write};
+    let d = docker_of(s)?;
+    let port = 21000 + (std::process::id() % 10000) as u16;
+    let publish = format!("127.0.0.1:{port}:8080");
+    let name = "stockade-vm-web";
+    let out = d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--runtime",
+        RUNTIME,
+        "-p",
+        &publish,
+        IMAGE,
+        "sh",
+        "-c",
+        "uname -r > /tmp/index.html; exec httpd -f -p 8080 -h /tmp",
+    ]);
+    expect_code(&out, 0, "docker run -p")?;
+    let result = (|| -> Result<()> {
+        let addr = d.docker(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", name]);
+        let ip = addr.stdout.trim().to_string();
+        ensure!(ip.starts_with("172.31.254."), "container address {ip:?}");
+        let get = |host: &str, port: u16| -> Result<String> {
+            let mut body = String::new();
+            let target: std::net::SocketAddr = format!("{host}:{port}").parse()?;
+            for _ in 0..60 {
+                if let Ok(mut c) =
+                    std::net::TcpStream::connect_timeout(&target, Duration::from_millis(500))
+                {
+                    c.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    c.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
+                    body.clear();
+                    let _ = c.read_to_string(&mut body);
+                    if body.contains(&s.guest_release) {
+                        return Ok(body);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let inside = d.docker(&[
+                "exec",
+                name,
+                "sh",
+                "-c",
+                "ip addr; ip route; cat /proc/net/dev",
+            ]);
+            let shim = stockade_integration::shim_dir()?.join("containerd-shim-stockade-v2");
+            let id = d.docker(&["inspect", "-f", "{{.Id}}", name]).stdout;
+            let log = run(Command::new(&shim)
+                .arg("--state-dir")
+                .arg(&s.ctd.stockade_state)
+                .args(["agent-log", id.trim()]));
+            bail!(
+                "no answer from {host}:{port}: {body:?}\ninside:\n{}{}\nagent log:\n{}{}",
+                inside.stdout,
+                inside.stderr,
+                log.stdout,
+                log.stderr
+            )
+        };
+        get(&ip, 8080).context("the container's address")?;
+        get("127.0.0.1", port).context("the published port")?;
+        Ok(())
+    })();
+    let _ = d.docker(&["rm", "-f", name]);
+    result?;
+    for _ in 0..100 {
+        if s.ctd.vm_leaks().is_empty() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("left behind: {:?}", s.ctd.vm_leaks())
+}
+
 fn main() {
     if let Some(why) = skip_reason() {
         println!("SKIPPED vm_e2e: {why}");
@@ -757,6 +838,10 @@ fn main() {
             bad_input_and_silent_agent_fail_cleanly,
         ),
         ("vm_docker_runs_in_the_vm", docker_runs_in_the_vm),
+        (
+            "vm_docker_bridge_network_and_published_port",
+            docker_bridge_network_and_published_port,
+        ),
     ];
     let filter: Vec<String> = std::env::args()
         .skip(1)

@@ -35,6 +35,9 @@ modules=(
   drivers/virtio/virtio_ring
   drivers/virtio/virtio
   drivers/virtio/virtio_mmio
+  net/core/failover
+  drivers/net/net_failover
+  drivers/net/virtio_net
   net/vmw_vsock/vsock
   net/vmw_vsock/vmw_vsock_virtio_transport_common
   net/vmw_vsock/vmw_vsock_virtio_transport

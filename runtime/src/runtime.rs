@@ -229,7 +229,13 @@ impl Runtime {
     }
 
     /// The pod's VM: the one already running, or a new one.
-    async fn vm_sandbox(&self, id: &str, config: &Config, spec: &Spec) -> Result<Arc<Sandbox>> {
+    async fn vm_sandbox(
+        &self,
+        id: &str,
+        config: &Config,
+        spec: &Spec,
+        bundle: &Path,
+    ) -> Result<Arc<Sandbox>> {
         let mut slot = self.inner.sandbox.lock().await;
         if let Some(sb) = slot.as_ref() {
             if sb.is_dead() {
@@ -242,10 +248,19 @@ impl Runtime {
         }
         let events = self.inner.events.clone();
         let hostname = spec.hostname().clone().unwrap_or_default();
-        let sb = Sandbox::boot(config, &self.inner.namespace, id, &hostname, move |id| {
-            log::warn!(id = id.as_str(); "OOM kill in container (guest)");
-            let _ = events.send(Event::Oom { id });
-        })
+        let network = net_request(spec, bundle);
+        let sb = Sandbox::boot(
+            config,
+            &self.inner.namespace,
+            id,
+            &hostname,
+            network,
+            &self.inner.exits,
+            move |id| {
+                log::warn!(id = id.as_str(); "OOM kill in container (guest)");
+                let _ = events.send(Event::Oom { id });
+            },
+        )
         .await?;
         std::fs::write(
             ContainerDirs::new(&config.runtime.state_dir, &self.inner.namespace, id)
@@ -285,7 +300,7 @@ impl Runtime {
         dirs: &ContainerDirs,
         mounted: &mut Option<PathBuf>,
     ) -> Result<u32> {
-        let sandbox = self.vm_sandbox(&req.id, config, spec).await?;
+        let sandbox = self.vm_sandbox(&req.id, config, spec, &req.bundle).await?;
         let res = self
             .create_vm_in(&sandbox, req, config, spec, dirs, mounted)
             .await;
@@ -1024,15 +1039,60 @@ impl Runtime {
 /// Marks the container whose Create booted the pod's VM.
 const SANDBOX_MARK: &str = "vm-sandbox";
 
-/// The spec as the guest runs it. Host hooks cannot run in the guest; namespace paths
-/// name host namespaces (the guest creates its own); the cgroup is the guest's.
+/// The pod's network as the VM takes it over: the namespace the spec joins (CNI's, or
+/// Docker's), or a new one its hooks configure (Docker's libnetwork hook), or none.
+fn net_request(spec: &Spec, bundle: &Path) -> crate::vm::sandbox::NetRequest {
+    use crate::vm::sandbox::NetRequest;
+    let Some(ns) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::Network))
+    else {
+        return NetRequest::None;
+    };
+    if let Some(path) = ns.path() {
+        return NetRequest::Join(path.clone());
+    }
+    let hooks: Vec<_> = spec
+        .hooks()
+        .as_ref()
+        .map(|h| {
+            #[allow(deprecated)]
+            let prestart = h.prestart().clone().unwrap_or_default();
+            let create = h.create_runtime().clone().unwrap_or_default();
+            prestart.into_iter().chain(create).collect()
+        })
+        .unwrap_or_default();
+    if hooks.is_empty() {
+        NetRequest::None
+    } else {
+        NetRequest::Hooks {
+            hooks,
+            bundle: bundle.to_path_buf(),
+        }
+    }
+}
+
+/// The spec as the guest runs it. Hooks are host programs: the sandbox ran the
+/// network hooks on the host (`net_request`), none run in the guest. Namespace paths
+/// name host namespaces (the guest creates its own, except the network: a container
+/// that joins the pod's network, or whose hooks configure it, shares the guest's, which
+/// is wired to it); the cgroup is the guest's.
 fn guest_spec(spec: &mut Spec, id: &str, terminal: bool) {
+    let hooked_net = matches!(
+        net_request(spec, Path::new("")),
+        crate::vm::sandbox::NetRequest::Hooks { .. }
+    );
     if spec.hooks().is_some() {
         log::info!("OCI hooks are host programs; not run inside the VM");
         spec.set_hooks(None);
     }
     if let Some(linux) = spec.linux_mut() {
         if let Some(ns) = linux.namespaces_mut() {
+            ns.retain(|n| {
+                !(n.typ() == LinuxNamespaceType::Network && (n.path().is_some() || hooked_net))
+            });
             for n in ns.iter_mut() {
                 n.set_path(None);
             }

@@ -130,12 +130,30 @@ impl AgentClient {
         id: &str,
         hostname: &str,
         config_toml: String,
+        net: Option<&crate::vm::network::NetConfig>,
     ) -> Result<()> {
+        use stockade_agent_protocol::asynchronous::agent::{Network, Route};
+        let network = net.map(|n| Network {
+            mac: n.interface.mac.clone(),
+            mtu: n.interface.mtu,
+            addresses: n.interface.addresses.clone(),
+            routes: n
+                .routes
+                .iter()
+                .map(|r| Route {
+                    dest: r.dest.clone(),
+                    gateway: r.gateway.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        });
         let req = CreateSandboxRequest {
             sandbox_id: id.into(),
             hostname: hostname.into(),
             share_tag: stockade_agent_protocol::SHARE_TAG.into(),
             container_config: config_toml,
+            network: network.into(),
             ..Default::default()
         };
         self.raw

@@ -64,6 +64,17 @@ fn cid_from(r: u32) -> u32 {
     3 + r % (u32::MAX - 4)
 }
 
+/// The guest's NIC: a tap queue fd (handed to QEMU as fd 3) and the MAC it takes over.
+pub struct Nic {
+    pub fd: std::os::fd::RawFd,
+    pub mac: String,
+    /// A network namespace QEMU runs in (one Stockade made for hooks to configure).
+    pub netns: Option<std::os::fd::RawFd>,
+}
+
+/// The fd number QEMU finds the tap at.
+const TAP_FD: i32 = 3;
+
 /// The virtio-fs socket QEMU connects to (virtiofsd serves it).
 fn virtiofs_socket(dir: &Path) -> PathBuf {
     dir.join("virtiofs.sock")
@@ -72,11 +83,32 @@ fn virtiofs_socket(dir: &Path) -> PathBuf {
 /// Spawn a helper that dies with the shim: PR_SET_PDEATHSIG fires when the spawning
 /// thread exits, and these are spawned from the runtime's long-lived worker threads.
 fn spawn_helper(cmd: &mut Command, what: &str) -> Result<std::process::Child> {
+    spawn_helper_with_fd(cmd, what, None, None)
+}
+
+/// As [`spawn_helper`], with `fd` (which stays open in the parent until spawn returns)
+/// given to the child as [`TAP_FD`].
+fn spawn_helper_with_fd(
+    cmd: &mut Command,
+    what: &str,
+    fd: Option<std::os::fd::RawFd>,
+    netns: Option<std::os::fd::RawFd>,
+) -> Result<std::process::Child> {
     use std::os::unix::process::CommandExt;
-    // SAFETY: prctl is async-signal-safe and touches only the child.
+    // SAFETY: prctl and dup2 are async-signal-safe and touch only the child.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(fd) = fd
+                && libc::dup2(fd, TAP_FD) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(ns) = netns
+                && libc::setns(ns, libc::CLONE_NEWNET) < 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -123,6 +155,7 @@ pub fn qemu_args(
     dir: &Path,
     share: bool,
     transport: &Transport,
+    mac: Option<&str>,
 ) -> Vec<String> {
     // TCG's translation cache defaults to 1 GiB of host memory, most of it touched
     // over time: cap it, it is host overhead outside the guest's RAM.
@@ -172,6 +205,14 @@ pub fn qemu_args(
             "vhost-user-vsock-device,chardev=vsock0".into(),
         ]),
     }
+    if let Some(mac) = mac {
+        a.extend([
+            "-netdev".into(),
+            format!("tap,id=net0,fd={TAP_FD},vhost=off"),
+            "-device".into(),
+            format!("virtio-net-device,netdev=net0,mac={mac}"),
+        ]);
+    }
     if share {
         a.extend([
             "-chardev".into(),
@@ -192,7 +233,12 @@ impl MicroVm {
     /// Boot a guest with its state in `dir` and complete the agent handshake within
     /// `boot_timeout_secs`. On any failure nothing is left running and `dir` is removed.
     /// With `share`, one sandboxed virtiofsd exports that directory to the guest.
-    pub async fn boot(cfg: &HypervisorConfig, dir: &Path, share: Option<&Path>) -> Result<MicroVm> {
+    pub async fn boot(
+        cfg: &HypervisorConfig,
+        dir: &Path,
+        share: Option<&Path>,
+        nic: Option<&Nic>,
+    ) -> Result<MicroVm> {
         let mut needed = vec![
             ("kernel", &cfg.kernel),
             ("initrd", &cfg.initrd),
@@ -210,14 +256,19 @@ impl MicroVm {
             }
         }
         std::fs::create_dir_all(dir).map_err(Error::io(format!("create {}", dir.display())))?;
-        let result = Self::boot_in(cfg, dir, share).await;
+        let result = Self::boot_in(cfg, dir, share, nic).await;
         if result.is_err() {
             let _ = std::fs::remove_dir_all(dir);
         }
         result
     }
 
-    async fn boot_in(cfg: &HypervisorConfig, dir: &Path, share: Option<&Path>) -> Result<MicroVm> {
+    async fn boot_in(
+        cfg: &HypervisorConfig,
+        dir: &Path,
+        share: Option<&Path>,
+        nic: Option<&Nic>,
+    ) -> Result<MicroVm> {
         let deadline = Instant::now() + Duration::from_secs(cfg.boot_timeout_secs);
         let transport = choose_transport(cfg, dir, Path::new("/dev/vhost-vsock").exists());
         let mut helpers = Vec::new();
@@ -273,13 +324,21 @@ impl MicroVm {
         }
         let qemu_log = std::fs::File::create(dir.join("qemu.log")).map_err(Error::io("qemu log"));
         let child = qemu_log.and_then(|log| {
-            spawn_helper(
+            spawn_helper_with_fd(
                 Command::new(&cfg.qemu)
-                    .args(qemu_args(cfg, dir, share.is_some(), &transport))
+                    .args(qemu_args(
+                        cfg,
+                        dir,
+                        share.is_some(),
+                        &transport,
+                        nic.map(|n| n.mac.as_str()),
+                    ))
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(log),
                 &cfg.qemu.display().to_string(),
+                nic.map(|n| n.fd),
+                nic.and_then(|n| n.netns),
             )
         });
         let child = match child {
@@ -415,7 +474,7 @@ mod tests {
             panic!("auto with /dev/vhost-vsock must pick the kernel transport")
         };
         assert!((3..u32::MAX - 1).contains(&cid));
-        let args = qemu_args(&cfg, dir, false, &t);
+        let args = qemu_args(&cfg, dir, false, &t, None);
         assert!(args.contains(&format!("vhost-vsock-device,guest-cid={cid}")));
         assert!(!args.iter().any(|a| a.contains("vhost-user-vsock")));
         assert!(matches!(
@@ -457,7 +516,17 @@ mod tests {
         let hybrid = Transport::Hybrid {
             uds: "/x/vsock.sock".into(),
         };
-        let args = qemu_args(&HypervisorConfig::default(), Path::new("/x"), true, &hybrid);
+        let args = qemu_args(
+            &HypervisorConfig::default(),
+            Path::new("/x"),
+            true,
+            &hybrid,
+            Some("02:00:00:00:00:01"),
+        );
+        assert!(
+            args.iter()
+                .any(|a| a == "virtio-net-device,netdev=net0,mac=02:00:00:00:00:01")
+        );
         assert!(
             args.iter()
                 .any(|a| a == "vhost-user-vsock-device,chardev=vsock0")

@@ -17,7 +17,8 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::exits::Exits;
 use crate::vm::agent::AgentClient;
-use crate::vm::qemu::MicroVm;
+use crate::vm::network::{self, PodNetwork};
+use crate::vm::qemu::{MicroVm, Nic};
 use crate::vm::share::{Share, unmount_under};
 
 /// The exit code of every process of a VM that died.
@@ -34,8 +35,30 @@ pub struct Sandbox {
     /// Exit codes by guest pid, fed by the event pump.
     pub exits: Exits,
     vm: tokio::sync::Mutex<Option<MicroVm>>,
+    /// The pod network wired to the VM, and the registry its `ip`/`tc` exits go to.
+    network: Option<(PodNetwork, Exits)>,
     dead: watch::Sender<bool>,
     pump: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// How a sandbox gets its network.
+pub enum NetRequest {
+    /// No network namespace of its own to wire (only loopback in the guest).
+    None,
+    /// Join this namespace (CNI's, or one Docker made), whose interface the VM takes over.
+    Join(PathBuf),
+    /// A new namespace that the spec's hooks configure (Docker's libnetwork-setkey):
+    /// Stockade makes it, runs QEMU in it, runs the hooks on the host, then wires it.
+    Hooks {
+        hooks: Vec<oci_spec::runtime::Hook>,
+        bundle: PathBuf,
+    },
+}
+
+fn bundle_of(req: &Option<PathBuf>) -> String {
+    req.as_ref()
+        .map(|b| b.display().to_string())
+        .unwrap_or_default()
 }
 
 /// `<state_dir>/vm/<16 hex>`: short, because QEMU, virtiofsd and the vsock backend put
@@ -50,11 +73,15 @@ pub fn sandbox_dir(state_dir: &Path, namespace: &str, id: &str) -> PathBuf {
 impl Sandbox {
     /// Boot the pod's VM, export the share, prepare the guest. `on_oom` receives the id
     /// of every container the guest reports OOM-killed.
+    /// `network_req`: the pod's network (see [`NetRequest`]); `host_exits`: the process's
+    /// exit registry (for `ip`, `tc` and hooks).
     pub async fn boot(
         config: &Config,
         namespace: &str,
         id: &str,
         hostname: &str,
+        network_req: NetRequest,
+        host_exits: &Exits,
         on_oom: impl Fn(String) + Send + Sync + 'static,
     ) -> Result<Arc<Sandbox>> {
         let dir = sandbox_dir(&config.runtime.state_dir, namespace, id);
@@ -72,11 +99,131 @@ impl Sandbox {
                 return Err(e);
             }
         };
+        let mut net: Option<PodNetwork> = None;
+        let mut hooks = Vec::new();
+        let mut network_bundle: Option<PathBuf> = None;
+        match network_req {
+            NetRequest::None => {}
+            NetRequest::Join(path) => {
+                net = Some(PodNetwork {
+                    netns: path,
+                    owned: false,
+                    config: None,
+                })
+            }
+            NetRequest::Hooks { hooks: h, bundle } => {
+                network_bundle = Some(bundle);
+                let path = dir.join("netns");
+                if let Err(e) = network::create_netns(&path) {
+                    let _ = share.destroy();
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(e);
+                }
+                net = Some(PodNetwork {
+                    netns: path,
+                    owned: true,
+                    config: None,
+                });
+                hooks = h;
+            }
+        }
+        // The tap exists before QEMU (which gets its fd); a namespace given by the spec
+        // already has the pod's interface, so it is wired now, MAC known.
+        let mut tap = None;
+        let mut netns_file = None;
+        if let Some(n) = net.as_mut() {
+            let (ns, ex) = (n.netns.clone(), host_exits.clone());
+            let owned = n.owned;
+            let prepared = tokio::task::spawn_blocking(move || {
+                let tap = network::create_tap(&ns, &ex)?;
+                let config = if owned {
+                    None
+                } else {
+                    network::wire(&ns, &ex)?
+                };
+                let file = std::fs::File::open(&ns).map_err(Error::io("open netns"))?;
+                Ok::<_, Error>((tap, config, file))
+            })
+            .await
+            .map_err(|e| Error::Backend(e.to_string()))
+            .and_then(|r| r);
+            match prepared {
+                Ok((t, c, f)) => {
+                    tap = Some(t);
+                    n.config = c;
+                    netns_file = Some(f);
+                }
+                Err(e) => {
+                    network::detach(n, host_exits);
+                    let _ = share.destroy();
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(e);
+                }
+            }
+        }
+        let nic = tap.as_ref().map(|t| {
+            use std::os::fd::AsRawFd;
+            let owned = net.as_ref().is_some_and(|n| n.owned);
+            Nic {
+                fd: t.as_raw_fd(),
+                mac: net
+                    .as_ref()
+                    .and_then(|n| n.config.as_ref())
+                    .map(|c| c.interface.mac.clone())
+                    .unwrap_or_else(|| "02:00:00:00:00:01".into()),
+                netns: netns_file.as_ref().filter(|_| owned).map(|f| f.as_raw_fd()),
+            }
+        });
         let booting = std::time::Instant::now();
-        let vm = match MicroVm::boot(&config.hypervisor, &dir.join("vm"), Some(share.path())).await
-        {
+        let booted = MicroVm::boot(
+            &config.hypervisor,
+            &dir.join("vm"),
+            Some(share.path()),
+            nic.as_ref(),
+        )
+        .await;
+        // QEMU holds the tap now (or failed): the tap lives exactly as long as QEMU.
+        drop(tap);
+        drop(netns_file);
+        // Hooks (Docker's libnetwork) configure the namespace QEMU sits in; then wire it.
+        let booted = match (booted, net.as_mut()) {
+            (Ok(vm), Some(n)) if n.owned => {
+                let state = serde_json::json!({
+                    "ociVersion": "1.0.2",
+                    "id": id,
+                    "status": "created",
+                    "pid": vm.qemu_pid(),
+                    "bundle": bundle_of(&network_bundle),
+                })
+                .to_string();
+                let (ns, ex) = (n.netns.clone(), host_exits.clone());
+                let wired = tokio::task::spawn_blocking(move || {
+                    network::run_hooks(&hooks, &state, &ex)?;
+                    network::wire(&ns, &ex)
+                })
+                .await
+                .map_err(|e| Error::Backend(e.to_string()))
+                .and_then(|r| r);
+                match wired {
+                    Ok(c) => {
+                        n.config = c;
+                        Ok(vm)
+                    }
+                    Err(e) => {
+                        let mut vm = vm;
+                        vm.kill().await;
+                        Err(e)
+                    }
+                }
+            }
+            (b, _) => b,
+        };
+        let vm = match booted {
             Ok(vm) => vm,
             Err(e) => {
+                if let Some(n) = &net {
+                    network::detach(n, host_exits);
+                }
                 let _ = share.destroy();
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err(e);
@@ -94,13 +241,22 @@ impl Sandbox {
             agent: agent.clone(),
             exits: Exits::default(),
             vm: tokio::sync::Mutex::new(Some(vm)),
+            network: net.map(|n| (n, host_exits.clone())),
             dead: watch::channel(false).0,
             pump: Mutex::new(None),
         });
         let guest_config = guest_config(config)?;
         let ready = match qemu_exit {
             Ok(exit) => agent
-                .create_sandbox(id, hostname, guest_config)
+                .create_sandbox(
+                    id,
+                    hostname,
+                    guest_config,
+                    sandbox
+                        .network
+                        .as_ref()
+                        .and_then(|(n, _)| n.config.as_ref()),
+                )
                 .await
                 .map(|_| exit),
             Err(e) => Err(e),
@@ -135,6 +291,9 @@ impl Sandbox {
         // writes went to the share), so there is nothing to flush: stop it outright.
         if let Some(mut vm) = self.vm.lock().await.take() {
             vm.kill().await;
+        }
+        if let Some((net, exits)) = &self.network {
+            network::detach(net, exits);
         }
         self.exits.close(VM_DIED_EXIT);
         log::debug!(sandbox = self.id.as_str(), console:% = crate::vm::qemu::console_tail(&self.dir.join("vm")); "guest console at teardown");

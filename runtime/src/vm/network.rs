@@ -1,0 +1,349 @@
+//! Pod networking into the VM: inside the pod's network namespace (made by Docker or
+//! CNI), a tap device next to the pod's interface, with tc mirroring every frame both
+//! ways (ingress qdisc + mirred redirect). QEMU gets the tap's fd; the guest's NIC gets
+//! the interface's MAC, addresses, routes and MTU, so to the network the VM is the pod.
+//!
+//! The namespace is entered on a short-lived thread of its own; `ip` and `tc` run from
+//! that thread (children inherit its namespace). Their exits are collected through the
+//! process's exit registry, because the shim's reaper owns `waitpid`.
+
+use std::fs::File;
+#[allow(unused_imports)]
+use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::exits::Exits;
+
+pub const TAP_NAME: &str = "stk-tap0";
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interface {
+    pub name: String,
+    pub mac: String,
+    pub mtu: u32,
+    /// IPv4 addresses as `a.b.c.d/prefix`.
+    pub addresses: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// `default` or `a.b.c.d/prefix`.
+    pub dest: String,
+    pub gateway: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetConfig {
+    pub interface: Interface,
+    pub routes: Vec<Route>,
+}
+
+/// A pod's network as the VM gets it.
+pub struct PodNetwork {
+    pub netns: PathBuf,
+    /// Made by Stockade (removed with the sandbox) rather than given by the spec.
+    pub owned: bool,
+    /// None until wired (after the hooks, where there are hooks).
+    pub config: Option<NetConfig>,
+}
+
+fn run_ip(exits: &Exits, args: &[&str]) -> Result<String> {
+    let cmd = if args.first() == Some(&"tc") {
+        "tc"
+    } else {
+        "ip"
+    };
+    let args = if cmd == "tc" { &args[1..] } else { args };
+    let mut child = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(Error::io(format!("run {cmd}")))?;
+    let exit = exits.subscribe(child.id() as i32);
+    let mut out = String::new();
+    let mut err = String::new();
+    use std::io::Read;
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    // Whoever reaps it (the shim's reaper, or us when there is none) reports the code.
+    let code = match child.try_wait() {
+        Ok(Some(status)) => status.code().unwrap_or(255),
+        _ => match child.wait() {
+            Ok(status) => status.code().unwrap_or(255),
+            Err(_) => exit.blocking_recv().unwrap_or(255),
+        },
+    };
+    if code != 0 {
+        return Err(Error::Backend(format!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            err.trim()
+        )));
+    }
+    Ok(out)
+}
+
+/// Run `f` on a new thread that has joined the network namespace at `netns`.
+fn in_netns<T: Send + 'static>(
+    netns: &Path,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let ns = File::open(netns).map_err(Error::io(format!("open {}", netns.display())))?;
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| Error::Backend(format!("enter network namespace: {e}")))?;
+        f()
+    })
+    .join()
+    .map_err(|_| Error::Backend("network setup thread panicked".into()))?
+}
+
+/// Parse `ip -j addr show`: the first Ethernet interface with an IPv4 address.
+fn parse_interface(json: &str) -> Option<Interface> {
+    let links: Vec<serde_json::Value> = serde_json::from_str(json).ok()?;
+    links.iter().find_map(|l| {
+        if l["link_type"] != "ether" || l["ifname"] == TAP_NAME {
+            return None;
+        }
+        let addresses: Vec<String> = l["addr_info"]
+            .as_array()?
+            .iter()
+            .filter(|a| a["family"] == "inet")
+            .filter_map(|a| {
+                Some(format!(
+                    "{}/{}",
+                    a["local"].as_str()?,
+                    a["prefixlen"].as_u64()?
+                ))
+            })
+            .collect();
+        if addresses.is_empty() {
+            return None;
+        }
+        Some(Interface {
+            name: l["ifname"].as_str()?.to_string(),
+            mac: l["address"].as_str()?.to_string(),
+            mtu: l["mtu"].as_u64().unwrap_or(1500) as u32,
+            addresses,
+        })
+    })
+}
+
+/// Parse `ip -j -4 route show`: the routes through `dev` that have a gateway.
+fn parse_routes(json: &str, dev: &str) -> Vec<Route> {
+    let routes: Vec<serde_json::Value> = serde_json::from_str(json).unwrap_or_default();
+    routes
+        .iter()
+        .filter(|r| r["dev"] == dev)
+        .filter_map(|r| {
+            Some(Route {
+                dest: r["dst"].as_str()?.to_string(),
+                gateway: r["gateway"].as_str()?.to_string(),
+            })
+        })
+        .collect()
+}
+
+fn open_tap(name: &str) -> Result<OwnedFd> {
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map_err(Error::io("open /dev/net/tun"))?;
+    // struct ifreq: 16 bytes of name, then the flags (short) in the union.
+    let mut ifr = [0u8; 40];
+    ifr[..name.len()].copy_from_slice(name.as_bytes());
+    let flags: libc::c_short =
+        (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+    ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
+    // SAFETY: TUNSETIFF reads (and writes back) an ifreq-sized buffer we own.
+    if unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, ifr.as_mut_ptr()) } < 0 {
+        return Err(Error::io("TUNSETIFF")(std::io::Error::last_os_error()));
+    }
+    Ok(tun.into())
+}
+
+/// Make a tap in the namespace at `netns`, up; its queue fd is for QEMU.
+pub fn create_tap(netns: &Path, exits: &Exits) -> Result<OwnedFd> {
+    let exits = exits.clone();
+    in_netns(netns, move || {
+        let tap = open_tap(TAP_NAME)?;
+        run_ip(&exits, &["link", "set", TAP_NAME, "up"])?;
+        Ok(tap)
+    })
+}
+
+/// Mirror the pod's interface and the tap onto each other. `None` when the namespace
+/// has no interface with an IPv4 address (`--network none`): the guest's NIC stays down.
+pub fn wire(netns: &Path, exits: &Exits) -> Result<Option<NetConfig>> {
+    let exits = exits.clone();
+    in_netns(netns, move || {
+        let Some(interface) = parse_interface(&run_ip(&exits, &["-j", "addr", "show"])?) else {
+            return Ok(None);
+        };
+        let routes = parse_routes(
+            &run_ip(&exits, &["-j", "-4", "route", "show"])?,
+            &interface.name,
+        );
+        let dev = interface.name.as_str();
+        let mtu = interface.mtu.to_string();
+        let wired = (|| -> Result<()> {
+            run_ip(&exits, &["link", "set", TAP_NAME, "mtu", &mtu, "up"])?;
+            for (from, to) in [(dev, TAP_NAME), (TAP_NAME, dev)] {
+                run_ip(&exits, &["tc", "qdisc", "add", "dev", from, "ingress"])?;
+                run_ip(
+                    &exits,
+                    &[
+                        "tc", "filter", "add", "dev", from, "parent", "ffff:", "protocol", "all",
+                        "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "redirect",
+                        "dev", to,
+                    ],
+                )?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = wired {
+            let _ = run_ip(&exits, &["tc", "qdisc", "del", "dev", dev, "ingress"]);
+            return Err(e);
+        }
+        Ok(Some(NetConfig { interface, routes }))
+    })
+}
+
+/// A network namespace of the runtime's own, bind-mounted at `path`: for specs that ask
+/// for a new namespace and let their hooks configure it (Docker's libnetwork hook).
+pub fn create_netns(path: &Path) -> Result<()> {
+    std::fs::File::create(path).map_err(Error::io(format!("create {}", path.display())))?;
+    let target = path.to_path_buf();
+    let made = std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| Error::Backend(format!("new network namespace: {e}")))?;
+        nix::mount::mount(
+            Some("/proc/thread-self/ns/net"),
+            &target,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| Error::Backend(format!("pin network namespace: {e}")))
+    })
+    .join()
+    .map_err(|_| Error::Backend("netns thread panicked".into()))?;
+    if made.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    made
+}
+
+pub fn remove_netns(path: &Path) {
+    let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_file(path);
+}
+
+/// Undo `attach` where the namespace still exists (the tap goes with its last fd).
+pub fn detach(net: &PodNetwork, exits: &Exits) {
+    if net.netns.exists() {
+        let exits = exits.clone();
+        let dev = net.config.as_ref().map(|c| c.interface.name.clone());
+        let _ = in_netns(&net.netns, move || {
+            if let Some(dev) = dev {
+                let _ = run_ip(&exits, &["tc", "qdisc", "del", "dev", &dev, "ingress"]);
+            }
+            let _ = run_ip(&exits, &["link", "del", TAP_NAME]);
+            Ok(())
+        });
+    }
+    if net.owned {
+        remove_netns(&net.netns);
+    }
+}
+
+/// Run OCI hooks on the host (Docker's libnetwork-setkey among them) with the state of
+/// a sandbox whose host-side process is `pid` (QEMU, which sits in the pod's netns).
+pub fn run_hooks(hooks: &[oci_spec::runtime::Hook], state_json: &str, exits: &Exits) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::process::CommandExt;
+    for h in hooks {
+        let mut cmd = Command::new(h.path());
+        if let Some(args) = h.args() {
+            if let Some(a0) = args.first() {
+                cmd.arg0(a0);
+            }
+            cmd.args(args.iter().skip(1));
+        }
+        if let Some(env) = h.env() {
+            cmd.env_clear();
+            for kv in env {
+                if let Some((k, v)) = kv.split_once('=') {
+                    cmd.env(k, v);
+                }
+            }
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(Error::io(format!("run hook {}", h.path().display())))?;
+        let exit = exits.subscribe(child.id() as i32);
+        if let Some(mut i) = child.stdin.take() {
+            let _ = i.write_all(state_json.as_bytes());
+        }
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        let code = match child.wait() {
+            Ok(s) => s.code().unwrap_or(255),
+            Err(_) => exit.blocking_recv().unwrap_or(255),
+        };
+        if code != 0 {
+            return Err(Error::Backend(format!(
+                "hook {} failed ({code}): {}",
+                h.path().display(),
+                err.trim()
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pod_interface_and_its_routes_are_read_from_ip_json() {
+        let addrs = r#"[{"ifname":"lo","link_type":"loopback","address":"00:00:00:00:00:00","mtu":65536,"addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8}]},
+            {"ifname":"eth0","link_type":"ether","address":"02:42:ac:11:00:02","mtu":1450,"addr_info":[{"family":"inet","local":"172.17.0.2","prefixlen":16},{"family":"inet6","local":"fe80::1","prefixlen":64}]}]"#;
+        let i = parse_interface(addrs).unwrap();
+        assert_eq!(i.name, "eth0");
+        assert_eq!(i.mac, "02:42:ac:11:00:02");
+        assert_eq!(i.mtu, 1450);
+        assert_eq!(i.addresses, vec!["172.17.0.2/16".to_string()]);
+        let routes = r#"[{"dst":"default","gateway":"172.17.0.1","dev":"eth0"},{"dst":"172.17.0.0/16","dev":"eth0","scope":"link"}]"#;
+        assert_eq!(
+            parse_routes(routes, "eth0"),
+            vec![Route {
+                dest: "default".into(),
+                gateway: "172.17.0.1".into()
+            }]
+        );
+        assert_eq!(
+            parse_interface(r#"[{"ifname":"lo","link_type":"loopback","addr_info":[]}]"#),
+            None
+        );
+    }
+}
