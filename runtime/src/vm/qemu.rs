@@ -372,9 +372,17 @@ impl MicroVm {
                     log("vsock.log").trim()
                 )));
             }
+            // Connect once the agent says on the console that it serves: connection
+            // attempts made while the guest boots pile up in the vsock device's queue
+            // for a guest that cannot answer them yet. The console line is only a hint
+            // (the guest is untrusted): the handshake below is what counts.
+            if !agent_announced(dir) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
             match AgentClient::connect(&transport, left.min(Duration::from_secs(2))).await {
                 Ok(a) => break a,
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         };
         Ok(MicroVm {
@@ -434,6 +442,19 @@ impl MicroVm {
         asked
     }
 }
+
+/// Whether the guest console shows the agent's "serving" line.
+fn agent_announced(dir: &Path) -> bool {
+    std::fs::read(dir.join("console.log"))
+        .map(|c| {
+            c.windows(AGENT_SERVING.len())
+                .any(|w| w == AGENT_SERVING.as_bytes())
+        })
+        .unwrap_or(false)
+}
+
+/// What the agent prints once it listens (agent/src/main.rs).
+const AGENT_SERVING: &str = "msg=\"serving\"";
 
 /// Spawn a helper that serves a socket and wait until the socket exists.
 async fn start_helper(
