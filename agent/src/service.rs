@@ -93,19 +93,10 @@ fn exit_response(info: ExitInfo) -> ExitResponse {
     }
 }
 
-/// The one place runtime errors become ttrpc codes on the guest side; the host maps
-/// them back (`runtime/src/vm/agent.rs`).
+/// A runtime error as the host gets it (`Error::ttrpc_code`; the host reverses it with
+/// `Error::from_code`).
 fn status(e: Error) -> ttrpc::Error {
-    use ttrpc::Code;
-    let code = match &e {
-        Error::NotFound(_) => Code::NOT_FOUND,
-        Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
-        Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
-        Error::InvalidArgument(_) | Error::Config { .. } => Code::INVALID_ARGUMENT,
-        Error::Unimplemented(_) => Code::UNIMPLEMENTED,
-        _ => Code::INTERNAL,
-    };
-    ttrpc::Error::RpcStatus(ttrpc::get_status(code, e.to_string()))
+    ttrpc::Error::RpcStatus(ttrpc::get_status(e.ttrpc_code(), e.to_string()))
 }
 
 fn check_id(id: &str) -> Result<()> {

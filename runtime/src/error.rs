@@ -35,11 +35,62 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The one mapping of runtime errors to ttrpc status codes: the shim's answers to
+    /// containerd and the agent's answers to the host both use it, and
+    /// [`from_code`](Self::from_code) reverses it on the host.
+    pub fn ttrpc_code(&self) -> ttrpc::Code {
+        use ttrpc::Code;
+        match self {
+            Error::NotFound(_) => Code::NOT_FOUND,
+            Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
+            Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
+            Error::InvalidArgument(_) | Error::Config { .. } => Code::INVALID_ARGUMENT,
+            Error::Unimplemented(_) => Code::UNIMPLEMENTED,
+            Error::Io { .. } | Error::Backend(_) => Code::UNKNOWN,
+        }
+    }
+
+    /// A status code from the guest back into an error carrying `msg`; codes the
+    /// mapping does not produce become [`Error::Backend`] with `other`.
+    pub fn from_code(code: ttrpc::Code, msg: String, other: impl FnOnce(String) -> Error) -> Error {
+        use ttrpc::Code;
+        match code {
+            Code::NOT_FOUND => Error::NotFound(msg),
+            Code::ALREADY_EXISTS => Error::AlreadyExists(msg),
+            Code::FAILED_PRECONDITION => Error::FailedPrecondition(msg),
+            Code::INVALID_ARGUMENT => Error::InvalidArgument(msg),
+            Code::UNIMPLEMENTED => Error::Unimplemented("this call in the guest"),
+            _ => other(msg),
+        }
+    }
+}
+
 impl From<nix::Error> for Error {
     fn from(e: nix::Error) -> Self {
         Error::Io {
             context: "system call failed".into(),
             source: std::io::Error::from(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip() {
+        for e in [
+            Error::NotFound("x".into()),
+            Error::AlreadyExists("x".into()),
+            Error::FailedPrecondition("x".into()),
+            Error::InvalidArgument("x".into()),
+        ] {
+            let back = Error::from_code(e.ttrpc_code(), "x".into(), Error::Backend);
+            assert_eq!(back.ttrpc_code(), e.ttrpc_code());
+        }
+        let other = Error::from_code(ttrpc::Code::INTERNAL, "x".into(), Error::Backend);
+        assert!(matches!(other, Error::Backend(_)));
     }
 }

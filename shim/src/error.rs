@@ -1,17 +1,11 @@
-//! The one place runtime errors become ttrpc status codes.
+//! Runtime errors become containerd's ttrpc statuses here (codes: `Error::ttrpc_code`,
+//! shared with the guest agent).
 
-use containerd_shim_protos::ttrpc::{self, Code};
+use containerd_shim_protos::ttrpc;
 use stockade_runtime::Error;
 
 pub fn to_ttrpc(e: Error) -> ttrpc::Error {
-    let code = match &e {
-        Error::NotFound(_) => Code::NOT_FOUND,
-        Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
-        Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
-        Error::InvalidArgument(_) | Error::Config { .. } => Code::INVALID_ARGUMENT,
-        Error::Unimplemented(_) => Code::UNIMPLEMENTED,
-        Error::Io { .. } | Error::Backend(_) => Code::UNKNOWN,
-    };
+    let code = e.ttrpc_code();
     // The whole chain, once: containerd shows this message to the user.
     let mut msg = e.to_string();
     let mut src = std::error::Error::source(&e);

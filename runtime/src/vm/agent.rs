@@ -35,23 +35,17 @@ fn ctx(limit: Duration) -> ttrpc::context::Context {
     ttrpc::context::with_timeout(limit.as_nanos() as i64)
 }
 
-/// The guest's status codes back into runtime errors (the agent's mapping, reversed);
-/// the message is the guest's and says so.
+/// The guest's status codes back into runtime errors (`Error::from_code`); the message
+/// is the guest's and says so.
 fn rpc_err(call: &str) -> impl FnOnce(ttrpc::Error) -> Error + '_ {
     move |e| match e {
+        ttrpc::Error::RpcStatus(s) if s.code() == ttrpc::Code::DEADLINE_EXCEEDED => {
+            Error::Backend(format!("agent {call}: no answer in time"))
+        }
         ttrpc::Error::RpcStatus(s) => {
-            let msg = format!("guest: {}", s.message());
-            match s.code() {
-                ttrpc::Code::NOT_FOUND => Error::NotFound(msg),
-                ttrpc::Code::ALREADY_EXISTS => Error::AlreadyExists(msg),
-                ttrpc::Code::FAILED_PRECONDITION => Error::FailedPrecondition(msg),
-                ttrpc::Code::INVALID_ARGUMENT => Error::InvalidArgument(msg),
-                ttrpc::Code::UNIMPLEMENTED => Error::Unimplemented("this call in the guest"),
-                ttrpc::Code::DEADLINE_EXCEEDED => {
-                    Error::Backend(format!("agent {call}: no answer in time"))
-                }
-                _ => Error::Backend(format!("agent {call}: {msg}")),
-            }
+            Error::from_code(s.code(), format!("guest: {}", s.message()), |msg| {
+                Error::Backend(format!("agent {call}: {msg}"))
+            })
         }
         other => Error::Backend(format!("agent {call}: {other}")),
     }
