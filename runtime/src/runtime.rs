@@ -234,7 +234,7 @@ impl Runtime {
         id: &str,
         config: &Config,
         spec: &Spec,
-        bundle: &Path,
+        network: crate::vm::sandbox::NetRequest,
     ) -> Result<Arc<Sandbox>> {
         let mut slot = self.inner.sandbox.lock().await;
         if let Some(sb) = slot.as_ref() {
@@ -248,7 +248,6 @@ impl Runtime {
         }
         let events = self.inner.events.clone();
         let hostname = spec.hostname().clone().unwrap_or_default();
-        let network = net_request(spec, bundle);
         let sb = Sandbox::boot(
             config,
             &self.inner.namespace,
@@ -300,7 +299,11 @@ impl Runtime {
         dirs: &ContainerDirs,
         mounted: &mut Option<PathBuf>,
     ) -> Result<u32> {
-        let sandbox = self.vm_sandbox(&req.id, config, spec, &req.bundle).await?;
+        let network = net_request(spec, &req.bundle);
+        // A container that joins the pod's network shares the guest's, which is wired to it.
+        let shares_guest_net = !matches!(network, crate::vm::sandbox::NetRequest::None);
+        let sandbox = self.vm_sandbox(&req.id, config, spec, network).await?;
+        guest_spec(spec, &req.id, req.stdio.terminal, shares_guest_net);
         let res = self
             .create_vm_in(&sandbox, req, config, spec, dirs, mounted)
             .await;
@@ -320,14 +323,7 @@ impl Runtime {
         dirs: &ContainerDirs,
         mounted: &mut Option<PathBuf>,
     ) -> Result<u32> {
-        if !req.rootfs.is_empty() {
-            let target = req.bundle.join("rootfs");
-            std::fs::create_dir_all(&target)
-                .map_err(Error::io(format!("create {}", target.display())))?;
-            mounts::mount_all(&req.rootfs, &target)?;
-            *mounted = Some(target);
-        }
-        guest_spec(spec, &req.id, req.stdio.terminal);
+        mount_rootfs(req, mounted)?;
         sandbox.share.add_container(&req.id, spec, &req.bundle)?;
         let json = serde_json::to_vec(&spec).map_err(|e| Error::Backend(e.to_string()))?;
         let own_pid_ns = spec
@@ -397,13 +393,7 @@ impl Runtime {
         dirs: &ContainerDirs,
         mounted: &mut Option<PathBuf>,
     ) -> Result<u32> {
-        if !req.rootfs.is_empty() {
-            let target = req.bundle.join("rootfs");
-            std::fs::create_dir_all(&target)
-                .map_err(Error::io(format!("create {}", target.display())))?;
-            mounts::mount_all(&req.rootfs, &target)?;
-            *mounted = Some(target);
-        }
+        mount_rootfs(req, mounted)?;
         hardening::harden(spec, &req.bundle, &config.container)?;
         let terminal = spec
             .process()
@@ -1036,6 +1026,19 @@ impl Runtime {
     }
 }
 
+/// Mount the rootfs containerd sent (if any; Docker's is already in place) at
+/// `<bundle>/rootfs`, recording it in `mounted` for the caller's cleanup.
+fn mount_rootfs(req: &CreateRequest, mounted: &mut Option<PathBuf>) -> Result<()> {
+    if req.rootfs.is_empty() {
+        return Ok(());
+    }
+    let target = req.bundle.join("rootfs");
+    std::fs::create_dir_all(&target).map_err(Error::io(format!("create {}", target.display())))?;
+    mounts::mount_all(&req.rootfs, &target)?;
+    *mounted = Some(target);
+    Ok(())
+}
+
 /// Marks the container whose Create booted the pod's VM.
 const SANDBOX_MARK: &str = "vm-sandbox";
 
@@ -1076,23 +1079,17 @@ fn net_request(spec: &Spec, bundle: &Path) -> crate::vm::sandbox::NetRequest {
 
 /// The spec as the guest runs it. Hooks are host programs: the sandbox ran the
 /// network hooks on the host (`net_request`), none run in the guest. Namespace paths
-/// name host namespaces (the guest creates its own, except the network: a container
-/// that joins the pod's network, or whose hooks configure it, shares the guest's, which
-/// is wired to it); the cgroup is the guest's.
-fn guest_spec(spec: &mut Spec, id: &str, terminal: bool) {
-    let hooked_net = matches!(
-        net_request(spec, Path::new("")),
-        crate::vm::sandbox::NetRequest::Hooks { .. }
-    );
+/// name host namespaces (the guest creates its own, except the network when
+/// `shares_guest_net`: the container then shares the guest's, which is wired to the
+/// pod's); the cgroup is the guest's.
+fn guest_spec(spec: &mut Spec, id: &str, terminal: bool, shares_guest_net: bool) {
     if spec.hooks().is_some() {
         log::info!("OCI hooks are host programs; not run inside the VM");
         spec.set_hooks(None);
     }
     if let Some(linux) = spec.linux_mut() {
         if let Some(ns) = linux.namespaces_mut() {
-            ns.retain(|n| {
-                !(n.typ() == LinuxNamespaceType::Network && (n.path().is_some() || hooked_net))
-            });
+            ns.retain(|n| !(shares_guest_net && n.typ() == LinuxNamespaceType::Network));
             for n in ns.iter_mut() {
                 n.set_path(None);
             }
