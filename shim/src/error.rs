@@ -31,6 +31,7 @@ impl<T> IntoTtrpc<T> for Result<T, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use containerd_shim_protos::ttrpc::Code;
 
     fn code(e: Error) -> Code {
         match to_ttrpc(e) {
