@@ -8,8 +8,6 @@
 //! process's exit registry, because the shim's reaper owns `waitpid`.
 
 use std::fs::File;
-#[allow(unused_imports)]
-use std::os::fd::FromRawFd;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -52,46 +50,47 @@ pub struct PodNetwork {
     pub config: Option<NetConfig>,
 }
 
-fn run_ip(exits: &Exits, args: &[&str]) -> Result<String> {
-    let cmd = if args.first() == Some(&"tc") {
-        "tc"
-    } else {
-        "ip"
-    };
-    let args = if cmd == "tc" { &args[1..] } else { args };
-    let mut child = Command::new(cmd)
-        .args(args)
-        .stdin(Stdio::null())
+/// Run `cmd` with `input` on its stdin; its stdout, or an error with its stderr.
+fn run_tool(exits: &Exits, cmd: &mut Command, input: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(Error::io(format!("run {cmd}")))?;
+        .map_err(Error::io(format!("run {what}")))?;
     let exit = exits.subscribe(child.id() as i32);
-    let mut out = String::new();
-    let mut err = String::new();
-    use std::io::Read;
+    if let Some(mut i) = child.stdin.take() {
+        let _ = i.write_all(input.as_bytes());
+    }
+    let (mut out, mut err) = (String::new(), String::new());
     if let Some(mut o) = child.stdout.take() {
         let _ = o.read_to_string(&mut out);
     }
     if let Some(mut e) = child.stderr.take() {
         let _ = e.read_to_string(&mut err);
     }
-    // Whoever reaps it (the shim's reaper, or us when there is none) reports the code.
-    let code = match child.try_wait() {
-        Ok(Some(status)) => status.code().unwrap_or(255),
-        _ => match child.wait() {
-            Ok(status) => status.code().unwrap_or(255),
-            Err(_) => exit.blocking_recv().unwrap_or(255),
-        },
+    // Whoever reaps it (the shim's reaper, or we when there is none) reports the code.
+    let code = match child.wait() {
+        Ok(status) => status.code().unwrap_or(255),
+        Err(_) => exit.blocking_recv().unwrap_or(255),
     };
     if code != 0 {
         return Err(Error::Backend(format!(
-            "{cmd} {}: {}",
-            args.join(" "),
+            "{what} failed ({code}): {}",
             err.trim()
         )));
     }
     Ok(out)
+}
+
+fn ip(exits: &Exits, args: &[&str]) -> Result<String> {
+    run_tool(exits, Command::new("ip").args(args), "")
+}
+
+fn tc(exits: &Exits, args: &[&str]) -> Result<String> {
+    run_tool(exits, Command::new("tc").args(args), "")
 }
 
 /// Run `f` on a new thread that has joined the network namespace at `netns`.
@@ -179,7 +178,7 @@ pub fn create_tap(netns: &Path, exits: &Exits) -> Result<OwnedFd> {
     let exits = exits.clone();
     in_netns(netns, move || {
         let tap = open_tap(TAP_NAME)?;
-        run_ip(&exits, &["link", "set", TAP_NAME, "up"])?;
+        ip(&exits, &["link", "set", TAP_NAME, "up"])?;
         Ok(tap)
     })
 }
@@ -189,32 +188,32 @@ pub fn create_tap(netns: &Path, exits: &Exits) -> Result<OwnedFd> {
 pub fn wire(netns: &Path, exits: &Exits) -> Result<Option<NetConfig>> {
     let exits = exits.clone();
     in_netns(netns, move || {
-        let Some(interface) = parse_interface(&run_ip(&exits, &["-j", "addr", "show"])?) else {
+        let Some(interface) = parse_interface(&ip(&exits, &["-j", "addr", "show"])?) else {
             return Ok(None);
         };
         let routes = parse_routes(
-            &run_ip(&exits, &["-j", "-4", "route", "show"])?,
+            &ip(&exits, &["-j", "-4", "route", "show"])?,
             &interface.name,
         );
         let dev = interface.name.as_str();
         let mtu = interface.mtu.to_string();
         let wired = (|| -> Result<()> {
-            run_ip(&exits, &["link", "set", TAP_NAME, "mtu", &mtu, "up"])?;
+            ip(&exits, &["link", "set", TAP_NAME, "mtu", &mtu, "up"])?;
             for (from, to) in [(dev, TAP_NAME), (TAP_NAME, dev)] {
-                run_ip(&exits, &["tc", "qdisc", "add", "dev", from, "ingress"])?;
-                run_ip(
+                tc(&exits, &["qdisc", "add", "dev", from, "ingress"])?;
+                tc(
                     &exits,
                     &[
-                        "tc", "filter", "add", "dev", from, "parent", "ffff:", "protocol", "all",
-                        "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "redirect",
-                        "dev", to,
+                        "filter", "add", "dev", from, "parent", "ffff:", "protocol", "all", "u32",
+                        "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev",
+                        to,
                     ],
                 )?;
             }
             Ok(())
         })();
         if let Err(e) = wired {
-            let _ = run_ip(&exits, &["tc", "qdisc", "del", "dev", dev, "ingress"]);
+            let _ = tc(&exits, &["qdisc", "del", "dev", dev, "ingress"]);
             return Err(e);
         }
         Ok(Some(NetConfig { interface, routes }))
@@ -258,9 +257,9 @@ pub fn detach(net: &PodNetwork, exits: &Exits) {
         let dev = net.config.as_ref().map(|c| c.interface.name.clone());
         let _ = in_netns(&net.netns, move || {
             if let Some(dev) = dev {
-                let _ = run_ip(&exits, &["tc", "qdisc", "del", "dev", &dev, "ingress"]);
+                let _ = tc(&exits, &["qdisc", "del", "dev", &dev, "ingress"]);
             }
-            let _ = run_ip(&exits, &["link", "del", TAP_NAME]);
+            let _ = ip(&exits, &["link", "del", TAP_NAME]);
             Ok(())
         });
     }
@@ -272,7 +271,6 @@ pub fn detach(net: &PodNetwork, exits: &Exits) {
 /// Run OCI hooks on the host (Docker's libnetwork-setkey among them) with the state of
 /// a sandbox whose host-side process is `pid` (QEMU, which sits in the pod's netns).
 pub fn run_hooks(hooks: &[oci_spec::runtime::Hook], state_json: &str, exits: &Exits) -> Result<()> {
-    use std::io::Write;
     use std::os::unix::process::CommandExt;
     for h in hooks {
         let mut cmd = Command::new(h.path());
@@ -290,32 +288,8 @@ pub fn run_hooks(hooks: &[oci_spec::runtime::Hook], state_json: &str, exits: &Ex
                 }
             }
         }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(Error::io(format!("run hook {}", h.path().display())))?;
-        let exit = exits.subscribe(child.id() as i32);
-        if let Some(mut i) = child.stdin.take() {
-            let _ = i.write_all(state_json.as_bytes());
-        }
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            use std::io::Read;
-            let _ = e.read_to_string(&mut err);
-        }
-        let code = match child.wait() {
-            Ok(s) => s.code().unwrap_or(255),
-            Err(_) => exit.blocking_recv().unwrap_or(255),
-        };
-        if code != 0 {
-            return Err(Error::Backend(format!(
-                "hook {} failed ({code}): {}",
-                h.path().display(),
-                err.trim()
-            )));
-        }
+        run_tool(exits, &mut cmd, state_json)
+            .map_err(|e| Error::Backend(format!("hook {}: {e}", h.path().display())))?;
     }
     Ok(())
 }
