@@ -55,12 +55,6 @@ pub enum NetRequest {
     },
 }
 
-fn bundle_of(req: &Option<PathBuf>) -> String {
-    req.as_ref()
-        .map(|b| b.display().to_string())
-        .unwrap_or_default()
-}
-
 /// `<state_dir>/vm/<16 hex>`: short, because QEMU, virtiofsd and the vsock backend put
 /// Unix sockets in it (108 bytes at most), and a function of (namespace, sandbox id)
 /// alone, so the shim's `delete` finds it after a crash.
@@ -99,126 +93,11 @@ impl Sandbox {
                 return Err(e);
             }
         };
-        let mut net: Option<PodNetwork> = None;
-        let mut hooks = Vec::new();
-        let mut network_bundle: Option<PathBuf> = None;
-        match network_req {
-            NetRequest::None => {}
-            NetRequest::Join(path) => {
-                net = Some(PodNetwork {
-                    netns: path,
-                    owned: false,
-                    config: None,
-                })
-            }
-            NetRequest::Hooks { hooks: h, bundle } => {
-                network_bundle = Some(bundle);
-                let path = dir.join("netns");
-                if let Err(e) = network::create_netns(&path) {
-                    let _ = share.destroy();
-                    let _ = std::fs::remove_dir_all(&dir);
-                    return Err(e);
-                }
-                net = Some(PodNetwork {
-                    netns: path,
-                    owned: true,
-                    config: None,
-                });
-                hooks = h;
-            }
-        }
-        // The tap exists before QEMU (which gets its fd); a namespace given by the spec
-        // already has the pod's interface, so it is wired now, MAC known.
-        let mut tap = None;
-        let mut netns_file = None;
-        if let Some(n) = net.as_mut() {
-            let (ns, ex) = (n.netns.clone(), host_exits.clone());
-            let owned = n.owned;
-            let prepared = tokio::task::spawn_blocking(move || {
-                let tap = network::create_tap(&ns, &ex)?;
-                let config = if owned {
-                    None
-                } else {
-                    network::wire(&ns, &ex)?
-                };
-                let file = std::fs::File::open(&ns).map_err(Error::io("open netns"))?;
-                Ok::<_, Error>((tap, config, file))
-            })
-            .await
-            .map_err(|e| Error::Backend(e.to_string()))
-            .and_then(|r| r);
-            match prepared {
-                Ok((t, c, f)) => {
-                    tap = Some(t);
-                    n.config = c;
-                    netns_file = Some(f);
-                }
-                Err(e) => {
-                    network::detach(n, host_exits);
-                    let _ = share.destroy();
-                    let _ = std::fs::remove_dir_all(&dir);
-                    return Err(e);
-                }
-            }
-        }
-        let nic = tap.as_ref().map(|t| {
-            use std::os::fd::AsRawFd;
-            let owned = net.as_ref().is_some_and(|n| n.owned);
-            Nic {
-                fd: t.as_raw_fd(),
-                mac: net
-                    .as_ref()
-                    .and_then(|n| n.config.as_ref())
-                    .map(|c| c.interface.mac.clone())
-                    .unwrap_or_else(|| "02:00:00:00:00:01".into()),
-                netns: netns_file.as_ref().filter(|_| owned).map(|f| f.as_raw_fd()),
-            }
-        });
         let booting = std::time::Instant::now();
-        let booted = MicroVm::boot(
-            &config.hypervisor,
-            &dir.join("vm"),
-            Some(share.path()),
-            nic.as_ref(),
-        )
-        .await;
-        // QEMU holds the tap now (or failed): the tap lives exactly as long as QEMU.
-        drop(tap);
-        drop(netns_file);
-        // Hooks (Docker's libnetwork) configure the namespace QEMU sits in; then wire it.
-        let booted = match (booted, net.as_mut()) {
-            (Ok(vm), Some(n)) if n.owned => {
-                let state = serde_json::json!({
-                    "ociVersion": "1.0.2",
-                    "id": id,
-                    "status": "created",
-                    "pid": vm.qemu_pid(),
-                    "bundle": bundle_of(&network_bundle),
-                })
-                .to_string();
-                let (ns, ex) = (n.netns.clone(), host_exits.clone());
-                let wired = tokio::task::spawn_blocking(move || {
-                    network::run_hooks(&hooks, &state, &ex)?;
-                    network::wire(&ns, &ex)
-                })
-                .await
-                .map_err(|e| Error::Backend(e.to_string()))
-                .and_then(|r| r);
-                match wired {
-                    Ok(c) => {
-                        n.config = c;
-                        Ok(vm)
-                    }
-                    Err(e) => {
-                        let mut vm = vm;
-                        vm.kill().await;
-                        Err(e)
-                    }
-                }
-            }
-            (b, _) => b,
-        };
-        let vm = match booted {
+        let mut net: Option<PodNetwork> = None;
+        let started =
+            Self::start_vm(config, id, &dir, &share, network_req, host_exits, &mut net).await;
+        let vm = match started {
             Ok(vm) => vm,
             Err(e) => {
                 if let Some(n) = &net {
@@ -272,6 +151,114 @@ impl Sandbox {
         *sandbox.pump.lock().expect("pump lock") = Some(pump);
         log::info!(sandbox = id, dir:% = dir.display(); "VM sandbox ready");
         Ok(sandbox)
+    }
+
+    /// The network side and the VM: everything [`boot`](Self::boot) undoes when it fails
+    /// (`net` is set as soon as there is a network to undo).
+    async fn start_vm(
+        config: &Config,
+        id: &str,
+        dir: &Path,
+        share: &Share,
+        network_req: NetRequest,
+        host_exits: &Exits,
+        net: &mut Option<PodNetwork>,
+    ) -> Result<MicroVm> {
+        let mut hooks = None;
+        match network_req {
+            NetRequest::None => {}
+            NetRequest::Join(path) => {
+                *net = Some(PodNetwork {
+                    netns: path,
+                    owned: false,
+                    config: None,
+                })
+            }
+            NetRequest::Hooks { hooks: h, bundle } => {
+                let path = dir.join("netns");
+                network::create_netns(&path)?;
+                *net = Some(PodNetwork {
+                    netns: path,
+                    owned: true,
+                    config: None,
+                });
+                hooks = Some((h, bundle));
+            }
+        }
+        // The tap exists before QEMU (which gets its fd); a namespace given by the spec
+        // already has the pod's interface, so it is wired now, MAC known.
+        let mut tap = None;
+        let mut netns_file = None;
+        if let Some(n) = net.as_mut() {
+            let (ns, ex) = (n.netns.clone(), host_exits.clone());
+            let owned = n.owned;
+            let (t, c, f) = tokio::task::spawn_blocking(move || {
+                let tap = network::create_tap(&ns, &ex)?;
+                let config = if owned {
+                    None
+                } else {
+                    network::wire(&ns, &ex)?
+                };
+                let file = std::fs::File::open(&ns).map_err(Error::io("open netns"))?;
+                Ok::<_, Error>((tap, config, file))
+            })
+            .await
+            .map_err(|e| Error::Backend(e.to_string()))??;
+            tap = Some(t);
+            n.config = c;
+            netns_file = Some(f);
+        }
+        let nic = tap.as_ref().map(|t| {
+            use std::os::fd::AsRawFd;
+            let owned = net.as_ref().is_some_and(|n| n.owned);
+            Nic {
+                fd: t.as_raw_fd(),
+                mac: net
+                    .as_ref()
+                    .and_then(|n| n.config.as_ref())
+                    .map(|c| c.interface.mac.clone())
+                    .unwrap_or_else(|| "02:00:00:00:00:01".into()),
+                netns: netns_file.as_ref().filter(|_| owned).map(|f| f.as_raw_fd()),
+            }
+        });
+        let booted = MicroVm::boot(
+            &config.hypervisor,
+            &dir.join("vm"),
+            Some(share.path()),
+            nic.as_ref(),
+        )
+        .await;
+        // QEMU holds the tap now (or failed): the tap lives exactly as long as QEMU.
+        drop(tap);
+        drop(netns_file);
+        let mut vm = booted?;
+        // Hooks (Docker's libnetwork) configure the namespace QEMU sits in; then wire it.
+        if let (Some((hooks, bundle)), Some(n)) = (hooks, net.as_mut()) {
+            let state = serde_json::json!({
+                "ociVersion": "1.0.2",
+                "id": id,
+                "status": "created",
+                "pid": vm.qemu_pid(),
+                "bundle": bundle.display().to_string(),
+            })
+            .to_string();
+            let (ns, ex) = (n.netns.clone(), host_exits.clone());
+            let wired = tokio::task::spawn_blocking(move || {
+                network::run_hooks(&hooks, &state, &ex)?;
+                network::wire(&ns, &ex)
+            })
+            .await
+            .map_err(|e| Error::Backend(e.to_string()))
+            .and_then(|r| r);
+            match wired {
+                Ok(c) => n.config = c,
+                Err(e) => {
+                    vm.kill().await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(vm)
     }
 
     pub fn is_dead(&self) -> bool {
