@@ -332,14 +332,9 @@ impl Runtime {
             .and_then(|l| l.namespaces().as_ref())
             .is_some_and(|ns| ns.iter().any(|n| n.typ() == LinuxNamespaceType::Pid));
 
-        let (io, mut child) = ProcessIo::new(&host_side(&req.stdio), &dirs.state, "init")?;
-        let fds = std::mem::take(&mut child.fds);
-        let want = [0, 1, 2].map(|i| fds[i].is_some());
+        let (io, fds, streams) = vm_process_io(&req.stdio, &dirs.state, "init")?;
         let asked = std::time::Instant::now();
-        let pid = sandbox
-            .agent
-            .create_container(&req.id, json, stdio_msg(want, req.stdio.terminal))
-            .await;
+        let pid = sandbox.agent.create_container(&req.id, json, streams).await;
         log::debug!(id = req.id.as_str(), ms = asked.elapsed().as_millis() as u64; "guest create");
         let pid = match pid {
             Ok(pid) => pid,
@@ -695,46 +690,36 @@ impl Runtime {
         let mut stdio = stdio;
         stdio.terminal = process.terminal().unwrap_or(false) || stdio.terminal;
         process.set_terminal(Some(stdio.terminal));
-        if let Some(vm) = &c.vm {
-            let json = serde_json::to_vec(&process).map_err(|e| Error::Backend(e.to_string()))?;
-            let name = format!("exec-{exec_id}");
-            let (io, mut child) = ProcessIo::new(&host_side(&stdio), &c.dirs.state, &name)?;
-            let fds = std::mem::take(&mut child.fds);
-            let want = [0, 1, 2].map(|i| fds[i].is_some());
-            if let Err(e) = vm
-                .agent
-                .exec(id, exec_id, json, stdio_msg(want, stdio.terminal))
-                .await
-            {
-                io.shutdown();
-                return Err(e);
-            }
-            if let Err(e) = vm.attach_stdio(id, exec_id, fds).await {
-                io.shutdown();
-                let _ = vm.agent.delete(id, exec_id).await;
-                return Err(e);
-            }
-            let p = Process::new(exec_id, stdio, io, 0);
-            c.execs
-                .lock()
-                .expect("execs lock")
-                .insert(exec_id.into(), p);
-            self.emit(Event::ExecAdded {
-                id: id.into(),
-                exec_id: exec_id.into(),
-            });
-            return Ok(());
-        }
-        let spec_file = c.dirs.state.join(format!("exec-{exec_id}.json"));
-        std::fs::write(
-            &spec_file,
-            serde_json::to_vec(&process).map_err(|e| Error::Backend(e.to_string()))?,
-        )
-        .map_err(Error::io("write exec spec"))?;
         let name = format!("exec-{exec_id}");
-        let (io, child) = ProcessIo::new(&stdio, &c.dirs.state, &name)?;
+        let (io, child) = match &c.vm {
+            Some(vm) => {
+                let json =
+                    serde_json::to_vec(&process).map_err(|e| Error::Backend(e.to_string()))?;
+                let (io, fds, streams) = vm_process_io(&stdio, &c.dirs.state, &name)?;
+                if let Err(e) = vm.agent.exec(id, exec_id, json, streams).await {
+                    io.shutdown();
+                    return Err(e);
+                }
+                if let Err(e) = vm.attach_stdio(id, exec_id, fds).await {
+                    io.shutdown();
+                    let _ = vm.agent.delete(id, exec_id).await;
+                    return Err(e);
+                }
+                (io, None)
+            }
+            None => {
+                let spec_file = c.dirs.state.join(format!("{name}.json"));
+                std::fs::write(
+                    &spec_file,
+                    serde_json::to_vec(&process).map_err(|e| Error::Backend(e.to_string()))?,
+                )
+                .map_err(Error::io("write exec spec"))?;
+                let (io, child) = ProcessIo::new(&stdio, &c.dirs.state, &name)?;
+                (io, Some(child))
+            }
+        };
         let p = Process::new(exec_id, stdio, io, 0);
-        *p.child.lock().expect("child lock") = Some(child);
+        *p.child.lock().expect("child lock") = child;
         c.execs
             .lock()
             .expect("execs lock")
@@ -1101,8 +1086,26 @@ fn guest_spec(spec: &mut Spec, id: &str, terminal: bool, shares_guest_net: bool)
     }
 }
 
-/// The host side of a VM process's stdio: plain pipes even for a TTY (the PTY lives in
-/// the guest; its bytes arrive on one vsock stream).
+/// The host side of a VM process's stdio: the copier from and to containerd's FIFOs,
+/// the process's ends of its pipes (for [`Sandbox::attach_stdio`]), and the streams to
+/// ask the agent for.
+fn vm_process_io(
+    stdio: &StdioPaths,
+    scratch: &Path,
+    name: &str,
+) -> Result<(
+    ProcessIo,
+    [Option<std::os::fd::OwnedFd>; 3],
+    stockade_agent_protocol::asynchronous::agent::Stdio,
+)> {
+    let (io, mut child) = ProcessIo::new(&host_side(stdio), scratch, name)?;
+    let fds = std::mem::take(&mut child.fds);
+    let want = [0, 1, 2].map(|i| fds[i].is_some());
+    Ok((io, fds, stdio_msg(want, stdio.terminal)))
+}
+
+/// Plain pipes even for a TTY (the PTY lives in the guest; its bytes arrive on one
+/// vsock stream).
 fn host_side(stdio: &StdioPaths) -> StdioPaths {
     StdioPaths {
         terminal: false,
