@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail, ensure};
 use stockade_integration::{
-    IMAGE, NAMESPACE, Out, RUNTIME, TestContainerd, TestDocker, build_image, in_tty, run,
+    IMAGE, NAMESPACE, RUNTIME, TestContainerd, TestDocker, expect_code, in_tty, run,
     run_with_stdin, skip_reason,
 };
 
@@ -24,17 +24,6 @@ fn shim_sockets() -> Vec<std::path::PathBuf> {
     std::fs::read_dir("/run/containerd/s")
         .map(|r| r.flatten().map(|e| e.path()).collect())
         .unwrap_or_default()
-}
-
-fn expect_code(out: &Out, code: i32, what: &str) -> Result<()> {
-    ensure!(
-        out.code == code,
-        "{what}: exit code {} (expected {code})\nstdout: {}\nstderr: {}",
-        out.code,
-        out.stdout,
-        out.stderr
-    );
-    Ok(())
 }
 
 fn expect_clean(s: &Suite, ns: &str, id: &str) -> Result<()> {
@@ -950,7 +939,7 @@ fn no_stray_shims(s: &Suite) -> Result<()> {
     Ok(())
 }
 
-type Case = (&'static str, fn(&Suite) -> Result<()>);
+type Case = stockade_integration::Case<Suite>;
 
 fn main() {
     if let Some(why) = skip_reason() {
@@ -958,30 +947,11 @@ fn main() {
         println!("0 passed, 0 failed, 1 skipped");
         return;
     }
-    let setup = (|| -> Result<Suite> {
-        let ctd = TestContainerd::start()?;
-        let tar = ctd.dir.path().join("busybox.tar");
-        build_image(&tar)?;
-        ctd.import_image(&tar)?;
-        let docker = match TestDocker::start(&ctd) {
-            Ok(d) => {
-                let o = d.docker(&["load", "-i", &tar.display().to_string()]);
-                if !o.ok() {
-                    bail!("docker load: {}", o.stderr);
-                }
-                Some(d)
-            }
-            Err(e) => {
-                eprintln!("dockerd failed to start: {e:#}");
-                None
-            }
-        };
-        Ok(Suite {
-            ctd,
-            docker,
-            sockets_before: shim_sockets(),
-        })
-    })();
+    let setup = stockade_integration::start_suite("auto", "").map(|(ctd, docker)| Suite {
+        ctd,
+        docker,
+        sockets_before: shim_sockets(),
+    });
     let suite = match setup {
         Ok(s) => s,
         Err(e) => {
@@ -1025,38 +995,7 @@ fn main() {
         ),
         ("no_stray_shims", no_stray_shims),
     ];
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let (mut passed, mut failed) = (0, 0);
-    for (name, case) in cases {
-        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
-            continue;
-        }
-        let start = std::time::Instant::now();
-        match case(&suite) {
-            Ok(()) => {
-                passed += 1;
-                println!("test {name} ... ok ({:.1}s)", start.elapsed().as_secs_f64());
-            }
-            Err(e) => {
-                failed += 1;
-                println!(
-                    "test {name} ... FAILED ({:.1}s)\n{e:#}",
-                    start.elapsed().as_secs_f64()
-                );
-            }
-        }
-    }
-    if failed > 0 {
-        let log = suite.ctd.log();
-        let tail: Vec<&str> = log.lines().rev().take(60).collect();
-        println!("--- containerd log (last lines) ---");
-        for l in tail.into_iter().rev() {
-            println!("{l}");
-        }
-    }
+    let (passed, failed) = stockade_integration::run_cases(&suite, cases, |s| s.ctd.log());
     drop(suite);
     println!("{passed} passed, {failed} failed");
     if failed > 0 {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use stockade_integration::{
-    IMAGE, NAMESPACE, Out, RUNTIME, TestContainerd, TestDocker, build_image, guest_assets,
-    guest_config, hypervisor_toml, in_tty, run, run_with_stdin, skip_reason,
+    IMAGE, NAMESPACE, RUNTIME, TestContainerd, TestDocker, expect_code, guest_assets, guest_config,
+    hypervisor_toml, in_tty, run, run_with_stdin, skip_reason,
 };
 
 struct Suite {
@@ -19,18 +19,7 @@ struct Suite {
     guest_release: String,
 }
 
-type Case = (&'static str, fn(&Suite) -> Result<()>);
-
-fn expect_code(out: &Out, code: i32, what: &str) -> Result<()> {
-    ensure!(
-        out.code == code,
-        "{what}: exit code {} (expected {code})\nstdout: {}\nstderr: {}",
-        out.code,
-        out.stdout,
-        out.stderr
-    );
-    Ok(())
-}
+type Case = stockade_integration::Case<Suite>;
 
 fn expect_clean(s: &Suite, id: &str) -> Result<()> {
     for _ in 0..100 {
@@ -44,6 +33,17 @@ fn expect_clean(s: &Suite, id: &str) -> Result<()> {
     let mut leaks = s.ctd.leaks(NAMESPACE, id);
     leaks.extend(s.ctd.vm_leaks());
     bail!("{id} left behind: {leaks:?}")
+}
+
+/// Docker's containers have ids of its own: check the VM state alone.
+fn expect_no_vm_leaks(s: &Suite) -> Result<()> {
+    for _ in 0..100 {
+        if s.ctd.vm_leaks().is_empty() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("docker left VM state behind: {:?}", s.ctd.vm_leaks())
 }
 
 fn cleanup(s: &Suite, id: &str) {
@@ -664,13 +664,7 @@ fn docker_runs_in_the_vm(s: &Suite) -> Result<()> {
     })();
     let _ = d.docker(&["rm", "-f", name]);
     result?;
-    for _ in 0..100 {
-        if s.ctd.vm_leaks().is_empty() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("docker left VM state behind: {:?}", s.ctd.vm_leaks())
+    expect_no_vm_leaks(s)
 }
 
 /// Docker's bridge network reaches the VM: the pod's veth is mirrored onto a tap the
@@ -745,13 +739,7 @@ fn docker_bridge_network_and_published_port(s: &Suite) -> Result<()> {
     })();
     let _ = d.docker(&["rm", "-f", name]);
     result?;
-    for _ in 0..100 {
-        if s.ctd.vm_leaks().is_empty() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("left behind: {:?}", s.ctd.vm_leaks())
+    expect_no_vm_leaks(s)
 }
 
 fn main() {
@@ -780,30 +768,12 @@ fn main() {
         .unwrap_or_default()
         .trim()
         .to_string();
-    let setup = (|| -> Result<Suite> {
-        let ctd = TestContainerd::start_with("vm", &hypervisor_toml(&hv))?;
-        let tar = ctd.dir.path().join("busybox.tar");
-        build_image(&tar)?;
-        ctd.import_image(&tar)?;
-        let docker = match TestDocker::start(&ctd) {
-            Ok(d) => {
-                let o = d.docker(&["load", "-i", &tar.display().to_string()]);
-                if !o.ok() {
-                    bail!("docker load: {}", o.stderr);
-                }
-                Some(d)
-            }
-            Err(e) => {
-                eprintln!("dockerd failed to start: {e:#}");
-                None
-            }
-        };
-        Ok(Suite {
+    let setup =
+        stockade_integration::start_suite("vm", &hypervisor_toml(&hv)).map(|(ctd, docker)| Suite {
             ctd,
             docker,
             guest_release,
-        })
-    })();
+        });
     let suite = match setup {
         Ok(s) => s,
         Err(e) => {
@@ -843,38 +813,7 @@ fn main() {
             docker_bridge_network_and_published_port,
         ),
     ];
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let (mut passed, mut failed) = (0, 0);
-    for (name, case) in cases {
-        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
-            continue;
-        }
-        let start = Instant::now();
-        match case(&suite) {
-            Ok(()) => {
-                passed += 1;
-                println!("test {name} ... ok ({:.1}s)", start.elapsed().as_secs_f64());
-            }
-            Err(e) => {
-                failed += 1;
-                println!(
-                    "test {name} ... FAILED ({:.1}s)\n{e:#}",
-                    start.elapsed().as_secs_f64()
-                );
-            }
-        }
-    }
-    if failed > 0 {
-        let log = suite.ctd.log();
-        let tail: Vec<&str> = log.lines().rev().take(80).collect();
-        println!("--- containerd log (last lines) ---");
-        for l in tail.into_iter().rev() {
-            println!("{l}");
-        }
-    }
+    let (passed, failed) = stockade_integration::run_cases(&suite, cases, |s| s.ctd.log());
     drop(suite);
     println!("{passed} passed, {failed} failed");
     if failed > 0 {
