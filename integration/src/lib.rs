@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+pub mod cri;
+
 pub const RUNTIME: &str = "io.containerd.stockade.v2";
 pub const NAMESPACE: &str = "stockade-test";
 pub const IMAGE: &str = "stockade.test/busybox:latest";
@@ -175,6 +177,16 @@ impl TestContainerd {
     /// With Stockade's `[runtime] mode` and extra configuration (TOML tables after
     /// `[runtime]`, e.g. a `[hypervisor]` section).
     pub fn start_with(mode: &str, extra: &str) -> Result<TestContainerd> {
+        Self::start_full(mode, extra, |_| String::new())
+    }
+
+    /// As [`start_with`](Self::start_with), with `cri(dir)` returning more keys and
+    /// tables for containerd's CRI plugin section (see [`cri::cri_config`]).
+    pub fn start_full(
+        mode: &str,
+        extra: &str,
+        cri: impl FnOnce(&Path) -> String,
+    ) -> Result<TestContainerd> {
         let dir = tempfile::Builder::new()
             .prefix("stockade-it-")
             .tempdir_in("/tmp")?;
@@ -204,7 +216,8 @@ state = "{state}"
   path = "{d}/opt"
 [plugins."io.containerd.grpc.v1.cri"]
   restrict_oom_score_adj = true
-"#,
+{cri}"#,
+                cri = cri(d),
                 root = d.join("root").display(),
                 state = d.join("state").display(),
                 sock = socket.display(),
@@ -247,6 +260,16 @@ state = "{state}"
 
     pub fn ctr(&self, args: &[&str]) -> Out {
         run(self.ctr_cmd().args(args))
+    }
+
+    /// `ctr` in another containerd namespace (the CRI plugin's is `k8s.io`).
+    pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> Out {
+        run(Command::new("/usr/bin/ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .arg("--namespace")
+            .arg(namespace)
+            .args(args))
     }
 
     /// `ctr run --rm --runtime stockade IMAGE ID ARGS...`
@@ -547,8 +570,17 @@ pub fn run_cases<S>(suite: &S, cases: &[Case<S>], log: impl Fn(&S) -> String) ->
 
 /// Build the test image tarball with integration/image/build.sh.
 pub fn build_image(out: &Path) -> Result<()> {
+    build_image_as(out, IMAGE, "null")
+}
+
+/// The test image's rootfs under `reference`, with `entrypoint` (JSON; `null` for none).
+pub fn build_image_as(out: &Path, reference: &str, entrypoint: &str) -> Result<()> {
     let script = workspace_root().join("integration/image/build.sh");
-    let o = run(Command::new("bash").arg(script).arg(out).arg(IMAGE));
+    let o = run(Command::new("bash")
+        .arg(script)
+        .arg(out)
+        .arg(reference)
+        .arg(entrypoint));
     if !o.ok() {
         bail!("building the test image failed: {}{}", o.stdout, o.stderr);
     }

@@ -1,0 +1,509 @@
+//! The Kubernetes side of the tests: containerd's CRI plugin with Stockade as the
+//! `stockade` runtime handler (and runc's shim as `runc`), CNI on a private bridge
+//! (bridge + host-local + portmap + loopback from Debian's containernetworking-plugins),
+//! an offline pause image, and a CRI client on containerd's socket that calls the
+//! plugin the way kubelet does.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use futures_util::{SinkExt, StreamExt};
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::{IMAGE, TestContainerd, build_image_as, run};
+
+pub const PAUSE_IMAGE: &str = "stockade.test/pause:1";
+/// containerd's namespace for everything the CRI plugin makes.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+pub const HANDLER: &str = "stockade";
+pub const CNI_BRIDGE: &str = "stk-cni0";
+pub const CNI_SUBNET: &str = "10.88.77.0/24";
+pub const CNI_GATEWAY: &str = "10.88.77.1";
+const CNI_BIN_DIR: &str = "/usr/lib/cni";
+
+/// The CRI plugin's keys and tables for a private containerd in `dir`: the pause image,
+/// CNI from `dir/cni`, a streaming server on a free loopback port, and the runtimes.
+/// Writes the CNI network config as a side effect.
+pub fn cri_config(dir: &Path) -> String {
+    let conf_dir = dir.join("cni");
+    let _ = std::fs::create_dir_all(&conf_dir);
+    let net = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "stockade-test",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": CNI_BRIDGE,
+                "isGateway": true,
+                "ipMasq": false,
+                "hairpinMode": true,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": CNI_SUBNET, "gateway": CNI_GATEWAY}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": dir.join("cni-ipam"),
+                }
+            },
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ]
+    });
+    let _ = std::fs::write(conf_dir.join("10-stockade-test.conflist"), net.to_string());
+    format!(
+        r#"  sandbox_image = "{PAUSE_IMAGE}"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{CNI_BIN_DIR}"
+    conf_dir = "{conf}"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{HANDLER}]
+      runtime_type = "{runtime}"
+      pod_annotations = ["io.stockade.*"]
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{HANDLER}.options]
+        ConfigPath = "{config}"
+"#,
+        conf = conf_dir.display(),
+        runtime = crate::RUNTIME,
+        config = dir.join("stockade.toml").display(),
+    )
+}
+
+/// A private containerd with the CRI plugin configured, both images imported into
+/// `k8s.io`, and connected CRI clients. Pods left behind are removed on drop.
+pub struct CriEnv {
+    pub rt: tokio::runtime::Runtime,
+    pub runtime: RuntimeServiceClient<Channel>,
+    pub images: ImageServiceClient<Channel>,
+    pub ctd: TestContainerd,
+}
+
+/// What a command run in a container printed and how it ended.
+#[derive(Debug)]
+pub struct ExecOut {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CriEnv {
+    /// `mode` and `extra` as for [`TestContainerd::start_with`].
+    pub fn start(mode: &str, extra: &str) -> Result<CriEnv> {
+        let _ = run(Command::new("ip").args(["link", "del", CNI_BRIDGE]));
+        let ctd = TestContainerd::start_full(mode, extra, cri_config)?;
+        for (tar, reference, entrypoint) in [
+            ("busybox.tar", IMAGE, "null"),
+            ("pause.tar", PAUSE_IMAGE, r#"["/pause"]"#),
+        ] {
+            let tar = ctd.dir.path().join(tar);
+            build_image_as(&tar, reference, entrypoint)?;
+            let o = ctd.ctr_in(
+                CRI_NAMESPACE,
+                &["images", "import", &tar.display().to_string()],
+            );
+            if !o.ok() {
+                bail!("import {reference}: {}", o.stderr);
+            }
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let socket = ctd.socket.clone();
+        let channel = rt.block_on(async move {
+            Endpoint::try_from("http://[::]:50051")?
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let socket = socket.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                            tokio::net::UnixStream::connect(socket).await?,
+                        ))
+                    }
+                }))
+                .await
+                .context("connect to containerd's CRI")
+        })?;
+        let env = CriEnv {
+            rt,
+            runtime: RuntimeServiceClient::new(channel.clone()),
+            images: ImageServiceClient::new(channel),
+            ctd,
+        };
+        let version = env.block(|mut c| async move {
+            c.version(cri::VersionRequest::default())
+                .await
+                .map(|r| r.into_inner())
+        })?;
+        anyhow::ensure!(
+            version.runtime_api_version == "v1",
+            "CRI API {}",
+            version.runtime_api_version
+        );
+        Ok(env)
+    }
+
+    /// Run `f` with a runtime-service client on the env's tokio runtime.
+    pub fn block<T, F>(&self, f: impl FnOnce(RuntimeServiceClient<Channel>) -> F) -> Result<T>
+    where
+        F: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        self.rt
+            .block_on(f(self.runtime.clone()))
+            .map_err(|s| anyhow::anyhow!("CRI: {:?}: {}", s.code(), s.message()))
+    }
+
+    /// Where the pods' container logs go (the `log_directory` of [`pod_config`]).
+    pub fn log_dir(&self, pod: &str) -> PathBuf {
+        self.ctd.dir.path().join("pods").join(pod)
+    }
+
+    /// A pod config as kubelet sends it: metadata, hostname, DNS, log directory, one
+    /// port mapping (hostPort → containerPort) when asked.
+    pub fn pod_config(&self, name: &str, port: Option<(i32, i32)>) -> cri::PodSandboxConfig {
+        let log_dir = self.log_dir(name);
+        let _ = std::fs::create_dir_all(&log_dir);
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            hostname: name.into(),
+            log_directory: log_dir.display().to_string(),
+            dns_config: Some(cri::DnsConfig {
+                servers: vec!["10.88.77.53".into()],
+                searches: vec!["stockade.test".into()],
+                options: vec!["ndots:2".into()],
+            }),
+            port_mappings: port
+                .map(|(host, container)| {
+                    vec![cri::PortMapping {
+                        protocol: cri::Protocol::Tcp as i32,
+                        container_port: container,
+                        host_port: host,
+                        host_ip: String::new(),
+                    }]
+                })
+                .unwrap_or_default(),
+            labels: HashMap::from([("stockade-test".into(), name.into())]),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption::default()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// RunPodSandbox with `handler` (the RuntimeClass's handler).
+    pub fn run_pod(&self, config: &cri::PodSandboxConfig, handler: &str) -> Result<String> {
+        let req = cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: handler.into(),
+        };
+        self.block(|mut c| async move {
+            c.run_pod_sandbox(req)
+                .await
+                .map(|r| r.into_inner().pod_sandbox_id)
+        })
+    }
+
+    /// A container of the test image running `args`, logging to `<name>.log`.
+    pub fn container_config(&self, name: &str, args: &[&str]) -> cri::ContainerConfig {
+        cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(cri::ImageSpec {
+                image: IMAGE.into(),
+                ..Default::default()
+            }),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            log_path: format!("{name}.log"),
+            linux: Some(cri::LinuxContainerConfig {
+                resources: Some(cri::LinuxContainerResources::default()),
+                security_context: Some(cri::LinuxContainerSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption::default()),
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// CreateContainer + StartContainer; returns the container id.
+    pub fn start_container(
+        &self,
+        pod: &str,
+        pod_config: &cri::PodSandboxConfig,
+        config: cri::ContainerConfig,
+    ) -> Result<String> {
+        let req = cri::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        };
+        let id = self.block(|mut c| async move {
+            c.create_container(req)
+                .await
+                .map(|r| r.into_inner().container_id)
+        })?;
+        let cid = id.clone();
+        self.block(|mut c| async move {
+            c.start_container(cri::StartContainerRequest { container_id: cid })
+                .await
+                .map(|_| ())
+        })?;
+        Ok(id)
+    }
+
+    pub fn exec_sync(&self, container: &str, cmd: &[&str]) -> Result<ExecOut> {
+        let req = cri::ExecSyncRequest {
+            container_id: container.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 60,
+        };
+        let r =
+            self.block(|mut c| async move { c.exec_sync(req).await.map(|r| r.into_inner()) })?;
+        Ok(ExecOut {
+            code: r.exit_code,
+            stdout: String::from_utf8_lossy(&r.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&r.stderr).into_owned(),
+        })
+    }
+
+    /// ExecSync that must succeed; returns its stdout.
+    pub fn sh(&self, container: &str, script: &str) -> Result<String> {
+        let o = self.exec_sync(container, &["sh", "-c", script])?;
+        anyhow::ensure!(o.code == 0, "`{script}` exited {}: {}", o.code, o.stderr);
+        Ok(o.stdout)
+    }
+
+    /// Exec through the CRI streaming server, as `kubectl exec` does: the URL from Exec,
+    /// then a WebSocket session on the `v4.channel.k8s.io` protocol (channel 1 stdout,
+    /// 2 stderr, 3 the final status). `stdin` is written to channel 0 first.
+    pub fn exec_stream(&self, container: &str, cmd: &[&str], stdin: &[u8]) -> Result<ExecOut> {
+        let req = cri::ExecRequest {
+            container_id: container.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            tty: false,
+            stdin: !stdin.is_empty(),
+            stdout: true,
+            stderr: true,
+        };
+        let url =
+            self.block(|mut c| async move { c.exec(req).await.map(|r| r.into_inner().url) })?;
+        let stdin = stdin.to_vec();
+        self.rt.block_on(async move {
+            use tokio_tungstenite::tungstenite::Message;
+            use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+            let ws_url = url.replacen("http://", "ws://", 1);
+            let mut request = ws_url.as_str().into_client_request()?;
+            request
+                .headers_mut()
+                .insert("Sec-WebSocket-Protocol", "v4.channel.k8s.io".parse()?);
+            let (mut ws, _) = tokio::time::timeout(
+                Duration::from_secs(30),
+                tokio_tungstenite::connect_async(request),
+            )
+            .await
+            .context("exec: connect timed out")?
+            .with_context(|| format!("exec: connect {ws_url}"))?;
+            if !stdin.is_empty() {
+                let mut frame = vec![0u8];
+                frame.extend_from_slice(&stdin);
+                ws.send(Message::Binary(frame.into())).await?;
+            }
+            let (mut stdout, mut stderr, mut status) = (Vec::new(), Vec::new(), Vec::new());
+            loop {
+                let msg = tokio::time::timeout(Duration::from_secs(60), ws.next())
+                    .await
+                    .context("exec: no output for 60 s")?;
+                let data = match msg {
+                    None | Some(Ok(Message::Close(_))) => break,
+                    Some(Ok(Message::Binary(b))) => b.to_vec(),
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(e.into()),
+                };
+                match data.split_first() {
+                    Some((1, rest)) => stdout.extend_from_slice(rest),
+                    Some((2, rest)) => stderr.extend_from_slice(rest),
+                    Some((3, rest)) => status.extend_from_slice(rest),
+                    _ => {}
+                }
+            }
+            Ok(ExecOut {
+                code: exit_code_of_status(&status)?,
+                stdout: String::from_utf8_lossy(&stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            })
+        })
+    }
+
+    pub fn pod_status(&self, pod: &str) -> Result<cri::PodSandboxStatus> {
+        let req = cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.into(),
+            verbose: false,
+        };
+        self.block(|mut c| async move {
+            c.pod_sandbox_status(req)
+                .await
+                .map(|r| r.into_inner().status.unwrap_or_default())
+        })
+    }
+
+    pub fn pod_ip(&self, pod: &str) -> Result<String> {
+        let ip = self
+            .pod_status(pod)?
+            .network
+            .map(|n| n.ip)
+            .unwrap_or_default();
+        anyhow::ensure!(!ip.is_empty(), "pod {pod} has no IP");
+        Ok(ip)
+    }
+
+    pub fn container_status(&self, container: &str) -> Result<cri::ContainerStatus> {
+        let req = cri::ContainerStatusRequest {
+            container_id: container.into(),
+            verbose: false,
+        };
+        self.block(|mut c| async move {
+            c.container_status(req)
+                .await
+                .map(|r| r.into_inner().status.unwrap_or_default())
+        })
+    }
+
+    pub fn stop_container(&self, container: &str, timeout: i64) -> Result<()> {
+        let req = cri::StopContainerRequest {
+            container_id: container.into(),
+            timeout,
+        };
+        self.block(|mut c| async move { c.stop_container(req).await.map(|_| ()) })
+    }
+
+    pub fn remove_container(&self, container: &str) -> Result<()> {
+        let req = cri::RemoveContainerRequest {
+            container_id: container.into(),
+        };
+        self.block(|mut c| async move { c.remove_container(req).await.map(|_| ()) })
+    }
+
+    /// StopPodSandbox then RemovePodSandbox, as kubelet does when a pod goes away.
+    pub fn remove_pod(&self, pod: &str) -> Result<()> {
+        let id = pod.to_string();
+        self.block(|mut c| async move {
+            c.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id })
+                .await
+                .map(|_| ())
+        })?;
+        let id = pod.to_string();
+        self.block(|mut c| async move {
+            c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+                .await
+                .map(|_| ())
+        })
+    }
+
+    pub fn pods(&self) -> Result<Vec<cri::PodSandbox>> {
+        self.block(|mut c| async move {
+            c.list_pod_sandbox(cri::ListPodSandboxRequest::default())
+                .await
+                .map(|r| r.into_inner().items)
+        })
+    }
+
+    /// Wait until the container's state is `want` (e.g. exited), or fail after `timeout`.
+    pub fn wait_state(
+        &self,
+        container: &str,
+        want: cri::ContainerState,
+        timeout: Duration,
+    ) -> Result<cri::ContainerStatus> {
+        let start = std::time::Instant::now();
+        loop {
+            let st = self.container_status(container)?;
+            if st.state == want as i32 {
+                return Ok(st);
+            }
+            if start.elapsed() > timeout {
+                bail!("container {container} not {want:?} after {timeout:?}: {st:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for CriEnv {
+    fn drop(&mut self) {
+        if let Ok(pods) = self.pods() {
+            for p in pods {
+                let _ = self.remove_pod(&p.id);
+            }
+        }
+        let _ = run(Command::new("ip").args(["link", "del", CNI_BRIDGE]));
+    }
+}
+
+/// The exit code in a v4 channel protocol status (a metav1.Status as JSON): Success is
+/// 0; a non-zero exit carries `details.causes[{reason: ExitCode, message: N}]`.
+fn exit_code_of_status(status: &[u8]) -> Result<i32> {
+    if status.is_empty() {
+        bail!("exec: the stream closed without a status");
+    }
+    let v: serde_json::Value = serde_json::from_slice(status)
+        .with_context(|| format!("exec status: {}", String::from_utf8_lossy(status)))?;
+    if v["status"] == "Success" {
+        return Ok(0);
+    }
+    v["details"]["causes"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["reason"] == "ExitCode"))
+        .and_then(|c| c["message"].as_str())
+        .and_then(|m| m.parse().ok())
+        .with_context(|| format!("exec failed: {v}"))
+}
+
+/// One HTTP/1.0 GET from the host; the response body.
+pub fn http_get(addr: &str, port: u16) -> Result<String> {
+    use std::io::{Read, Write};
+    let target: std::net::SocketAddr = format!("{addr}:{port}").parse()?;
+    let mut s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(10))
+        .with_context(|| format!("connect {target}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    Ok(resp
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or(resp))
+}
+
+/// Retry [`http_get`] until it answers (a server in a just-started container), up to `timeout`.
+pub fn http_get_retry(addr: &str, port: u16, timeout: Duration) -> Result<String> {
+    let start = std::time::Instant::now();
+    loop {
+        match http_get(addr, port) {
+            Ok(b) if !b.is_empty() => return Ok(b),
+            Ok(_) | Err(_) if start.elapsed() < timeout => {
+                std::thread::sleep(Duration::from_millis(200))
+            }
+            Ok(b) => return Ok(b),
+            Err(e) => return Err(e),
+        }
+    }
+}
