@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_cri::v1 as cri;
-use stockade_integration::cri::{CNI_BRIDGE, CNI_GATEWAY, CRI_NAMESPACE, CriEnv, HANDLER, http_get_retry};
+use stockade_integration::cri::{
+    CNI_BRIDGE, CNI_GATEWAY, CRI_NAMESPACE, CriEnv, HANDLER, http_get_retry,
+};
 use stockade_integration::{guest_assets, guest_config, hypervisor_toml, run, skip_reason};
 
 struct Suite {
@@ -106,6 +108,19 @@ fn expect_back_to(s: &Suite, before: &HostSnapshot, what: &str) -> Result<()> {
     }
 }
 
+/// Remove what a failed case left, then snapshot the host.
+fn fresh(s: &Suite) -> HostSnapshot {
+    if let Ok(pods) = s.env.pods() {
+        if !pods.is_empty() {
+            for p in pods {
+                let _ = s.env.remove_pod(&p.id);
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+    snapshot(s)
+}
+
 fn qemu_pids(s: &Suite) -> Vec<String> {
     let state = s.env.ctd.stockade_state.display().to_string();
     run(Command::new("pgrep").args(["-f", &format!("qemu.*{state}")]))
@@ -134,7 +149,7 @@ fn container(s: &Suite, name: &str, args: &[String]) -> cri::ContainerConfig {
 
 fn pod_with_two_containers(s: &Suite) -> Result<()> {
     let env = &s.env;
-    let before = snapshot(s);
+    let before = fresh(s);
     let host_port = s.base_port;
     let name = format!("web-{}", s.tag);
     let pc = env.pod_config(&name, Some((host_port, 8080)));
@@ -194,6 +209,17 @@ fn pod_with_two_containers(s: &Suite) -> Result<()> {
                 && r.contains("search stockade.test")
                 && r.contains("ndots:2"),
             "resolv.conf: {r}"
+        );
+    }
+    // IPC and UTS are the pod's; the network is the pod's (c2 reached c1 on localhost).
+    for ns in ["ipc", "uts", "net"] {
+        let a = env.sh(&c1, &format!("readlink /proc/self/ns/{ns}"))?;
+        let b = env.sh(&c2, &format!("readlink /proc/self/ns/{ns}"))?;
+        ensure!(a == b, "{ns} namespace: c1 {a:?}, c2 {b:?}");
+        let host = std::fs::read_link(format!("/proc/self/ns/{ns}"))?;
+        ensure!(
+            a.trim() != host.display().to_string(),
+            "{ns} namespace is the host's"
         );
     }
     let addr = env.sh(&c1, "ip -o -4 addr show eth0")?;
@@ -351,7 +377,7 @@ fn pod_with_two_containers(s: &Suite) -> Result<()> {
 
 fn pods_reach_each_other(s: &Suite) -> Result<()> {
     let env = &s.env;
-    let before = snapshot(s);
+    let before = fresh(s);
     let a_cfg = env.pod_config(&format!("a-{}", s.tag), None);
     let a = env.run_pod(&a_cfg, HANDLER)?;
     env.start_container(&a, &a_cfg, container(s, "srv", &web(8080, "from-a")))?;
@@ -374,7 +400,13 @@ fn pods_reach_each_other(s: &Suite) -> Result<()> {
     loop {
         let o = env.exec_sync(
             &cb,
-            &["timeout", "5", "wget", "-qO-", &format!("http://{a_ip}:8080/")],
+            &[
+                "timeout",
+                "5",
+                "wget",
+                "-qO-",
+                &format!("http://{a_ip}:8080/"),
+            ],
         )?;
         if o.code == 0 && o.stdout.contains("from-a") {
             break;
@@ -393,7 +425,7 @@ fn pods_reach_each_other(s: &Suite) -> Result<()> {
 /// annotations carry; a container's memory limit holds inside the guest.
 fn pod_sizing(s: &Suite) -> Result<()> {
     let env = &s.env;
-    let before = snapshot(s);
+    let before = fresh(s);
     let hv = guest_config();
     let mut pc = env.pod_config(&format!("sized-{}", s.tag), None);
     if let Some(linux) = pc.linux.as_mut() {
@@ -415,9 +447,11 @@ fn pod_sizing(s: &Suite) -> Result<()> {
     let c = env.start_container(&pod, &pc, cfg)?;
     if s.vm {
         let cpus: u32 = env.sh(&c, "nproc")?.trim().parse()?;
+        let host_cpus = std::thread::available_parallelism()?.get() as u32;
+        let want = (hv.vcpus + 2).min(host_cpus);
         ensure!(
-            cpus == hv.vcpus + 2,
-            "guest vCPUs {cpus}, expected base {} + 2",
+            cpus == want,
+            "guest vCPUs {cpus}, expected base {} + 2 (at most {host_cpus})",
             hv.vcpus
         );
         let kb: i64 = env
@@ -453,7 +487,7 @@ fn pod_sizing(s: &Suite) -> Result<()> {
 /// clean up through the shim's `delete` (VM, helpers, mounts, namespace).
 fn shim_killed(s: &Suite) -> Result<()> {
     let env = &s.env;
-    let before = snapshot(s);
+    let before = fresh(s);
     let pc = env.pod_config(&format!("crash-{}", s.tag), None);
     let pod = env.run_pod(&pc, HANDLER)?;
     let c = env.start_container(
@@ -500,7 +534,7 @@ fn create_remove_cycles(s: &Suite) -> Result<()> {
     // One warm-up cycle: containerd opens its long-lived connections on the first pod.
     one(0)?;
     std::thread::sleep(Duration::from_secs(1));
-    let before = snapshot(s);
+    let before = fresh(s);
     let start = Instant::now();
     for i in 1..=cycles {
         one(i).with_context(|| format!("cycle {i}"))?;

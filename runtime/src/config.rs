@@ -106,8 +106,15 @@ pub struct HypervisorConfig {
     pub vsock_backend: PathBuf,
     /// virtio-fs daemon, one per pod, run with `--sandbox namespace`.
     pub virtiofsd: PathBuf,
+    /// The guest's base vCPUs: a pod without CPU limits gets these; a pod with limits
+    /// gets these plus its limits (see `vm::sizing`).
     pub vcpus: u32,
+    /// The guest's base memory, as `vcpus`.
     pub memory_mib: u32,
+    /// Upper bound of a pod's vCPUs; 0: the host's CPU count.
+    pub max_vcpus: u32,
+    /// Upper bound of a pod's memory; 0: the host's RAM.
+    pub max_memory_mib: u32,
     pub boot_timeout_secs: u64,
 }
 
@@ -123,6 +130,8 @@ impl Default for HypervisorConfig {
             virtiofsd: PathBuf::from("/usr/local/bin/virtiofsd"),
             vcpus: 1,
             memory_mib: 256,
+            max_vcpus: 0,
+            max_memory_mib: 0,
             boot_timeout_secs: 30,
         }
     }

@@ -248,6 +248,17 @@ impl Runtime {
         }
         let events = self.inner.events.clone();
         let hostname = spec.hostname().clone().unwrap_or_default();
+        let size = crate::vm::sizing::pod_size(
+            &config.hypervisor,
+            spec.annotations().as_ref().unwrap_or(&HashMap::new()),
+            spec.linux().as_ref().and_then(|l| l.resources().as_ref()),
+            crate::vm::sizing::HostLimits::of_this_host(),
+        );
+        log::info!(sandbox = id, vcpus = size.vcpus, memory_mib = size.memory_mib; "pod VM size");
+        let mut config = config.clone();
+        config.hypervisor.vcpus = size.vcpus;
+        config.hypervisor.memory_mib = size.memory_mib;
+        let config = &config;
         let sb = Sandbox::boot(
             config,
             &self.inner.namespace,
@@ -303,7 +314,22 @@ impl Runtime {
         // A container that joins the pod's network shares the guest's, which is wired to it.
         let shares_guest_net = !matches!(network, crate::vm::sandbox::NetRequest::None);
         let sandbox = self.vm_sandbox(&req.id, config, spec, network).await?;
-        guest_spec(spec, &req.id, req.stdio.terminal, shares_guest_net);
+        let pod_pids: Vec<u32> = self
+            .inner
+            .containers
+            .lock()
+            .expect("containers lock")
+            .values()
+            .filter(|c| c.vm.is_some())
+            .map(|c| c.init.pid())
+            .collect();
+        guest_spec(
+            spec,
+            &req.id,
+            req.stdio.terminal,
+            shares_guest_net,
+            &pod_pids,
+        );
         let res = self
             .create_vm_in(&sandbox, req, config, spec, dirs, mounted)
             .await;
@@ -330,7 +356,10 @@ impl Runtime {
             .linux()
             .as_ref()
             .and_then(|l| l.namespaces().as_ref())
-            .is_some_and(|ns| ns.iter().any(|n| n.typ() == LinuxNamespaceType::Pid));
+            .is_some_and(|ns| {
+                ns.iter()
+                    .any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_none())
+            });
 
         let (io, fds, streams) = vm_process_io(&req.stdio, &dirs.state, "init")?;
         let asked = std::time::Instant::now();
@@ -1063,11 +1092,14 @@ fn net_request(spec: &Spec, bundle: &Path) -> crate::vm::sandbox::NetRequest {
 }
 
 /// The spec as the guest runs it. Hooks are host programs: the sandbox ran the
-/// network hooks on the host (`net_request`), none run in the guest. Namespace paths
-/// name host namespaces (the guest creates its own, except the network when
-/// `shares_guest_net`: the container then shares the guest's, which is wired to the
-/// pod's); the cgroup is the guest's.
-fn guest_spec(spec: &mut Spec, id: &str, terminal: bool, shares_guest_net: bool) {
+/// network hooks on the host (`net_request`), none run in the guest. The network
+/// namespace goes when `shares_guest_net` (the container shares the guest's, which is
+/// wired to the pod's). A namespace path that names another container of the pod
+/// (`/proc/<pid>/ns/<type>` with `pid` in `pod_pids`: the pids the host reports are the
+/// guest's, so CRI's paths to the pause container are guest paths) is joined in the
+/// guest; any other path names a host namespace, and the guest creates a new one. The
+/// cgroup is the guest's.
+fn guest_spec(spec: &mut Spec, id: &str, terminal: bool, shares_guest_net: bool, pod_pids: &[u32]) {
     if spec.hooks().is_some() {
         log::info!("OCI hooks are host programs; not run inside the VM");
         spec.set_hooks(None);
@@ -1076,7 +1108,14 @@ fn guest_spec(spec: &mut Spec, id: &str, terminal: bool, shares_guest_net: bool)
         if let Some(ns) = linux.namespaces_mut() {
             ns.retain(|n| !(shares_guest_net && n.typ() == LinuxNamespaceType::Network));
             for n in ns.iter_mut() {
-                n.set_path(None);
+                let in_pod = n
+                    .path()
+                    .as_deref()
+                    .and_then(proc_ns_pid)
+                    .is_some_and(|pid| pod_pids.contains(&pid));
+                if !in_pod {
+                    n.set_path(None);
+                }
             }
         }
         linux.set_cgroups_path(Some(PathBuf::from(format!("/stockade/{id}"))));
@@ -1084,6 +1123,15 @@ fn guest_spec(spec: &mut Spec, id: &str, terminal: bool, shares_guest_net: bool)
     if let Some(p) = spec.process_mut() {
         p.set_terminal(Some(terminal));
     }
+}
+
+/// The pid of a `/proc/<pid>/ns/<type>` path.
+fn proc_ns_pid(path: &Path) -> Option<u32> {
+    let rest = path.strip_prefix("/proc").ok()?;
+    let mut parts = rest.components();
+    let pid = parts.next()?.as_os_str().to_str()?.parse().ok()?;
+    (parts.next()?.as_os_str() == "ns" && parts.next().is_some() && parts.next().is_none())
+        .then_some(pid)
 }
 
 /// The host side of a VM process's stdio: the copier from and to containerd's FIFOs,
@@ -1144,6 +1192,45 @@ fn set_mode(path: &Path, mode: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_pods_own_namespaces_are_joined_in_the_guest() {
+        let mut spec: Spec = serde_json::from_str(
+            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"linux":{"namespaces":[
+                {"type":"network","path":"/proc/42/ns/net"},
+                {"type":"ipc","path":"/proc/42/ns/ipc"},
+                {"type":"uts","path":"/proc/42/ns/uts"},
+                {"type":"pid","path":"/proc/7/ns/pid"},
+                {"type":"mount"},
+                {"type":"cgroup","path":"/var/run/netns/x"}]}}"#,
+        )
+        .unwrap();
+        guest_spec(&mut spec, "c1", false, true, &[42]);
+        let ns = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
+        let got: Vec<(String, Option<String>)> = ns
+            .iter()
+            .map(|n| {
+                (
+                    format!("{:?}", n.typ()),
+                    n.path().as_ref().map(|p| p.display().to_string()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("Ipc".into(), Some("/proc/42/ns/ipc".into())),
+                ("Uts".into(), Some("/proc/42/ns/uts".into())),
+                ("Pid".into(), None),
+                ("Mount".into(), None),
+                ("Cgroup".into(), None),
+            ]
+        );
+        assert_eq!(proc_ns_pid(Path::new("/proc/42/ns/ipc")), Some(42));
+        assert_eq!(proc_ns_pid(Path::new("/proc/42/ns/ipc/x")), None);
+        assert_eq!(proc_ns_pid(Path::new("/proc/self/ns/ipc")), None);
+        assert_eq!(proc_ns_pid(Path::new("/run/netns/42")), None);
+    }
 
     #[test]
     fn systemd_cgroup_paths_are_recognised() {

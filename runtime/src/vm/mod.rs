@@ -13,6 +13,7 @@ pub mod process;
 pub mod qemu;
 pub mod sandbox;
 pub mod share;
+pub mod sizing;
 pub mod vsock;
 
 pub use agent::AgentClient;

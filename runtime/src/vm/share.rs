@@ -66,7 +66,15 @@ fn fd_path(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
-fn bind(source: &Path, target: &OwnedFd, readonly: bool) -> Result<()> {
+/// Bind `source` onto `parent/name` (already created and open as `target`); read-only
+/// if asked, keeping the source's nosuid, nodev and noexec.
+fn bind(
+    source: &Path,
+    parent: &OwnedFd,
+    name: &str,
+    target: &OwnedFd,
+    readonly: bool,
+) -> Result<()> {
     let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
     nix::mount::mount(
         Some(source),
@@ -77,11 +85,35 @@ fn bind(source: &Path, target: &OwnedFd, readonly: bool) -> Result<()> {
     )
     .map_err(|e| Error::InvalidArgument(format!("share {}: {e}", source.display())))?;
     if readonly {
+        // `target` still names the directory under the new mount: the remount needs
+        // the mount's root, which a fresh lookup of the name reaches.
+        let fd = nix::fcntl::openat(
+            Some(parent.as_raw_fd()),
+            name,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::Backend(format!("share: reopen {name}: {e}")))?;
+        // SAFETY: openat returned a new fd that nothing else owns.
+        let mounted = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut locked = MsFlags::empty();
+        if let Ok(st) = nix::sys::statvfs::statvfs(source) {
+            use nix::sys::statvfs::FsFlags;
+            for (f, m) in [
+                (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+                (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+                (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+            ] {
+                if st.flags().contains(f) {
+                    locked |= m;
+                }
+            }
+        }
         nix::mount::mount(
             None::<&str>,
-            &fd_path(target),
+            &fd_path(&mounted),
             None::<&str>,
-            flags | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked,
             None::<&str>,
         )
         .map_err(|e| Error::Backend(format!("read-only share {}: {e}", source.display())))?;
@@ -205,7 +237,7 @@ impl Share {
         }
         let target = open_dir_at(&dir, "rootfs", true)?;
         // The guest applies root.readonly itself; the share stays writable for it.
-        bind(&source, &target, false)?;
+        bind(&source, &dir, "rootfs", &target, false)?;
         oci_root.set_path(guest_dir.join("rootfs"));
 
         let mut mounts = spec.mounts().clone().unwrap_or_default();
@@ -240,7 +272,7 @@ impl Share {
                 .options()
                 .as_ref()
                 .is_some_and(|o| o.iter().any(|o| o == "ro"));
-            bind(&src, &target, readonly)?;
+            bind(&src, parent, &name, &target, readonly)?;
             m.set_source(Some(guest_dir.join("mounts").join(&name)));
         }
         spec.set_mounts(Some(mounts));
