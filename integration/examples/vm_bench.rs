@@ -10,57 +10,11 @@
 //!   sudo cargo run --release -p stockade-integration --example vm_bench -- [N]
 //!   (after `cargo build --release`; uses the installed guest assets)
 
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
-use stockade_integration::{
-    IMAGE, TestContainerd, build_image, guest_config, hypervisor_toml, run,
-};
+use stockade_integration::{IMAGE, TestContainerd, build_image, guest_config, hypervisor_toml};
 use stockade_runtime::vm::MicroVm;
-
-/// PSS in KiB from /proc/<pid>/smaps: (total, guest RAM, TCG translation cache).
-/// Guest RAM is QEMU's memfd memory backend; the TCG cache is its anonymous
-/// read-write-execute mapping (absent under KVM).
-fn pss_kib(pid: &str) -> (u64, u64, u64) {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
-    let (mut total, mut guest, mut tcg) = (0, 0, 0);
-    let mut kind = 0;
-    for line in smaps.lines() {
-        let mut words = line.split_whitespace();
-        let first = words.next().unwrap_or("");
-        if first.contains('-') && first.chars().next().is_some_and(|c| c.is_ascii_hexdigit()) {
-            let perms = words.next().unwrap_or("");
-            let named = line.split_whitespace().count() > 5;
-            kind = if line.contains("memfd:memory-backend") {
-                1
-            } else if perms == "rwxp" && !named {
-                2
-            } else {
-                0
-            };
-            continue;
-        }
-        if let Some(v) = line.strip_prefix("Pss:") {
-            let kib: u64 = v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0);
-            total += kib;
-            match kind {
-                1 => guest += kib,
-                2 => tcg += kib,
-                _ => {}
-            }
-        }
-    }
-    (total, guest, tcg)
-}
-
-fn pids(pattern: &str) -> Vec<String> {
-    run(Command::new("pgrep").args(["-f", pattern]))
-        .stdout
-        .split_whitespace()
-        .map(String::from)
-        .collect()
-}
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -122,41 +76,10 @@ fn main() -> Result<()> {
     std::thread::sleep(std::time::Duration::from_secs(3));
     let state = ctd.stockade_state.display().to_string();
     let sock = ctd.socket.display().to_string();
-    let mut total = 0u64;
-    let mut guest_ram = 0u64;
-    let mut tcg_cache = 0u64;
-    for (name, pattern) in [
-        ("qemu", format!("qemu-system.*{state}")),
-        ("virtiofsd", format!("virtiofsd.*{state}")),
-        ("vhost-device-vsock", format!("vhost-device-vsock.*{state}")),
-        (
-            "shim",
-            format!("containerd-shim-stockade-v2.*-id {id} .*{sock}"),
-        ),
-    ] {
-        let mut kib = 0;
-        for p in pids(&pattern) {
-            let (t, g, c) = pss_kib(&p);
-            kib += t;
-            guest_ram += g;
-            tcg_cache += c;
-        }
-        total += kib;
-        println!("  {name:<20} PSS {:>7.1} MiB", kib as f64 / 1024.0);
-    }
-    let overhead = total - guest_ram;
-    let mib = |k: u64| k as f64 / 1024.0;
-    println!(
-        "  one sandbox ({} MiB guest): PSS {:.1} MiB in all, of which guest RAM touched {:.1} MiB",
+    stockade_integration::report_sandbox_memory(
+        &state,
+        &format!("containerd-shim-stockade-v2.*-id {id} .*{sock}"),
         hv.memory_mib,
-        mib(total),
-        mib(guest_ram)
-    );
-    println!(
-        "  host overhead outside guest RAM: {:.1} MiB; without the TCG translation cache ({:.1} MiB, absent under KVM): {:.1} MiB (target <= 40 MiB)",
-        mib(overhead),
-        mib(tcg_cache),
-        mib(overhead - tcg_cache)
     );
     let _ = ctd.ctr(&["task", "kill", "--signal", "SIGKILL", id]);
     std::thread::sleep(std::time::Duration::from_millis(500));

@@ -10,15 +10,7 @@ use std::time::Instant;
 use stockade_runtime::vm::MicroVm;
 
 fn pss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Pss:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    stockade_integration::pss_kib(&pid.to_string()).0
 }
 
 fn main() -> anyhow::Result<()> {

@@ -110,13 +110,13 @@ fn expect_back_to(s: &Suite, before: &HostSnapshot, what: &str) -> Result<()> {
 
 /// Remove what a failed case left, then snapshot the host.
 fn fresh(s: &Suite) -> HostSnapshot {
-    if let Ok(pods) = s.env.pods() {
-        if !pods.is_empty() {
-            for p in pods {
-                let _ = s.env.remove_pod(&p.id);
-            }
-            std::thread::sleep(Duration::from_secs(2));
+    if let Ok(pods) = s.env.pods()
+        && !pods.is_empty()
+    {
+        for p in pods {
+            let _ = s.env.remove_pod(&p.id);
         }
+        std::thread::sleep(Duration::from_secs(2));
     }
     snapshot(s)
 }
@@ -511,6 +511,35 @@ fn shim_killed(s: &Suite) -> Result<()> {
     expect_back_to(s, &before, "the crashed pod")
 }
 
+/// A pod annotation may ask for the stronger backend: under `mode = "container"`,
+/// `io.stockade.mode = vm` (passed through `pod_annotations`) puts the pod in a VM.
+fn annotation_asks_for_a_vm(s: &Suite) -> Result<()> {
+    let env = &s.env;
+    let before = fresh(s);
+    let mut pc = env.pod_config(&format!("asks-vm-{}", s.tag), None);
+    pc.annotations
+        .insert("io.stockade.mode".into(), "vm".into());
+    let pod = env.run_pod(&pc, HANDLER)?;
+    let a = env.start_container(
+        &pod,
+        &pc,
+        container(s, "a", &["sleep".into(), "600".into()]),
+    )?;
+    let b = env.start_container(
+        &pod,
+        &pc,
+        container(s, "b", &["sleep".into(), "600".into()]),
+    )?;
+    ensure!(qemu_pids(s).len() == 1, "one VM: {:?}", qemu_pids(s));
+    let host = run(Command::new("uname").arg("-r")).stdout;
+    for c in [&a, &b] {
+        let guest = env.sh(c, "uname -r")?;
+        ensure!(guest != host, "{c} runs on the host kernel");
+    }
+    env.remove_pod(&pod)?;
+    expect_back_to(s, &before, "the VM pod")
+}
+
 /// Sequential pod create/remove cycles ($STOCKADE_CRI_CYCLES, 50 by default) leak no
 /// fd, mount, interface, namespace or process.
 fn create_remove_cycles(s: &Suite) -> Result<()> {
@@ -558,14 +587,17 @@ fn run_suite(mode: &'static str, extra: &str, base_port: i32) -> (usize, usize) 
         base_port,
     };
     println!("== CRI, {mode} backend");
-    let cases: &[Case] = &[
+    let mut cases: Vec<Case> = vec![
         ("pod_with_two_containers", pod_with_two_containers),
         ("pods_reach_each_other", pods_reach_each_other),
         ("pod_sizing", pod_sizing),
         ("shim_killed", shim_killed),
         ("create_remove_cycles", create_remove_cycles),
     ];
-    stockade_integration::run_cases(&suite, cases, |s| s.env.ctd.log())
+    if !suite.vm {
+        cases.push(("annotation_asks_for_a_vm", annotation_asks_for_a_vm));
+    }
+    stockade_integration::run_cases(&suite, &cases, |s| s.env.ctd.log())
 }
 
 fn main() {
@@ -586,7 +618,8 @@ fn main() {
     let only: Option<String> = std::env::var("STOCKADE_CRI_BACKEND").ok();
     let mut total = (0, 0);
     if only.as_deref().is_none_or(|m| m == "container") {
-        let (p, f) = run_suite("container", "", 30080);
+        // With a hypervisor configured, so a pod annotation can ask for a VM.
+        let (p, f) = run_suite("container", &hypervisor_toml(&guest_config()), 30080);
         total = (total.0 + p, total.1 + f);
     }
     if only.as_deref().is_none_or(|m| m == "vm") {

@@ -192,7 +192,23 @@ impl Runtime {
             Error::InvalidArgument(format!("invalid bundle {}: {e}", spec_path.display()))
         })?;
         let annotations = spec.annotations().clone().unwrap_or_default();
-        let selection = select(&config, &annotations, || probe_kvm(&RealHost))?;
+        let mut selection = select(&config, &annotations, || probe_kvm(&RealHost))?;
+        // The pod's first container picked the backend for the whole pod.
+        let pod_backend = if self.inner.sandbox.lock().await.is_some() {
+            Some(Backend::Vm {
+                accel: config.hypervisor.accel,
+            })
+        } else if !self.is_empty() {
+            Some(Backend::Container)
+        } else {
+            None
+        };
+        if let Some(b) = pod_backend
+            && b != selection.backend
+        {
+            selection.backend = b;
+            selection.reason = "the pod's sandbox runs there".into();
+        }
         log::info!(id = req.id.as_str(), backend:? = selection.backend, reason = selection.reason.as_str(); "backend selected");
         let dirs = ContainerDirs::new(&config.runtime.state_dir, &self.inner.namespace, &req.id);
         if dirs.state.exists() {
@@ -1104,6 +1120,10 @@ fn guest_spec(spec: &mut Spec, id: &str, terminal: bool, shares_guest_net: bool,
         log::info!("OCI hooks are host programs; not run inside the VM");
         spec.set_hooks(None);
     }
+    // The host chose the VM; inside it the guest runs containers.
+    if let Some(a) = spec.annotations_mut() {
+        a.remove(crate::select::MODE_ANNOTATION);
+    }
     if let Some(linux) = spec.linux_mut() {
         if let Some(ns) = linux.namespaces_mut() {
             ns.retain(|n| !(shares_guest_net && n.typ() == LinuxNamespaceType::Network));
@@ -1205,7 +1225,12 @@ mod tests {
                 {"type":"cgroup","path":"/var/run/netns/x"}]}}"#,
         )
         .unwrap();
+        spec.set_annotations(Some(HashMap::from([(
+            crate::select::MODE_ANNOTATION.to_string(),
+            "vm".to_string(),
+        )])));
         guest_spec(&mut spec, "c1", false, true, &[42]);
+        assert!(spec.annotations().as_ref().unwrap().is_empty());
         let ns = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
         let got: Vec<(String, Option<String>)> = ns
             .iter()

@@ -1,0 +1,90 @@
+//! Pod start benchmark (not a test): RunPodSandbox → the first container running, as
+//! kubelet drives it through containerd's CRI, for runc's shim (handler `runc`) and
+//! Stockade's two backends (handler `stockade`; the VM pods ask for it with the
+//! `io.stockade.mode = vm` pod annotation), interleaved on one containerd in one run.
+//! Prints medians and the ratios to runc.
+//!
+//!   sudo cargo run --release -p stockade-integration --example pod_bench [-- N]
+//!
+//! VMs run under TCG where KVM is unusable (as on the test machines): the VM numbers
+//! are then software emulation's, and the probe says so in the output.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use stockade_integration::cri::{CriEnv, HANDLER};
+use stockade_integration::{guest_config, hypervisor_toml};
+use stockade_runtime::config::Accel;
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() -> Result<()> {
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(10);
+    let hv = guest_config();
+    let accel = match hv.accel {
+        Accel::Kvm => "kvm",
+        Accel::Tcg => "tcg (software emulation: KVM unusable here)",
+    };
+    // mode = "container": Stockade's default here; a pod annotation asks for the VM.
+    let env = CriEnv::start("container", &hypervisor_toml(&hv))?;
+    let kinds: [(&str, &str, bool); 3] = [
+        ("runc (io.containerd.runc.v2)", "runc", false),
+        ("stockade, container backend", HANDLER, false),
+        ("stockade, VM backend", HANDLER, true),
+    ];
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); kinds.len()];
+    for i in 0..=n {
+        for (k, (_, handler, vm)) in kinds.iter().enumerate() {
+            let mut pc = env.pod_config(&format!("bench-{k}-{i}"), None);
+            if *vm {
+                pc.annotations
+                    .insert("io.stockade.mode".into(), "vm".into());
+            }
+            let t = Instant::now();
+            let pod = env.run_pod(&pc, handler)?;
+            env.start_container(&pod, &pc, env.container_config("c", &["sleep", "600"]))?;
+            let took = t.elapsed();
+            env.remove_pod(&pod)?;
+            // The first round warms caches (image, snapshots, page cache): not counted.
+            if i > 0 {
+                times[k].push(took);
+            }
+        }
+    }
+    println!("pod start (RunPodSandbox → first container running), N={n}, VM accel: {accel}");
+    let base = median(&mut times[0]);
+    for (k, (name, _, _)) in kinds.iter().enumerate() {
+        let m = median(&mut times[k]);
+        println!(
+            "  {name:<30} median {:>7.1} ms   ratio to runc {:.2}",
+            m.as_secs_f64() * 1000.0,
+            m.as_secs_f64() / base.as_secs_f64()
+        );
+    }
+
+    // Host memory of one running VM pod (two containers), as the RuntimeClass overhead.
+    let mut pc = env.pod_config("bench-memory", None);
+    pc.annotations
+        .insert("io.stockade.mode".into(), "vm".into());
+    let pod = env.run_pod(&pc, HANDLER)?;
+    env.start_container(&pod, &pc, env.container_config("a", &["sleep", "600"]))?;
+    env.start_container(&pod, &pc, env.container_config("b", &["sleep", "600"]))?;
+    std::thread::sleep(Duration::from_secs(2));
+    println!("one VM pod with two containers:");
+    stockade_integration::report_sandbox_memory(
+        &env.ctd.stockade_state.display().to_string(),
+        &format!(
+            "containerd-shim-stockade-v2.*-id {pod} .*{}",
+            env.ctd.socket.display()
+        ),
+        hv.memory_mib,
+    );
+    env.remove_pod(&pod)?;
+    Ok(())
+}
