@@ -66,16 +66,46 @@ pub fn cri_config(dir: &Path) -> String {
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{HANDLER}]
-      runtime_type = "{runtime}"
-      pod_annotations = ["io.stockade.*"]
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{HANDLER}.options]
-        ConfigPath = "{config}"
-"#,
+{stockade}"#,
         conf = conf_dir.display(),
-        runtime = crate::RUNTIME,
-        config = dir.join("stockade.toml").display(),
+        stockade = shipped_runtime_table(&dir.join("stockade.toml")),
     )
+}
+
+/// The `runtimes.stockade` table of `configs/containerd-cri.toml`, as shipped, with its
+/// ConfigPath pointed at `config`.
+fn shipped_runtime_table(config: &Path) -> String {
+    let path = crate::workspace_root().join("configs/containerd-cri.toml");
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut doc: toml::Table = toml::from_str(&text).unwrap_or_default();
+    let runtime = doc
+        .get_mut("plugins")
+        .and_then(|p| p.get_mut("io.containerd.grpc.v1.cri"))
+        .and_then(|c| c.get_mut("containerd"))
+        .and_then(|c| c.get_mut("runtimes"))
+        .and_then(|r| r.get_mut(HANDLER))
+        .and_then(|r| r.as_table_mut());
+    let Some(runtime) = runtime else {
+        return String::new();
+    };
+    runtime.insert(
+        "options".into(),
+        toml::Value::Table(toml::Table::from_iter([(
+            "ConfigPath".to_string(),
+            toml::Value::String(config.display().to_string()),
+        )])),
+    );
+    let mut out = toml::Table::new();
+    out.insert(HANDLER.into(), toml::Value::Table(runtime.clone()));
+    let header = r#"[plugins."io.containerd.grpc.v1.cri".containerd.runtimes."#;
+    let mut text = String::new();
+    for line in toml::to_string(&out).unwrap_or_default().lines() {
+        match line.strip_prefix('[') {
+            Some(table) => text.push_str(&format!("    {header}{table}\n")),
+            None => text.push_str(&format!("      {line}\n")),
+        }
+    }
+    text
 }
 
 /// A private containerd with the CRI plugin configured, both images imported into

@@ -297,6 +297,14 @@ mod tests {
             } else if name.ends_with(".json") {
                 serde_json::from_str::<serde_json::Value>(&text)
                     .unwrap_or_else(|e| panic!("{name}: {e}"));
+            } else if name.ends_with(".yaml") {
+                let v: serde_yaml::Value =
+                    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+                if v["kind"] == "RuntimeClass" {
+                    // The handler containerd-cri.toml configures.
+                    assert_eq!(v["handler"], "stockade", "{name}");
+                    assert!(v["overhead"]["podFixed"]["memory"].is_string(), "{name}");
+                }
             }
         }
         assert!(n >= 1, "no configuration*.toml in {}", dir.display());
