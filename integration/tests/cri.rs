@@ -319,6 +319,14 @@ fn pod_with_two_containers(s: &Suite) -> Result<()> {
     })?;
     let o = env.exec_sync(&c2, &alloc)?;
     ensure!(o.code != 0, "48 MiB under a 24 MiB limit succeeded: {o:?}");
+    if s.vm {
+        // The guest's cgroup v2 is mounted in the container: it sees its new limit.
+        let max = env.sh(&c2, "cat /sys/fs/cgroup/memory.max")?;
+        ensure!(
+            max.trim() == (24 * MIB).to_string(),
+            "memory.max seen in c2: {max:?}"
+        );
+    }
     let st = env.container_status(&c2)?;
     let limit = st
         .resources

@@ -1137,6 +1137,16 @@ fn guest_spec(spec: &mut Spec, id: &str, terminal: bool, shares_guest_net: bool,
                     n.set_path(None);
                 }
             }
+            // The guest is cgroup v2 whatever the host is: a container sees its own
+            // cgroup as the root of /sys/fs/cgroup, as on a v2 host.
+            if !ns.iter().any(|n| n.typ() == LinuxNamespaceType::Cgroup) {
+                ns.push(
+                    oci_spec::runtime::LinuxNamespaceBuilder::default()
+                        .typ(LinuxNamespaceType::Cgroup)
+                        .build()
+                        .expect("a namespace without a path"),
+                );
+            }
         }
         linux.set_cgroups_path(Some(PathBuf::from(format!("/stockade/{id}"))));
     }
