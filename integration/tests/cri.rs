@@ -174,6 +174,20 @@ fn pod_with_two_containers(s: &Suite) -> Result<()> {
     let vms = qemu_pids(s);
     if s.vm {
         ensure!(vms.len() == 1, "one qemu for the pod, found {vms:?}");
+        // The VM is charged to the pod: qemu and its helpers are in the sandbox's cgroup.
+        let state = env.ctd.stockade_state.display().to_string();
+        let helpers = run(Command::new("pgrep").args(["-f", &state])).stdout;
+        ensure!(
+            helpers.split_whitespace().count() >= 3,
+            "qemu, virtiofsd, vsock backend: {helpers:?}"
+        );
+        for p in helpers.split_whitespace() {
+            let cg = std::fs::read_to_string(format!("/proc/{p}/cgroup")).unwrap_or_default();
+            ensure!(
+                cg.is_empty() || cg.lines().any(|l| l.ends_with(&format!("/k8s.io/{pod}"))),
+                "VM process {p} is not in the pod's cgroup: {cg}"
+            );
+        }
         let guest = env.sh(&c1, "uname -r")?;
         let host = run(Command::new("uname").arg("-r")).stdout;
         ensure!(guest != host, "uname -r in the pod is the host's: {guest}");
@@ -376,7 +390,7 @@ fn pod_with_two_containers(s: &Suite) -> Result<()> {
     );
 
     env.remove_pod(&pod)?;
-    for c in [&c1, &c2, &c2b] {
+    for c in [&pod, &c1, &c2, &c2b] {
         let leaks = env.ctd.leaks(CRI_NAMESPACE, c);
         ensure!(leaks.is_empty(), "{c} left {leaks:?}");
     }
@@ -516,6 +530,10 @@ fn shim_killed(s: &Suite) -> Result<()> {
         Duration::from_secs(30),
     )?;
     env.remove_pod(&pod)?;
+    for id in [&pod, &c] {
+        let leaks = env.ctd.leaks(CRI_NAMESPACE, id);
+        ensure!(leaks.is_empty(), "{id} left {leaks:?}");
+    }
     expect_back_to(s, &before, "the crashed pod")
 }
 

@@ -251,6 +251,7 @@ impl Runtime {
         config: &Config,
         spec: &Spec,
         network: crate::vm::sandbox::NetRequest,
+        systemd_cgroup: bool,
     ) -> Result<Arc<Sandbox>> {
         let mut slot = self.inner.sandbox.lock().await;
         if let Some(sb) = slot.as_ref() {
@@ -275,12 +276,22 @@ impl Runtime {
         config.hypervisor.vcpus = size.vcpus;
         config.hypervisor.memory_mib = size.memory_mib;
         let config = &config;
+        // The VM's host processes go where the sandbox container would have gone.
+        let cgroup = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().clone())
+            .map(|path| crate::vm::cgroup::PodCgroup {
+                systemd: systemd_cgroup || is_systemd_cgroup_path(&path),
+                path,
+                id: id.to_string(),
+            });
         let sb = Sandbox::boot(
             config,
             &self.inner.namespace,
             id,
             &hostname,
-            network,
+            crate::vm::sandbox::PodHost { network, cgroup },
             &self.inner.exits,
             move |id| {
                 log::warn!(id = id.as_str(); "OOM kill in container (guest)");
@@ -329,7 +340,9 @@ impl Runtime {
         let network = net_request(spec, &req.bundle);
         // A container that joins the pod's network shares the guest's, which is wired to it.
         let shares_guest_net = !matches!(network, crate::vm::sandbox::NetRequest::None);
-        let sandbox = self.vm_sandbox(&req.id, config, spec, network).await?;
+        let sandbox = self
+            .vm_sandbox(&req.id, config, spec, network, req.systemd_cgroup)
+            .await?;
         let pod_pids: Vec<u32> = self
             .inner
             .containers

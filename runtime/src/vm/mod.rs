@@ -8,6 +8,7 @@
 //! one vsock stream per process stream.
 
 pub mod agent;
+pub mod cgroup;
 pub mod network;
 pub mod process;
 pub mod qemu;

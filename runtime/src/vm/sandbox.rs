@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::exits::Exits;
 use crate::vm::agent::AgentClient;
+use crate::vm::cgroup::PodCgroup;
 use crate::vm::network::{self, PodNetwork};
 use crate::vm::qemu::{MicroVm, Nic};
 use crate::vm::share::{Share, unmount_under};
@@ -35,6 +36,8 @@ pub struct Sandbox {
     /// Exit codes by guest pid, fed by the event pump.
     pub exits: Exits,
     vm: tokio::sync::Mutex<Option<MicroVm>>,
+    /// The host cgroup the VM's processes are in, removed at teardown.
+    cgroup: Option<PodCgroup>,
     /// The pod network wired to the VM, and the registry its `ip`/`tc` exits go to.
     network: Option<(PodNetwork, Exits)>,
     dead: watch::Sender<bool>,
@@ -55,6 +58,12 @@ pub enum NetRequest {
     },
 }
 
+/// Where the pod's VM sits on the host: its network, and the cgroup its processes join.
+pub struct PodHost {
+    pub network: NetRequest,
+    pub cgroup: Option<PodCgroup>,
+}
+
 /// `<state_dir>/vm/<16 hex>`: short, because QEMU, virtiofsd and the vsock backend put
 /// Unix sockets in it (108 bytes at most), and a function of (namespace, sandbox id)
 /// alone, so the shim's `delete` finds it after a crash.
@@ -67,14 +76,14 @@ pub fn sandbox_dir(state_dir: &Path, namespace: &str, id: &str) -> PathBuf {
 impl Sandbox {
     /// Boot the pod's VM, export the share, prepare the guest. `on_oom` receives the id
     /// of every container the guest reports OOM-killed.
-    /// `network_req`: the pod's network (see [`NetRequest`]); `host_exits`: the process's
-    /// exit registry (for `ip`, `tc` and hooks).
+    /// `host`: the pod's network and cgroup (see [`PodHost`]); `host_exits`: the
+    /// process's exit registry (for `ip`, `tc` and hooks).
     pub async fn boot(
         config: &Config,
         namespace: &str,
         id: &str,
         hostname: &str,
-        network_req: NetRequest,
+        host: PodHost,
         host_exits: &Exits,
         on_oom: impl Fn(String) + Send + Sync + 'static,
     ) -> Result<Arc<Sandbox>> {
@@ -93,13 +102,30 @@ impl Sandbox {
                 return Err(e);
             }
         };
+        let PodHost {
+            network: network_req,
+            cgroup,
+        } = host;
         let booting = std::time::Instant::now();
         let mut net: Option<PodNetwork> = None;
         let started =
             Self::start_vm(config, id, &dir, &share, network_req, host_exits, &mut net).await;
+        let started = match (started, &cgroup) {
+            (Ok(mut vm), Some(cg)) => match cg.place(&dir, &vm.helper_pids()) {
+                Ok(()) => Ok(vm),
+                Err(e) => {
+                    vm.kill().await;
+                    Err(e)
+                }
+            },
+            (started, _) => started,
+        };
         let vm = match started {
             Ok(vm) => vm,
             Err(e) => {
+                if let Some(cg) = &cgroup {
+                    let _ = cg.remove();
+                }
                 if let Some(n) = &net {
                     network::detach(n, host_exits);
                 }
@@ -120,6 +146,7 @@ impl Sandbox {
             agent: agent.clone(),
             exits: Exits::default(),
             vm: tokio::sync::Mutex::new(Some(vm)),
+            cgroup,
             network: net.map(|n| (n, host_exits.clone())),
             dead: watch::channel(false).0,
             pump: Mutex::new(None),
@@ -278,6 +305,12 @@ impl Sandbox {
         // writes went to the share), so there is nothing to flush: stop it outright.
         if let Some(mut vm) = self.vm.lock().await.take() {
             vm.kill().await;
+        }
+        if let Some(cg) = self.cgroup.clone() {
+            let removed = tokio::task::spawn_blocking(move || cg.remove()).await;
+            if let Ok(Err(e)) = removed {
+                log::warn!(sandbox = self.id.as_str(), error:% = e; "VM cgroup left");
+            }
         }
         if let Some((net, exits)) = &self.network {
             network::detach(net, exits);
@@ -473,6 +506,9 @@ pub fn cleanup_dir(dir: &Path) -> Result<()> {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Some(cg) = PodCgroup::load(dir) {
+        let _ = cg.remove();
     }
     unmount_under(dir)?;
     std::fs::remove_dir_all(dir).map_err(Error::io(format!("remove {}", dir.display())))
