@@ -408,33 +408,11 @@ impl Runtime {
         }
         let init = Process::new("", req.stdio.clone(), io, pid);
         let container = Arc::new(Container {
-            id: req.id.clone(),
-            bundle: req.bundle.clone(),
-            dirs: dirs.clone(),
-            mounted_rootfs: mounted.clone(),
-            init: init.clone(),
-            execs: Mutex::new(HashMap::new()),
-            cgroup_path: PathBuf::new(),
-            systemd: false,
-            own_pid_ns,
-            paused: Mutex::new(false),
-            no_new_privileges: config.container.no_new_privileges,
             vm: Some(sandbox.clone()),
+            ..new_container(req, config, dirs, mounted, init.clone(), own_pid_ns)
         });
-        self.inner
-            .containers
-            .lock()
-            .expect("containers lock")
-            .insert(req.id.clone(), container.clone());
         let exit = sandbox.exits.subscribe(pid as i32);
-        self.spawn_exit_watch(container, init, pid as i32, exit);
-        self.emit(Event::Create {
-            id: req.id.clone(),
-            bundle: req.bundle.clone(),
-            pid,
-            rootfs: req.rootfs.clone(),
-            stdio: req.stdio.clone(),
-        });
+        self.register(req, container, init, pid, exit);
         Ok(pid)
     }
 
@@ -511,40 +489,44 @@ impl Runtime {
 
         let init = Process::new("", req.stdio.clone(), io, pid as u32);
         let container = Arc::new(Container {
-            id: req.id.clone(),
-            bundle: req.bundle.clone(),
-            dirs: dirs.clone(),
-            mounted_rootfs: mounted.clone(),
-            init: init.clone(),
-            execs: Mutex::new(HashMap::new()),
             cgroup_path,
             systemd,
-            own_pid_ns,
-            paused: Mutex::new(false),
-            no_new_privileges: config.container.no_new_privileges,
-            vm: None,
+            ..new_container(req, config, dirs, mounted, init.clone(), own_pid_ns)
         });
-        self.inner
-            .containers
-            .lock()
-            .expect("containers lock")
-            .insert(req.id.clone(), container.clone());
         let exit = self.inner.exits.subscribe(pid);
-        self.spawn_exit_watch(container.clone(), init, pid, exit);
+        self.register(req, container.clone(), init, pid as u32, exit);
         let events = self.inner.events.clone();
         let id = req.id.clone();
         oom::watch(&container.cgroup_path, move || {
             log::warn!(id = id.as_str(); "OOM kill in container");
             let _ = events.send(Event::Oom { id: id.clone() });
         });
+        Ok(pid as u32)
+    }
+
+    /// Make a created container known (either backend): record it, watch its init's
+    /// exit, publish TaskCreate.
+    fn register(
+        &self,
+        req: &CreateRequest,
+        container: Arc<Container>,
+        init: Arc<Process>,
+        pid: u32,
+        exit: tokio::sync::oneshot::Receiver<i32>,
+    ) {
+        self.inner
+            .containers
+            .lock()
+            .expect("containers lock")
+            .insert(req.id.clone(), container.clone());
+        self.spawn_exit_watch(container, init, pid as i32, exit);
         self.emit(Event::Create {
             id: req.id.clone(),
             bundle: req.bundle.clone(),
-            pid: pid as u32,
+            pid,
             rootfs: req.rootfs.clone(),
             stdio: req.stdio.clone(),
         });
-        Ok(pid as u32)
     }
 
     fn spawn_exit_watch(
@@ -1066,6 +1048,32 @@ impl Runtime {
                 .map_err(Error::io(format!("remove {}", dirs.state.display())))?;
         }
         Ok(())
+    }
+}
+
+/// A container as Create records it, on the host with no cgroup yet; each backend fills
+/// in where it runs.
+fn new_container(
+    req: &CreateRequest,
+    config: &Config,
+    dirs: &ContainerDirs,
+    mounted: &Option<PathBuf>,
+    init: Arc<Process>,
+    own_pid_ns: bool,
+) -> Container {
+    Container {
+        id: req.id.clone(),
+        bundle: req.bundle.clone(),
+        dirs: dirs.clone(),
+        mounted_rootfs: mounted.clone(),
+        init,
+        execs: Mutex::new(HashMap::new()),
+        cgroup_path: PathBuf::new(),
+        systemd: false,
+        own_pid_ns,
+        paused: Mutex::new(false),
+        no_new_privileges: config.container.no_new_privileges,
+        vm: None,
     }
 }
 
