@@ -505,6 +505,57 @@ fn pod_sizing(s: &Suite) -> Result<()> {
     expect_back_to(s, &before, "the sized pod")
 }
 
+/// SECURITY 18 (CVE-2020-2026's pattern): a guest can write into the pod's share, so it
+/// can plant symlinks there that point at host paths. The host must never follow them:
+/// removing a container's part of the share, and the share itself at teardown, removes
+/// the links and leaves their targets alone. The test plays the guest by writing into
+/// the share directly on the host, where virtiofsd puts a guest's writes.
+fn planted_symlinks_are_not_followed(s: &Suite) -> Result<()> {
+    let env = &s.env;
+    let before = fresh(s);
+    let canary = tempfile::Builder::new()
+        .prefix("stockade-canary-")
+        .tempdir_in("/tmp")?;
+    std::fs::write(canary.path().join("keep"), "host data")?;
+    let pc = env.pod_config(&format!("planted-{}", s.tag), None);
+    let pod = env.run_pod(&pc, HANDLER)?;
+    let c = env.start_container(
+        &pod,
+        &pc,
+        container(s, "x", &["sleep".into(), "600".into()]),
+    )?;
+    let vm_dirs: Vec<_> = std::fs::read_dir(env.ctd.stockade_state.join("vm"))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    ensure!(vm_dirs.len() == 1, "one sandbox dir: {vm_dirs:?}");
+    let share = vm_dirs[0].join("share");
+    let plant = |link: std::path::PathBuf| -> Result<()> {
+        std::os::unix::fs::symlink(canary.path(), &link)
+            .with_context(|| format!("plant {}", link.display()))
+    };
+    plant(share.join(&c).join("planted"))?;
+    plant(share.join(&c).join("mounts").join("planted"))?;
+    plant(share.join("planted-at-the-top"))?;
+    // The container's part of the share goes at RemoveContainer, the rest at teardown.
+    env.stop_container(&c, 0)?;
+    env.remove_container(&c)?;
+    ensure!(
+        !share.join(&c).exists(),
+        "the container's share is still there"
+    );
+    env.remove_pod(&pod)?;
+    let kept = std::fs::read_to_string(canary.path().join("keep"))
+        .context("the host file behind a planted link is gone")?;
+    ensure!(kept == "host data", "the host file changed: {kept:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    ensure!(
+        !mounts.contains(&canary.path().display().to_string()),
+        "something was mounted over the host dir"
+    );
+    expect_back_to(s, &before, "the pod with planted links")
+}
+
 /// `kill -9` of the pod's shim: containerd notices, and StopPodSandbox/RemovePodSandbox
 /// clean up through the shim's `delete` (VM, helpers, mounts, namespace).
 fn shim_killed(s: &Suite) -> Result<()> {
@@ -620,7 +671,12 @@ fn run_suite(mode: &'static str, extra: &str, base_port: i32) -> (usize, usize) 
         ("shim_killed", shim_killed),
         ("create_remove_cycles", create_remove_cycles),
     ];
-    if !suite.vm {
+    if suite.vm {
+        cases.push((
+            "planted_symlinks_are_not_followed",
+            planted_symlinks_are_not_followed,
+        ));
+    } else {
         cases.push(("annotation_asks_for_a_vm", annotation_asks_for_a_vm));
     }
     stockade_integration::run_cases(&suite, &cases, |s| s.env.ctd.log())
