@@ -228,7 +228,7 @@ impl CriEnv {
             labels: HashMap::from([("stockade-test".into(), name.into())]),
             linux: Some(cri::LinuxPodSandboxConfig {
                 security_context: Some(cri::LinuxSandboxSecurityContext {
-                    namespace_options: Some(cri::NamespaceOption::default()),
+                    namespace_options: Some(kubelet_namespaces()),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -266,7 +266,7 @@ impl CriEnv {
             linux: Some(cri::LinuxContainerConfig {
                 resources: Some(cri::LinuxContainerResources::default()),
                 security_context: Some(cri::LinuxContainerSecurityContext {
-                    namespace_options: Some(cri::NamespaceOption::default()),
+                    namespace_options: Some(kubelet_namespaces()),
                     ..Default::default()
                 }),
             }),
@@ -505,6 +505,25 @@ fn exit_code_of_status(status: &[u8]) -> Result<i32> {
         .and_then(|c| c["message"].as_str())
         .and_then(|m| m.parse().ok())
         .with_context(|| format!("exec failed: {v}"))
+}
+
+/// The namespaces kubelet asks for by default: the pod's network and IPC, a PID
+/// namespace per container (`shareProcessNamespace: false`).
+pub fn kubelet_namespaces() -> cri::NamespaceOption {
+    cri::NamespaceOption {
+        network: cri::NamespaceMode::Pod as i32,
+        pid: cri::NamespaceMode::Container as i32,
+        ipc: cri::NamespaceMode::Pod as i32,
+        ..Default::default()
+    }
+}
+
+/// Set the PID namespace mode of a pod config or container config's namespace options
+/// (`shareProcessNamespace: true` is [`cri::NamespaceMode::Pod`] on both).
+pub fn set_pid_mode(options: Option<&mut cri::NamespaceOption>, mode: cri::NamespaceMode) {
+    if let Some(o) = options {
+        o.pid = mode as i32;
+    }
 }
 
 /// One HTTP/1.0 GET from the host; the response body.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use k8s_cri::v1 as cri;
 use stockade_integration::cri::{
-    CNI_BRIDGE, CNI_GATEWAY, CRI_NAMESPACE, CriEnv, HANDLER, http_get_retry,
+    CNI_BRIDGE, CNI_GATEWAY, CRI_NAMESPACE, CriEnv, HANDLER, http_get_retry, set_pid_mode,
 };
 use stockade_integration::{guest_assets, guest_config, hypervisor_toml, run, skip_reason};
 
@@ -152,9 +152,31 @@ fn pod_with_two_containers(s: &Suite) -> Result<()> {
     let before = fresh(s);
     let host_port = s.base_port;
     let name = format!("web-{}", s.tag);
-    let pc = env.pod_config(&name, Some((host_port, 8080)));
+    // shareProcessNamespace: true, so the containers see each other and the pause process.
+    let mut pc = env.pod_config(&name, Some((host_port, 8080)));
+    set_pid_mode(
+        pc.linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut())
+            .and_then(|c| c.namespace_options.as_mut()),
+        cri::NamespaceMode::Pod,
+    );
+    let shared_pid = |mut cfg: cri::ContainerConfig| {
+        set_pid_mode(
+            cfg.linux
+                .as_mut()
+                .and_then(|l| l.security_context.as_mut())
+                .and_then(|c| c.namespace_options.as_mut()),
+            cri::NamespaceMode::Pod,
+        );
+        cfg
+    };
     let pod = env.run_pod(&pc, HANDLER)?;
-    let c1 = env.start_container(&pod, &pc, container(s, "c1", &web(8080, "c1-answers")))?;
+    let c1 = env.start_container(
+        &pod,
+        &pc,
+        shared_pid(container(s, "c1", &web(8080, "c1-answers"))),
+    )?;
     // c2: a server on 8081 (daemonized) and a TERM trap that says goodbye with code 7.
     let c2_args = vec![
         "sh".to_string(),
@@ -163,7 +185,7 @@ fn pod_with_two_containers(s: &Suite) -> Result<()> {
          trap 'echo bye; exit 7' TERM; while :; do sleep 1; done"
             .into(),
     ];
-    let c2 = env.start_container(&pod, &pc, container(s, "c2", &c2_args))?;
+    let c2 = env.start_container(&pod, &pc, shared_pid(container(s, "c2", &c2_args)))?;
 
     // One shim for the pod; in VM mode one VM for both containers.
     ensure!(
@@ -225,8 +247,14 @@ fn pod_with_two_containers(s: &Suite) -> Result<()> {
             "resolv.conf: {r}"
         );
     }
-    // IPC and UTS are the pod's; the network is the pod's (c2 reached c1 on localhost).
-    for ns in ["ipc", "uts", "net"] {
+    // A shared PID namespace: c2 sees the pause process and c1's server.
+    let ps = env.sh(&c2, "ps -o pid,args")?;
+    ensure!(
+        ps.contains("/pause") && ps.contains("httpd -f -p 8080"),
+        "ps in c2 with a shared PID namespace: {ps}"
+    );
+    // IPC, UTS and PID are the pod's; the network is the pod's (c2 reached c1 on localhost).
+    for ns in ["ipc", "uts", "net", "pid"] {
         let a = env.sh(&c1, &format!("readlink /proc/self/ns/{ns}"))?;
         let b = env.sh(&c2, &format!("readlink /proc/self/ns/{ns}"))?;
         ensure!(a == b, "{ns} namespace: c1 {a:?}, c2 {b:?}");
@@ -371,6 +399,7 @@ fn pod_with_two_containers(s: &Suite) -> Result<()> {
     env.remove_container(&c2)?;
     let mut again = container(s, "c2", &c2_args);
     again.metadata.as_mut().context("metadata")?.attempt = 1;
+    let again = shared_pid(again);
     let c2b = env.start_container(&pod, &pc, again)?;
     let b2 = http_get_retry(&ip, 8081, Duration::from_secs(30))?;
     ensure!(b2.contains("c2-answers"), "restarted c2 answered {b2:?}");
@@ -417,6 +446,12 @@ fn pods_reach_each_other(s: &Suite) -> Result<()> {
             qemu_pids(s)
         );
     }
+    // kubelet's default: a PID namespace per container, the command is PID 1.
+    let ps = env.sh(&cb, "ps -o pid,args")?;
+    ensure!(
+        !ps.contains("/pause") && ps.lines().any(|l| l.trim() == "1 sleep 600"),
+        "ps in a container with its own PID namespace: {ps}"
+    );
     let a_ip = env.pod_ip(&a)?;
     let start = Instant::now();
     loop {
