@@ -249,6 +249,11 @@ state = "{state}"
         Ok(env)
     }
 
+    /// containerd's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn ctr_cmd(&self) -> Command {
         let mut c = Command::new("/usr/bin/ctr");
         c.arg("--address")

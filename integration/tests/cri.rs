@@ -15,7 +15,7 @@ use k8s_cri::v1 as cri;
 use stockade_integration::cri::{
     CNI_BRIDGE, CNI_GATEWAY, CRI_NAMESPACE, CriEnv, HANDLER, http_get_retry, set_pid_mode,
 };
-use stockade_integration::{guest_assets, guest_config, hypervisor_toml, run, skip_reason};
+use stockade_integration::{guest_assets, guest_config, hypervisor_toml, pids, run, skip_reason};
 
 struct Suite {
     env: CriEnv,
@@ -41,11 +41,6 @@ struct HostSnapshot {
 }
 
 fn snapshot(s: &Suite) -> HostSnapshot {
-    let state = s.env.ctd.stockade_state.display().to_string();
-    let qemu = run(Command::new("pgrep").args(["-f", &format!("qemu.*{state}")]))
-        .stdout
-        .lines()
-        .count();
     let links = run(Command::new("ip").args(["-o", "link", "show"]))
         .stdout
         .lines()
@@ -61,18 +56,11 @@ fn snapshot(s: &Suite) -> HostSnapshot {
                 .collect()
         })
         .unwrap_or_default();
-    let pid = run(Command::new("pgrep").args([
-        "-f",
-        &format!("containerd --config {}", s.env.ctd.dir.path().display()),
-    ]))
-    .stdout
-    .trim()
-    .to_string();
-    let containerd_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+    let containerd_fds = std::fs::read_dir(format!("/proc/{}/fd", s.env.ctd.pid()))
         .map(|d| d.count())
         .unwrap_or(0);
     HostSnapshot {
-        qemu,
+        qemu: qemu_pids(s).len(),
         shims: s.env.ctd.shims().len(),
         mounts: std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap_or_default()
@@ -122,12 +110,22 @@ fn fresh(s: &Suite) -> HostSnapshot {
 }
 
 fn qemu_pids(s: &Suite) -> Vec<String> {
-    let state = s.env.ctd.stockade_state.display().to_string();
-    run(Command::new("pgrep").args(["-f", &format!("qemu.*{state}")]))
-        .stdout
-        .split_whitespace()
-        .map(String::from)
-        .collect()
+    pids(&format!("qemu.*{}", s.env.ctd.stockade_state.display()))
+}
+
+/// A container of the pod that only sleeps.
+fn sleeper(s: &Suite, name: &str) -> cri::ContainerConfig {
+    s.env.container_config(name, &["sleep", "600"])
+}
+
+/// Nothing of the pod or containers `ids` is left: state dir, rootfs mount, cgroup,
+/// process.
+fn expect_no_leaks(s: &Suite, ids: &[&String]) -> Result<()> {
+    for id in ids {
+        let leaks = s.env.ctd.leaks(CRI_NAMESPACE, id);
+        ensure!(leaks.is_empty(), "{id} left {leaks:?}");
+    }
+    Ok(())
 }
 
 /// An httpd in the container on `port` serving `body`; prints "started <body>".
@@ -198,12 +196,12 @@ fn pod_with_two_containers(s: &Suite) -> Result<()> {
         ensure!(vms.len() == 1, "one qemu for the pod, found {vms:?}");
         // The VM is charged to the pod: qemu and its helpers are in the sandbox's cgroup.
         let state = env.ctd.stockade_state.display().to_string();
-        let helpers = run(Command::new("pgrep").args(["-f", &state])).stdout;
+        let helpers = pids(&state);
         ensure!(
-            helpers.split_whitespace().count() >= 3,
+            helpers.len() >= 3,
             "qemu, virtiofsd, vsock backend: {helpers:?}"
         );
-        for p in helpers.split_whitespace() {
+        for p in &helpers {
             let cg = std::fs::read_to_string(format!("/proc/{p}/cgroup")).unwrap_or_default();
             ensure!(
                 cg.is_empty() || cg.lines().any(|l| l.ends_with(&format!("/k8s.io/{pod}"))),
@@ -419,10 +417,7 @@ fn pod_with_two_containers(s: &Suite) -> Result<()> {
     );
 
     env.remove_pod(&pod)?;
-    for c in [&pod, &c1, &c2, &c2b] {
-        let leaks = env.ctd.leaks(CRI_NAMESPACE, c);
-        ensure!(leaks.is_empty(), "{c} left {leaks:?}");
-    }
+    expect_no_leaks(s, &[&pod, &c1, &c2, &c2b])?;
     expect_back_to(s, &before, "the pod")
 }
 
@@ -434,11 +429,7 @@ fn pods_reach_each_other(s: &Suite) -> Result<()> {
     env.start_container(&a, &a_cfg, container(s, "srv", &web(8080, "from-a")))?;
     let b_cfg = env.pod_config(&format!("b-{}", s.tag), None);
     let b = env.run_pod(&b_cfg, HANDLER)?;
-    let cb = env.start_container(
-        &b,
-        &b_cfg,
-        container(s, "cli", &["sleep".into(), "600".into()]),
-    )?;
+    let cb = env.start_container(&b, &b_cfg, sleeper(s, "cli"))?;
     if s.vm {
         ensure!(
             qemu_pids(s).len() == 2,
@@ -494,7 +485,7 @@ fn pod_sizing(s: &Suite) -> Result<()> {
         });
     }
     let pod = env.run_pod(&pc, HANDLER)?;
-    let mut cfg = container(s, "limited", &["sleep".into(), "600".into()]);
+    let mut cfg = sleeper(s, "limited");
     if let Some(linux) = cfg.linux.as_mut() {
         linux.resources = Some(cri::LinuxContainerResources {
             memory_limit_in_bytes: 32 * MIB,
@@ -554,11 +545,7 @@ fn planted_symlinks_are_not_followed(s: &Suite) -> Result<()> {
     std::fs::write(canary.path().join("keep"), "host data")?;
     let pc = env.pod_config(&format!("planted-{}", s.tag), None);
     let pod = env.run_pod(&pc, HANDLER)?;
-    let c = env.start_container(
-        &pod,
-        &pc,
-        container(s, "x", &["sleep".into(), "600".into()]),
-    )?;
+    let c = env.start_container(&pod, &pc, sleeper(s, "x"))?;
     let vm_dirs: Vec<_> = std::fs::read_dir(env.ctd.stockade_state.join("vm"))?
         .flatten()
         .map(|e| e.path())
@@ -598,11 +585,7 @@ fn shim_killed(s: &Suite) -> Result<()> {
     let before = fresh(s);
     let pc = env.pod_config(&format!("crash-{}", s.tag), None);
     let pod = env.run_pod(&pc, HANDLER)?;
-    let c = env.start_container(
-        &pod,
-        &pc,
-        container(s, "x", &["sleep".into(), "600".into()]),
-    )?;
+    let c = env.start_container(&pod, &pc, sleeper(s, "x"))?;
     let shims = env.ctd.shims();
     ensure!(shims.len() == before.shims + 1, "shims: {shims:?}");
     let pid = shims
@@ -616,10 +599,7 @@ fn shim_killed(s: &Suite) -> Result<()> {
         Duration::from_secs(30),
     )?;
     env.remove_pod(&pod)?;
-    for id in [&pod, &c] {
-        let leaks = env.ctd.leaks(CRI_NAMESPACE, id);
-        ensure!(leaks.is_empty(), "{id} left {leaks:?}");
-    }
+    expect_no_leaks(s, &[&pod, &c])?;
     expect_back_to(s, &before, "the crashed pod")
 }
 
@@ -632,16 +612,8 @@ fn annotation_asks_for_a_vm(s: &Suite) -> Result<()> {
     pc.annotations
         .insert("io.stockade.mode".into(), "vm".into());
     let pod = env.run_pod(&pc, HANDLER)?;
-    let a = env.start_container(
-        &pod,
-        &pc,
-        container(s, "a", &["sleep".into(), "600".into()]),
-    )?;
-    let b = env.start_container(
-        &pod,
-        &pc,
-        container(s, "b", &["sleep".into(), "600".into()]),
-    )?;
+    let a = env.start_container(&pod, &pc, sleeper(s, "a"))?;
+    let b = env.start_container(&pod, &pc, sleeper(s, "b"))?;
     ensure!(qemu_pids(s).len() == 1, "one VM: {:?}", qemu_pids(s));
     let host = run(Command::new("uname").arg("-r")).stdout;
     for c in [&a, &b] {
@@ -663,11 +635,7 @@ fn create_remove_cycles(s: &Suite) -> Result<()> {
     let one = |i: usize| -> Result<()> {
         let pc = env.pod_config(&format!("cycle-{}-{i}", s.tag), None);
         let pod = env.run_pod(&pc, HANDLER)?;
-        let c = env.start_container(
-            &pod,
-            &pc,
-            container(s, "c", &["sleep".into(), "600".into()]),
-        )?;
+        let c = env.start_container(&pod, &pc, sleeper(s, "c"))?;
         let o = env.exec_sync(&c, &["true"])?;
         ensure!(o.code == 0, "cycle {i}: exec {o:?}");
         env.remove_pod(&pod)
