@@ -44,9 +44,14 @@ if ! have_ver containerd | grep -q '^1\.7' || ! have_ver docker.io | grep -q '^2
   log "fetching containerd 1.7 and docker.io 26 from Debian 13"
   state=/var/cache/stockade/apt-trixie
   mkdir -p "$state"/{lists/partial,archives/partial,etc/sources.list.d,etc/preferences.d}
-  cat >"$state/etc/sources.list.d/trixie.sources" <<'SRC'
+  # The archive is the one this machine's own apt configuration uses for Debian 12.
+  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+  archive=$(apt-get indextargets --format '$(REPO_URI) $(RELEASE)' 2>/dev/null |
+    awk -v c="$codename" '$2 == c { print $1; exit }')
+  [ -n "$archive" ] || { echo "setup.sh: no apt source for Debian $codename in this machine's apt configuration" >&2; exit 1; }
+  cat >"$state/etc/sources.list.d/trixie.sources" <<SRC
 Types: deb
-URIs: http://deb.debian.org/debian
+URIs: $archive
 Suites: trixie
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg

@@ -155,7 +155,7 @@ impl AgentService {
         // The agent's binary lives on the read-only root (see init::switch_root_to_tmpfs):
         // a container cannot overwrite it through /proc/self/exe, so no sealed copy.
         let (runtime, mut rx) =
-            Runtime::with_exe_sealing("guest", exits, !crate::init::root_is_readonly());
+            Runtime::for_guest("guest", exits, !crate::init::root_is_readonly());
         let events = Arc::new(EventQueue::default());
         let queue = events.clone();
         tokio::spawn(async move {

@@ -68,13 +68,36 @@ pub fn cri_config(dir: &Path) -> String {
       runtime_type = "io.containerd.runc.v2"
 {stockade}"#,
         conf = conf_dir.display(),
-        stockade = shipped_runtime_table(&dir.join("stockade.toml")),
+        stockade = shipped_runtime_table(&dir.join("stockade.toml"), HANDLER)
+            + &shipped_runtime_table(&following_kubernetes(dir), HANDLER_FOLLOWING_K8S),
     )
 }
 
+/// A second handler whose Stockade config follows Kubernetes on no-new-privileges
+/// (`[container] no_new_privileges = false`): the escape suite checks that seccomp
+/// still holds for every process without it.
+pub const HANDLER_FOLLOWING_K8S: &str = "stockade-k8s";
+
+/// `dir/stockade.toml` (written before this runs) with `no_new_privileges = false`,
+/// as `dir/stockade-k8s.toml`.
+fn following_kubernetes(dir: &Path) -> PathBuf {
+    let path = dir.join("stockade-k8s.toml");
+    let text = std::fs::read_to_string(dir.join("stockade.toml")).unwrap_or_default();
+    let mut cfg: toml::Table = toml::from_str(&text).unwrap_or_default();
+    if let Some(container) = cfg
+        .entry("container")
+        .or_insert_with(|| toml::Value::Table(Default::default()))
+        .as_table_mut()
+    {
+        container.insert("no_new_privileges".into(), toml::Value::Boolean(false));
+    }
+    let _ = std::fs::write(&path, toml::to_string(&cfg).unwrap_or_default());
+    path
+}
+
 /// The `runtimes.stockade` table of `configs/containerd-cri.toml`, as shipped, with its
-/// ConfigPath pointed at `config`.
-fn shipped_runtime_table(config: &Path) -> String {
+/// ConfigPath pointed at `config`, as the runtime handler `name`.
+fn shipped_runtime_table(config: &Path, name: &str) -> String {
     let path = crate::workspace_root().join("configs/containerd-cri.toml");
     let text = std::fs::read_to_string(&path).unwrap_or_default();
     let mut doc: toml::Table = toml::from_str(&text).unwrap_or_default();
@@ -96,7 +119,7 @@ fn shipped_runtime_table(config: &Path) -> String {
         )])),
     );
     let mut out = toml::Table::new();
-    out.insert(HANDLER.into(), toml::Value::Table(runtime.clone()));
+    out.insert(name.into(), toml::Value::Table(runtime.clone()));
     let header = r#"[plugins."io.containerd.grpc.v1.cri".containerd.runtimes."#;
     let mut text = String::new();
     for line in toml::to_string(&out).unwrap_or_default().lines() {

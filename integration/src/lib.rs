@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 pub mod cri;
+pub mod escape;
 
 pub const RUNTIME: &str = "io.containerd.stockade.v2";
 pub const NAMESPACE: &str = "stockade-test";
@@ -304,6 +305,18 @@ state = "{state}"
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|p| p.parse().ok())
             .with_context(|| format!("no pid for {id} in: {}", ls.stdout))
+    }
+
+    /// Kill a container's task, then delete it and the container (best effort).
+    pub fn remove(&self, id: &str) {
+        let _ = self.ctr(&["task", "kill", "--signal", "SIGKILL", id]);
+        for _ in 0..100 {
+            if self.ctr(&["task", "delete", id]).ok() || !self.ctr(&["task", "ps", id]).ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.ctr(&["container", "delete", id]);
     }
 
     pub fn import_image(&self, tar: &Path) -> Result<()> {

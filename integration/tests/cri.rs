@@ -13,9 +13,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use k8s_cri::v1 as cri;
 use stockade_integration::cri::{
-    CNI_BRIDGE, CNI_GATEWAY, CRI_NAMESPACE, CriEnv, HANDLER, http_get_retry, set_pid_mode,
+    CNI_BRIDGE, CNI_GATEWAY, CRI_NAMESPACE, CriEnv, HANDLER, HANDLER_FOLLOWING_K8S, http_get_retry,
+    set_pid_mode,
 };
-use stockade_integration::{guest_assets, guest_config, hypervisor_toml, pids, run, skip_reason};
+use stockade_integration::{
+    escape, guest_assets, guest_config, hypervisor_toml, pids, run, skip_reason,
+};
 
 struct Suite {
     env: CriEnv,
@@ -652,6 +655,96 @@ fn create_remove_cycles(s: &Suite) -> Result<()> {
     expect_back_to(s, &before, &format!("{cycles} cycles"))
 }
 
+/// The escape suite (see `stockade_integration::escape`) as Kubernetes runs pods: one
+/// pod with three containers, with no profile (CRI passes none: Stockade's default),
+/// `RuntimeDefault` and a `Localhost` profile that denies chmod, each checked in its
+/// init and in an ExecSync. Then a pod on a handler whose config follows Kubernetes on
+/// no-new-privileges: NoNewPrivs is 0 there, yet Seccomp is 2, CapEff is what the spec
+/// says (CAP_SYS_ADMIN, lent to load the filters, is gone) and every deny holds.
+fn escape_suite(s: &Suite) -> Result<()> {
+    use cri::security_profile::ProfileType;
+    let env = &s.env;
+    let before = fresh(s);
+    let dir = tempfile::tempdir()?;
+    let localhost = escape::chmod_profile(dir.path())?.display().to_string();
+    let profile = |t: ProfileType, path: &str| {
+        Some(cri::SecurityProfile {
+            profile_type: t as i32,
+            localhost_ref: path.into(),
+        })
+    };
+    type Wanted<'a> = (&'a str, Option<cri::SecurityProfile>, bool);
+    let pod_of = |handler: &str, name: &str, nnp: bool, containers: Vec<Wanted<'_>>| {
+        let pc = env.pod_config(&format!("{name}-{}", s.tag), None);
+        let pod = env.run_pod(&pc, handler)?;
+        let result = (|| -> Result<()> {
+            for (name, seccomp, chmod_denied) in containers {
+                let mut config = container(s, name, &escape::init_args());
+                if let Some(sc) = config
+                    .linux
+                    .as_mut()
+                    .and_then(|l| l.security_context.as_mut())
+                {
+                    sc.seccomp = seccomp;
+                }
+                let id = env.start_container(&pod, &pc, config)?;
+                let start = Instant::now();
+                let init_out = loop {
+                    let o = env.exec_sync(&id, &["cat", "/tmp/init.out"])?;
+                    if o.code == 0 {
+                        break o.stdout;
+                    }
+                    ensure!(
+                        start.elapsed() < Duration::from_secs(120),
+                        "{name}: no init output"
+                    );
+                    std::thread::sleep(Duration::from_millis(500));
+                };
+                let expect = escape::Expect {
+                    no_new_privs: nnp,
+                    cap_eff: escape::spec_cap_eff(&env.ctd, CRI_NAMESPACE, &id)?,
+                    chmod_denied,
+                };
+                escape::check(&format!("{handler} {name}: the init"), &init_out, &expect)?;
+                let o = env.exec_sync(&id, &["sh", "-c", &escape::script()])?;
+                escape::check(&format!("{handler} {name}: ExecSync"), &o.stdout, &expect)?;
+            }
+            Ok(())
+        })();
+        env.remove_pod(&pod)?;
+        result
+    };
+    pod_of(
+        HANDLER,
+        "escape",
+        true,
+        vec![
+            ("unset", None, false),
+            (
+                "runtime-default",
+                profile(ProfileType::RuntimeDefault, ""),
+                false,
+            ),
+            (
+                "localhost",
+                profile(ProfileType::Localhost, &localhost),
+                true,
+            ),
+        ],
+    )?;
+    pod_of(
+        HANDLER_FOLLOWING_K8S,
+        "escape-k8s",
+        false,
+        vec![(
+            "runtime-default",
+            profile(ProfileType::RuntimeDefault, ""),
+            false,
+        )],
+    )?;
+    expect_back_to(s, &before, "the escape pods")
+}
+
 fn run_suite(mode: &'static str, extra: &str, base_port: i32) -> (usize, usize) {
     let env = match CriEnv::start(mode, extra) {
         Ok(e) => e,
@@ -669,6 +762,7 @@ fn run_suite(mode: &'static str, extra: &str, base_port: i32) -> (usize, usize) 
     println!("== CRI, {mode} backend");
     let mut cases: Vec<Case> = vec![
         ("pod_with_two_containers", pod_with_two_containers),
+        ("escape_suite", escape_suite),
         ("pods_reach_each_other", pods_reach_each_other),
         ("pod_sizing", pod_sizing),
         ("shim_killed", shim_killed),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail, ensure};
 use stockade_integration::{
-    IMAGE, NAMESPACE, RUNTIME, TestContainerd, TestDocker, expect_code, in_tty, run,
+    IMAGE, NAMESPACE, RUNTIME, TestContainerd, TestDocker, escape, expect_code, in_tty, run,
     run_with_stdin, skip_reason,
 };
 
@@ -939,6 +939,52 @@ fn no_stray_shims(s: &Suite) -> Result<()> {
     Ok(())
 }
 
+/// The escape suite (see `stockade_integration::escape`) through ctr: Stockade's
+/// default, containerd's default and a localhost profile, each for the init and an
+/// exec; an exec asking the shim for CAP_SYS_ADMIN is refused.
+fn escape_ctr(s: &Suite) -> Result<()> {
+    escape::ctr_escape(&s.ctd, "ct")?;
+    for name in ["stockade-default", "containerd-default", "localhost-chmod"] {
+        expect_clean(s, NAMESPACE, &format!("esc-ct-{name}"))?;
+    }
+    Ok(())
+}
+
+/// The escape suite through Docker: its default profile and a localhost one, the init
+/// and `docker exec`; `docker exec --privileged` refused.
+fn escape_docker(s: &Suite) -> Result<()> {
+    escape::docker_escape(&s.ctd, docker_of(s)?, "ct")
+}
+
+/// `ctr run --privileged`: refused, the error names the capabilities that give the
+/// host away and the setting that would allow them; nothing is left behind.
+fn privileged_refused_by_name(s: &Suite) -> Result<()> {
+    let out = s.ctd.ctr(&[
+        "run",
+        "--rm",
+        "--privileged",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "priv1",
+        "true",
+    ]);
+    ensure!(!out.ok(), "--privileged ran: {out:?}");
+    for want in [
+        "CAP_SYS_ADMIN",
+        "CAP_SYS_MODULE",
+        "[container] allow_privileged",
+    ] {
+        ensure!(
+            out.stderr.contains(want),
+            "error lacks {want:?}: {}",
+            out.stderr
+        );
+    }
+    let _ = s.ctd.ctr(&["container", "delete", "priv1"]);
+    expect_clean(s, NAMESPACE, "priv1")
+}
+
 type Case = stockade_integration::Case<Suite>;
 
 fn main() {
@@ -968,6 +1014,9 @@ fn main() {
         ("ctr_exec_ps_metrics_pause", ctr_exec_ps_metrics_pause),
         ("ctr_kill_reports_137", ctr_kill_reports_137),
         ("hardening_seen_from_inside", hardening_seen_from_inside),
+        ("escape_ctr", escape_ctr),
+        ("escape_docker", escape_docker),
+        ("privileged_refused_by_name", privileged_refused_by_name),
         ("bad_input_fails_cleanly", bad_input_fails_cleanly),
         (
             "malicious_image_symlinks_fail_cleanly",

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use stockade_integration::{
-    IMAGE, NAMESPACE, RUNTIME, TestContainerd, TestDocker, expect_code, guest_assets, guest_config,
-    hypervisor_toml, in_tty, run, run_with_stdin, skip_reason,
+    IMAGE, NAMESPACE, RUNTIME, TestContainerd, TestDocker, escape, expect_code, guest_assets,
+    guest_config, hypervisor_toml, in_tty, run, run_with_stdin, skip_reason,
 };
 
 struct Suite {
@@ -20,6 +20,118 @@ struct Suite {
 }
 
 type Case = stockade_integration::Case<Suite>;
+
+/// The escape suite inside the guest, through ctr: the same profiles, init and exec,
+/// as in container mode; an exec asking for CAP_SYS_ADMIN is refused.
+fn escape_ctr(s: &Suite) -> Result<()> {
+    escape::ctr_escape(&s.ctd, "vm")?;
+    for name in ["stockade-default", "containerd-default", "localhost-chmod"] {
+        expect_clean(s, &format!("esc-vm-{name}"))?;
+    }
+    Ok(())
+}
+
+/// The escape suite inside the guest, through Docker.
+fn escape_docker(s: &Suite) -> Result<()> {
+    escape::docker_escape(&s.ctd, docker_of(s)?, "vm")?;
+    expect_no_vm_leaks(s)
+}
+
+/// VM mode's privileged policy. By default a privileged container is refused before
+/// any VM boots, naming the capability and `[hypervisor] allow_privileged`. With that
+/// set, it runs inside its own VM with every capability and no seccomp there, in the
+/// guest's kernel, and with none of the host's devices.
+fn privileged_policy(s: &Suite) -> Result<()> {
+    let out = s.ctd.ctr(&[
+        "run",
+        "--rm",
+        "--privileged",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "vpriv1",
+        "true",
+    ]);
+    ensure!(!out.ok(), "--privileged ran by default: {out:?}");
+    for want in ["CAP_SYS_ADMIN", "[hypervisor] allow_privileged"] {
+        ensure!(
+            out.stderr.contains(want),
+            "error lacks {want:?}: {}",
+            out.stderr
+        );
+    }
+    let _ = s.ctd.ctr(&["container", "delete", "vpriv1"]);
+    expect_clean(s, "vpriv1")?;
+
+    let mut cfg: toml::Table = toml::from_str(&std::fs::read_to_string(&s.ctd.config)?)?;
+    cfg.entry("hypervisor")
+        .or_insert_with(|| toml::Value::Table(Default::default()))
+        .as_table_mut()
+        .context("[hypervisor]")?
+        .insert("allow_privileged".into(), toml::Value::Boolean(true));
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("privileged.toml");
+    std::fs::write(&path, toml::to_string(&cfg)?)?;
+    let script = "grep -E '^(CapEff|Seccomp):' /proc/self/status; uname -r;         echo \"userns: $(probe userns)\"; echo \"devices: $(ls /dev | tr '\\n' ' ')\"";
+    let out = s.ctd.ctr(&[
+        "run",
+        "--rm",
+        "--privileged",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        &path.display().to_string(),
+        IMAGE,
+        "vpriv2",
+        "sh",
+        "-c",
+        script,
+    ]);
+    expect_code(&out, 0, "privileged container in the VM")?;
+    let o = &out.stdout;
+    let all = escape::cap_mask(escape::all_capabilities())?;
+    ensure!(
+        o.contains(&format!("CapEff:\t{all}")),
+        "not every capability:\n{o}"
+    );
+    ensure!(o.contains("Seccomp:\t0"), "privileged, yet filtered:\n{o}");
+    ensure!(o.contains(&s.guest_release), "not the guest kernel:\n{o}");
+    ensure!(
+        o.contains("userns: allowed"),
+        "privileged, yet userns denied:\n{o}"
+    );
+    let devices = o
+        .lines()
+        .find_map(|l| l.strip_prefix("devices: "))
+        .context("no device list")?;
+    // The host's devices that --privileged lists (its disks, kvm, loop, …) are not there.
+    for host_only in host_devices() {
+        ensure!(
+            !devices.split_whitespace().any(|d| d == host_only),
+            "host device {host_only} in the guest container: {devices}"
+        );
+    }
+    expect_clean(s, "vpriv2")
+}
+
+/// Device nodes of the host that a guest has no business showing: kvm, the host's
+/// block devices, loop and vhost devices.
+fn host_devices() -> Vec<String> {
+    let mut out: Vec<String> = ["kvm", "vhost-net", "loop-control", "mem", "kmsg"]
+        .into_iter()
+        .filter(|d| std::path::Path::new("/dev").join(d).exists())
+        .map(String::from)
+        .collect();
+    if let Ok(blocks) = std::fs::read_dir("/sys/block") {
+        out.extend(
+            blocks
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with("loop") && !n.starts_with("ram")),
+        );
+    }
+    out
+}
 
 fn expect_clean(s: &Suite, id: &str) -> Result<()> {
     for _ in 0..100 {
@@ -786,6 +898,9 @@ fn main() {
         ("vm_uname_is_the_guest_kernel", uname_is_the_guest_kernel),
         ("vm_no_host_path_is_visible", no_host_path_is_visible),
         ("vm_hardening_seen_from_inside", hardening_seen_from_inside),
+        ("vm_escape_ctr", escape_ctr),
+        ("vm_escape_docker", escape_docker),
+        ("vm_privileged_policy", privileged_policy),
         (
             "vm_output_exit_codes_and_large_output",
             output_exit_codes_and_large_output,

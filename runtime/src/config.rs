@@ -116,6 +116,12 @@ pub struct HypervisorConfig {
     /// Upper bound of a pod's memory; 0: the host's RAM.
     pub max_memory_mib: u32,
     pub boot_timeout_secs: u64,
+    /// VM mode's policy for privileged containers (those `[container]
+    /// allow_privileged` governs in container mode): when true, such a container runs
+    /// with what it asked for inside its pod's own VM, with no host device and no host
+    /// namespace; when false, Create and Exec refuse it. `[container] allow_privileged`
+    /// does not apply in VM mode.
+    pub allow_privileged: bool,
 }
 
 impl Default for HypervisorConfig {
@@ -133,6 +139,7 @@ impl Default for HypervisorConfig {
             max_vcpus: 0,
             max_memory_mib: 0,
             boot_timeout_secs: 30,
+            allow_privileged: false,
         }
     }
 }

@@ -14,6 +14,9 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("{0}")]
     InvalidArgument(String),
+    /// A request the security policy refuses (a privileged container or exec).
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("{0} is not implemented by stockade")]
     Unimplemented(&'static str),
     #[error("configuration {path}: {message}")]
@@ -46,6 +49,7 @@ impl Error {
             Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
             Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             Error::InvalidArgument(_) | Error::Config { .. } => Code::INVALID_ARGUMENT,
+            Error::PermissionDenied(_) => Code::PERMISSION_DENIED,
             Error::Unimplemented(_) => Code::UNIMPLEMENTED,
             Error::Io { .. } | Error::Backend(_) => Code::UNKNOWN,
         }
@@ -60,6 +64,7 @@ impl Error {
             Code::ALREADY_EXISTS => Error::AlreadyExists(msg),
             Code::FAILED_PRECONDITION => Error::FailedPrecondition(msg),
             Code::INVALID_ARGUMENT => Error::InvalidArgument(msg),
+            Code::PERMISSION_DENIED => Error::PermissionDenied(msg),
             Code::UNIMPLEMENTED => Error::Unimplemented("this call in the guest"),
             _ => other(msg),
         }
@@ -86,6 +91,7 @@ mod tests {
             Error::AlreadyExists("x".into()),
             Error::FailedPrecondition("x".into()),
             Error::InvalidArgument("x".into()),
+            Error::PermissionDenied("x".into()),
         ] {
             let back = Error::from_code(e.ttrpc_code(), "x".into(), Error::Backend);
             assert_eq!(back.ttrpc_code(), e.ttrpc_code());

@@ -30,6 +30,8 @@ pub(crate) struct Process {
     pub(crate) exited: watch::Sender<Option<ExitInfo>>,
     /// Opened by Start (or Kill/Delete of a process never started): the exit may be published.
     pub(crate) gate: watch::Sender<bool>,
+    /// An exec lent CAP_SYS_ADMIN to load its seccomp filters (container backend).
+    pub(crate) lent_sys_admin: std::sync::atomic::AtomicBool,
 }
 
 impl Process {
@@ -43,6 +45,7 @@ impl Process {
             state: Mutex::new(ProcState::Created),
             exited: watch::channel(None).0,
             gate: watch::channel(false).0,
+            lent_sys_admin: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -80,7 +83,8 @@ pub(crate) struct Container {
     pub(crate) systemd: bool,
     pub(crate) own_pid_ns: bool,
     pub(crate) paused: Mutex<bool>,
-    pub(crate) no_new_privileges: bool,
+    /// What an exec is held to (capabilities, no-new-privileges, seccomp).
+    pub(crate) exec_policy: crate::linux::hardening::ExecPolicy,
     /// The pod VM the container runs in (VM backend); None for the container backend.
     pub(crate) vm: Option<Arc<crate::vm::Sandbox>>,
 }

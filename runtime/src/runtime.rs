@@ -15,7 +15,8 @@ use tokio::sync::mpsc;
 use crate::config::{Config, ConfigSource};
 use crate::error::{Error, Result};
 use crate::exits::Exits;
-use crate::linux::{ContainerDirs, LinuxBackend, hardening, oom, stats};
+use crate::linux::hardening::{self, ExecPolicy, Kernel};
+use crate::linux::{Confinement, ContainerDirs, LinuxBackend, oom, stats};
 use crate::mounts::{self, Mount};
 use crate::probe::{RealHost, probe_kvm};
 use crate::process::{Container, ProcState, Process};
@@ -115,6 +116,8 @@ pub struct Runtime {
 }
 
 struct Inner {
+    /// Whose namespaces a container without its own shares.
+    kernel: Kernel,
     namespace: String,
     exits: Exits,
     events: mpsc::UnboundedSender<Event>,
@@ -126,19 +129,30 @@ struct Inner {
 
 impl Runtime {
     pub fn new(namespace: &str, exits: Exits) -> (Runtime, mpsc::UnboundedReceiver<Event>) {
-        Self::with_exe_sealing(namespace, exits, true)
+        Self::build(namespace, exits, true, Kernel::Host)
     }
 
-    /// As [`new`](Self::new); `seal_exe = false` is for a binary that cannot be
-    /// overwritten (the guest agent, on a read-only root), where the sealed copy made
-    /// for every container-entering call would only cost time.
-    pub fn with_exe_sealing(
+    /// The guest agent's runtime: its containers share the VM's kernel and namespaces,
+    /// never the host's. `seal_exe = false` is for a binary that cannot be overwritten
+    /// (the agent, on a read-only root), where the sealed copy made for every
+    /// container-entering call would only cost time.
+    pub fn for_guest(
         namespace: &str,
         exits: Exits,
         seal_exe: bool,
     ) -> (Runtime, mpsc::UnboundedReceiver<Event>) {
+        Self::build(namespace, exits, seal_exe, Kernel::Guest)
+    }
+
+    fn build(
+        namespace: &str,
+        exits: Exits,
+        seal_exe: bool,
+        kernel: Kernel,
+    ) -> (Runtime, mpsc::UnboundedReceiver<Event>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let inner = Inner {
+            kernel,
             namespace: namespace.into(),
             linux: LinuxBackend::new(exits.clone(), seal_exe),
             exits,
@@ -337,6 +351,11 @@ impl Runtime {
         dirs: &ContainerDirs,
         mounted: &mut Option<PathBuf>,
     ) -> Result<u32> {
+        // Refused before a VM boots for it; allowed, it keeps no host device.
+        if !config.hypervisor.allow_privileged {
+            hardening::refuse_privileged(spec, "[hypervisor] allow_privileged")?;
+        }
+        let privileged = hardening::is_privileged(spec);
         let network = net_request(spec, &req.bundle);
         // A container that joins the pod's network shares the guest's, which is wired to it.
         let shares_guest_net = !matches!(network, crate::vm::sandbox::NetRequest::None);
@@ -355,8 +374,11 @@ impl Runtime {
         guest_spec(
             spec,
             &req.id,
-            req.stdio.terminal,
-            shares_guest_net,
+            GuestSpec {
+                terminal: req.stdio.terminal,
+                shares_guest_net,
+                privileged,
+            },
             &pod_pids,
         );
         let res = self
@@ -407,9 +429,17 @@ impl Runtime {
             return Err(e);
         }
         let init = Process::new("", req.stdio.clone(), io, pid);
+        // The guest holds every exec to the same policy; the host checks first.
+        let exec_policy = ExecPolicy {
+            allow_privileged: config.hypervisor.allow_privileged,
+            setting: "[hypervisor] allow_privileged",
+            no_new_privileges: config.container.no_new_privileges,
+            ..ExecPolicy::of(spec)
+        };
         let container = Arc::new(Container {
             vm: Some(sandbox.clone()),
-            ..new_container(req, config, dirs, mounted, init.clone(), own_pid_ns)
+            exec_policy,
+            ..new_container(req, dirs, mounted, init.clone(), own_pid_ns)
         });
         let exit = sandbox.exits.subscribe(pid as i32);
         self.register(req, container, init, pid, exit);
@@ -425,7 +455,14 @@ impl Runtime {
         mounted: &mut Option<PathBuf>,
     ) -> Result<u32> {
         mount_rootfs(req, mounted)?;
-        hardening::harden(spec, &req.bundle, &config.container)?;
+        let hardened = hardening::harden(spec, &req.bundle, &config.container, self.inner.kernel)?;
+        let confinement = Confinement {
+            filters: (!hardened.filters.is_empty()).then(|| dirs.filters.clone()),
+            drop_sys_admin: hardened.drop_sys_admin,
+        };
+        if confinement.filters.is_some() {
+            hardened.filters.save(&dirs.filters)?;
+        }
         let terminal = spec
             .process()
             .as_ref()
@@ -464,6 +501,7 @@ impl Runtime {
                 systemd,
                 child.console_socket.clone(),
                 std::mem::take(&mut child.fds),
+                confinement.clone(),
             )
             .await;
         let pid = match created {
@@ -488,10 +526,18 @@ impl Runtime {
         }
 
         let init = Process::new("", req.stdio.clone(), io, pid as u32);
+        let exec_policy = ExecPolicy {
+            allow_privileged: config.container.allow_privileged,
+            setting: "[container] allow_privileged",
+            no_new_privileges: config.container.no_new_privileges,
+            confined: confinement.filters.is_some(),
+            ..ExecPolicy::of(spec)
+        };
         let container = Arc::new(Container {
             cgroup_path,
             systemd,
-            ..new_container(req, config, dirs, mounted, init.clone(), own_pid_ns)
+            exec_policy,
+            ..new_container(req, dirs, mounted, init.clone(), own_pid_ns)
         });
         let exit = self.inner.exits.subscribe(pid);
         self.register(req, container.clone(), init, pid as u32, exit);
@@ -630,6 +676,10 @@ impl Runtime {
                 &spec_file,
                 child.console_socket.clone(),
                 std::mem::take(&mut child.fds),
+                Confinement {
+                    filters: c.exec_policy.confined.then(|| c.dirs.filters.clone()),
+                    drop_sys_admin: p.lent_sys_admin.load(std::sync::atomic::Ordering::Relaxed),
+                },
             )
             .await;
         let _ = std::fs::remove_file(&spec_file);
@@ -724,9 +774,7 @@ impl Runtime {
         }
         let mut process: OciProcess = serde_json::from_slice(&spec.json)
             .map_err(|e| Error::InvalidArgument(format!("invalid exec process spec: {e}")))?;
-        if c.no_new_privileges {
-            process.set_no_new_privileges(Some(true));
-        }
+        let lent_sys_admin = c.exec_policy.apply(id, exec_id, &mut process)?;
         let mut stdio = stdio;
         stdio.terminal = process.terminal().unwrap_or(false) || stdio.terminal;
         process.set_terminal(Some(stdio.terminal));
@@ -760,6 +808,8 @@ impl Runtime {
         };
         let p = Process::new(exec_id, stdio, io, 0);
         *p.child.lock().expect("child lock") = child;
+        p.lent_sys_admin
+            .store(lent_sys_admin, std::sync::atomic::Ordering::Relaxed);
         c.execs
             .lock()
             .expect("execs lock")
@@ -1055,7 +1105,6 @@ impl Runtime {
 /// in where it runs.
 fn new_container(
     req: &CreateRequest,
-    config: &Config,
     dirs: &ContainerDirs,
     mounted: &Option<PathBuf>,
     init: Arc<Process>,
@@ -1072,7 +1121,7 @@ fn new_container(
         systemd: false,
         own_pid_ns,
         paused: Mutex::new(false),
-        no_new_privileges: config.container.no_new_privileges,
+        exec_policy: ExecPolicy::default(),
         vm: None,
     }
 }
@@ -1135,8 +1184,15 @@ fn net_request(spec: &Spec, bundle: &Path) -> crate::vm::sandbox::NetRequest {
 /// (`/proc/<pid>/ns/<type>` with `pid` in `pod_pids`: the pids the host reports are the
 /// guest's, so CRI's paths to the pause container are guest paths) is joined in the
 /// guest; any other path names a host namespace, and the guest creates a new one. The
-/// cgroup is the guest's.
-fn guest_spec(spec: &mut Spec, id: &str, terminal: bool, shares_guest_net: bool, pod_pids: &[u32]) {
+/// cgroup is the guest's. A privileged container (allowed by `[hypervisor]
+/// allow_privileged`) keeps no device of the spec's list: those name host devices
+/// (`--privileged` lists them all), and the guest's numbers mean other devices.
+fn guest_spec(spec: &mut Spec, id: &str, how: GuestSpec, pod_pids: &[u32]) {
+    let GuestSpec {
+        terminal,
+        shares_guest_net,
+        privileged,
+    } = how;
     if spec.hooks().is_some() {
         log::info!("OCI hooks are host programs; not run inside the VM");
         spec.set_hooks(None);
@@ -1170,10 +1226,24 @@ fn guest_spec(spec: &mut Spec, id: &str, terminal: bool, shares_guest_net: bool,
             }
         }
         linux.set_cgroups_path(Some(PathBuf::from(format!("/stockade/{id}"))));
+        if privileged {
+            linux.set_devices(None);
+        }
     }
     if let Some(p) = spec.process_mut() {
         p.set_terminal(Some(terminal));
     }
+}
+
+/// How [`guest_spec`] rewrites one container's spec.
+#[derive(Debug, Clone, Copy, Default)]
+struct GuestSpec {
+    /// The request's TTY setting.
+    terminal: bool,
+    /// The container shares the guest's network, which is the pod's.
+    shares_guest_net: bool,
+    /// Allowed by `[hypervisor] allow_privileged`.
+    privileged: bool,
 }
 
 /// The pid of a `/proc/<pid>/ns/<type>` path.
@@ -1260,7 +1330,11 @@ mod tests {
             crate::select::MODE_ANNOTATION.to_string(),
             "vm".to_string(),
         )])));
-        guest_spec(&mut spec, "c1", false, true, &[42]);
+        let how = GuestSpec {
+            shares_guest_net: true,
+            ..GuestSpec::default()
+        };
+        guest_spec(&mut spec, "c1", how, &[42]);
         assert!(spec.annotations().as_ref().unwrap().is_empty());
         let ns = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
         let got: Vec<(String, Option<String>)> = ns

@@ -1,33 +1,149 @@
 //! What Stockade adds to the OCI spec containerd or Docker passed, before libcontainer
 //! sees it. Every rule is switchable in `[container]` of configuration.toml.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{Capability, LinuxPidsBuilder, LinuxResources, Spec};
+use oci_spec::runtime::{
+    Capability, LinuxCapabilities, LinuxNamespaceType, LinuxPidsBuilder, LinuxResources, Process,
+    Spec,
+};
 
 use crate::config::ContainerConfig;
 use crate::error::{Error, Result};
-use crate::linux::seccomp;
+use crate::linux::confine::lend_sys_admin;
+use crate::linux::seccomp::{self, Filters};
 use crate::mounts::kernel_supports;
 
-pub fn is_privileged(spec: &Spec) -> bool {
-    spec.process()
-        .as_ref()
-        .and_then(|p| p.capabilities().as_ref())
-        .and_then(|c| c.bounding().as_ref())
-        .is_some_and(|b| b.contains(&Capability::SysAdmin))
+/// Capabilities that give the host away from a container that shares its kernel.
+const HOST_CAPABILITIES: &[Capability] = &[
+    Capability::SysAdmin,
+    Capability::SysModule,
+    Capability::SysRawio,
+    Capability::SysBoot,
+    Capability::SysTime,
+    Capability::MacAdmin,
+    Capability::MacOverride,
+    Capability::Bpf,
+    Capability::Perfmon,
+];
+
+/// `CAP_SYS_ADMIN`, as the spec and the kernel spell it.
+pub fn cap_name(c: Capability) -> String {
+    serde_json::to_string(&c)
+        .map(|s| s.trim_matches('"').to_string())
+        .unwrap_or_else(|_| format!("{c:?}"))
 }
 
-/// Validate and harden `spec` in place. `bundle` resolves a relative root path.
-pub fn harden(spec: &mut Spec, bundle: &Path, cfg: &ContainerConfig) -> Result<()> {
+/// Every capability named in any of the five sets.
+fn all_caps(caps: &LinuxCapabilities) -> HashSet<Capability> {
+    [
+        caps.bounding(),
+        caps.effective(),
+        caps.permitted(),
+        caps.inheritable(),
+        caps.ambient(),
+    ]
+    .into_iter()
+    .flatten()
+    .flat_map(|s| s.iter().copied())
+    .collect()
+}
+
+/// Whose namespaces a container shares where its spec asks for none of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// The host's (the shim's container backend).
+    Host,
+    /// The pod VM's (the guest agent): the host checked the spec's namespaces first.
+    Guest,
+}
+
+/// Why the spec is privileged, one reason per capability that gives the host away:
+/// the [`HOST_CAPABILITIES`], CAP_SYS_PTRACE in the host's PID namespace, CAP_NET_ADMIN
+/// in the host's network. Empty for an ordinary container.
+pub fn privileged_reasons(spec: &Spec) -> Vec<String> {
+    privileged_reasons_in(spec, Kernel::Host)
+}
+
+fn privileged_reasons_in(spec: &Spec, kernel: Kernel) -> Vec<String> {
+    let Some(process) = spec.process() else {
+        return vec![];
+    };
+    let Some(caps) = process.capabilities() else {
+        return vec!["no capability sets (the process would keep every capability)".into()];
+    };
+    let all = all_caps(caps);
+    let own = |t: LinuxNamespaceType| {
+        kernel == Kernel::Guest
+            || spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.namespaces().as_ref())
+                .is_some_and(|ns| ns.iter().any(|n| n.typ() == t))
+    };
+    let mut out: Vec<String> = HOST_CAPABILITIES
+        .iter()
+        .filter(|c| all.contains(c))
+        .map(|c| cap_name(*c))
+        .collect();
+    if all.contains(&Capability::SysPtrace) && !own(LinuxNamespaceType::Pid) {
+        out.push("CAP_SYS_PTRACE with the host's PID namespace".into());
+    }
+    if all.contains(&Capability::NetAdmin) && !own(LinuxNamespaceType::Network) {
+        out.push("CAP_NET_ADMIN in the host's network namespace".into());
+    }
+    out
+}
+
+pub fn is_privileged(spec: &Spec) -> bool {
+    !privileged_reasons(spec).is_empty()
+}
+
+/// The refusal of a privileged spec; `setting` names the switch that allows it.
+pub fn refuse_privileged(spec: &Spec, setting: &str) -> Result<()> {
+    refuse_privileged_in(spec, setting, Kernel::Host)
+}
+
+fn refuse_privileged_in(spec: &Spec, setting: &str, kernel: Kernel) -> Result<()> {
+    let reasons = privileged_reasons_in(spec, kernel);
+    if reasons.is_empty() {
+        return Ok(());
+    }
+    Err(Error::PermissionDenied(format!(
+        "privileged containers are refused by stockade: the spec asks for {}; set {setting} = true to allow them",
+        reasons.join(", ")
+    )))
+}
+
+/// What Create decided for the container's processes.
+#[derive(Debug, Default)]
+pub struct Hardened {
+    /// Loaded by the init and by every exec (see [`crate::linux::confine`]).
+    pub filters: Filters,
+    /// The init runs without no-new-privileges: CAP_SYS_ADMIN is lent to load `filters`.
+    pub drop_sys_admin: bool,
+}
+
+/// Validate and harden `spec` in place. `bundle` resolves a relative root path. The
+/// seccomp profile leaves the spec: the container's processes load it themselves,
+/// after Stockade's guard (see [`Filters`]).
+pub fn harden(
+    spec: &mut Spec,
+    bundle: &Path,
+    cfg: &ContainerConfig,
+    kernel: Kernel,
+) -> Result<Hardened> {
     check_root(spec, bundle)?;
     check_mounts(spec)?;
 
-    let privileged = is_privileged(spec);
-    if privileged && !cfg.allow_privileged {
-        return Err(Error::InvalidArgument(
-            "privileged containers (CAP_SYS_ADMIN) are refused by stockade; set [container] allow_privileged = true to allow them".into(),
-        ));
+    let privileged = !privileged_reasons_in(spec, kernel).is_empty();
+    if !cfg.allow_privileged {
+        let setting = match kernel {
+            Kernel::Host => "[container] allow_privileged",
+            Kernel::Guest => "[hypervisor] allow_privileged",
+        };
+        refuse_privileged_in(spec, setting, kernel)?;
     }
 
     if let (true, Some(process)) = (cfg.no_new_privileges, spec.process_mut()) {
@@ -35,15 +151,21 @@ pub fn harden(spec: &mut Spec, bundle: &Path, cfg: &ContainerConfig) -> Result<(
     }
 
     let linux = spec.linux_mut().get_or_insert_with(Default::default);
-    if let Some(profile) = linux.seccomp_mut() {
-        seccomp::to_libcontainer_encoding(profile);
-    }
-    if linux.seccomp().is_none() && cfg.default_seccomp && !privileged {
-        linux.set_seccomp(Some(seccomp::default_profile()?));
-    }
-    if let (true, Some(profile)) = (cfg.extra_seccomp_deny && !privileged, linux.seccomp_mut()) {
-        seccomp::apply_extra_deny(profile)?;
-    }
+    let profile = match linux.seccomp_mut().take() {
+        Some(mut p) => {
+            seccomp::check_spec_profile(&p)?;
+            seccomp::to_libcontainer_encoding(&mut p);
+            Some(p)
+        }
+        None if cfg.default_seccomp && !privileged => Some(seccomp::default_profile()?),
+        None => None,
+    };
+    let guard = if cfg.extra_seccomp_deny && !privileged {
+        Some(seccomp::guard_profile()?)
+    } else {
+        None
+    };
+    let filters = Filters { guard, profile };
 
     if !privileged {
         let masked = with_extra(linux.masked_paths(), &cfg.extra_masked_paths);
@@ -64,7 +186,76 @@ pub fn harden(spec: &mut Spec, bundle: &Path, cfg: &ContainerConfig) -> Result<(
             resources.set_pids(Some(pids));
         }
     }
-    Ok(())
+    let drop_sys_admin = spec
+        .process_mut()
+        .as_mut()
+        .is_some_and(|p| lend_sys_admin(p, !filters.is_empty()));
+    Ok(Hardened {
+        filters,
+        drop_sys_admin,
+    })
+}
+
+/// What every exec of a container is held to: no capability outside the init's
+/// bounding set (unless privileged containers are allowed), no-new-privileges when the
+/// config forces it, and the container's seccomp filters.
+#[derive(Debug, Clone, Default)]
+pub struct ExecPolicy {
+    /// The init's capabilities.
+    pub capabilities: Option<LinuxCapabilities>,
+    pub allow_privileged: bool,
+    /// The setting that allows more (named in the refusal).
+    pub setting: &'static str,
+    pub no_new_privileges: bool,
+    /// The container's processes load seccomp filters, so an exec needs them too.
+    pub confined: bool,
+}
+
+impl ExecPolicy {
+    pub fn of(spec: &Spec) -> ExecPolicy {
+        ExecPolicy {
+            capabilities: spec
+                .process()
+                .as_ref()
+                .and_then(|p| p.capabilities().clone()),
+            ..ExecPolicy::default()
+        }
+    }
+
+    /// Check and complete an exec's `process`. Returns whether CAP_SYS_ADMIN was lent
+    /// to it for loading the filters (see [`lend_sys_admin`]).
+    pub fn apply(&self, id: &str, exec_id: &str, process: &mut Process) -> Result<bool> {
+        if process.capabilities().is_none() {
+            // Without sets, libcontainer would leave the exec every capability.
+            process.set_capabilities(self.capabilities.clone());
+        }
+        let bounding: HashSet<Capability> = self
+            .capabilities
+            .as_ref()
+            .and_then(|c| c.bounding().clone())
+            .unwrap_or_default();
+        let mut extra: Vec<String> = process
+            .capabilities()
+            .as_ref()
+            .map(all_caps)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| !bounding.contains(c))
+            .map(cap_name)
+            .collect();
+        extra.sort();
+        if !extra.is_empty() && !self.allow_privileged {
+            return Err(Error::PermissionDenied(format!(
+                "exec {exec_id} in container {id} asks for {}, outside the container's capabilities; refused by stockade (set {} = true to allow privileged execs)",
+                extra.join(", "),
+                self.setting
+            )));
+        }
+        if self.no_new_privileges {
+            process.set_no_new_privileges(Some(true));
+        }
+        Ok(lend_sys_admin(process, self.confined))
+    }
 }
 
 /// The spec's list followed by the extras it does not already hold.
@@ -134,6 +325,8 @@ mod tests {
     use super::*;
     use oci_spec::runtime::{LinuxSeccompAction, MountBuilder};
 
+    use crate::error::Error;
+
     fn spec_with_root(dir: &Path) -> Spec {
         let mut spec = Spec::default();
         let mut root = oci_spec::runtime::Root::default();
@@ -146,14 +339,24 @@ mod tests {
     fn default_spec_gets_everything() {
         let dir = tempfile::tempdir().unwrap();
         let mut spec = spec_with_root(dir.path());
-        harden(&mut spec, dir.path(), &ContainerConfig::default()).unwrap();
+        let h = harden(
+            &mut spec,
+            dir.path(),
+            &ContainerConfig::default(),
+            Kernel::Host,
+        )
+        .unwrap();
         assert_eq!(
             spec.process().as_ref().unwrap().no_new_privileges(),
             Some(true)
         );
         let linux = spec.linux().as_ref().unwrap();
-        let sc = linux.seccomp().as_ref().unwrap();
+        // The processes load the filters themselves; libcontainer sees none.
+        assert!(linux.seccomp().is_none());
+        let sc = h.filters.profile.as_ref().unwrap();
         assert_eq!(sc.default_action(), LinuxSeccompAction::ScmpActErrno);
+        assert!(h.filters.guard.is_some());
+        assert!(!h.drop_sys_admin);
         assert!(
             linux
                 .masked_paths()
@@ -187,9 +390,9 @@ mod tests {
             extra_readonly_paths: vec![],
             allow_privileged: false,
         };
-        harden(&mut spec, dir.path(), &cfg).unwrap();
+        let h = harden(&mut spec, dir.path(), &cfg, Kernel::Host).unwrap();
         let linux = spec.linux().as_ref().unwrap();
-        assert!(linux.seccomp().is_none());
+        assert!(linux.seccomp().is_none() && h.filters.is_empty());
         assert!(
             linux
                 .resources()
@@ -203,7 +406,13 @@ mod tests {
     fn missing_rootfs_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let mut spec = spec_with_root(&dir.path().join("nope"));
-        let err = harden(&mut spec, dir.path(), &ContainerConfig::default()).unwrap_err();
+        let err = harden(
+            &mut spec,
+            dir.path(),
+            &ContainerConfig::default(),
+            Kernel::Host,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
     }
 
@@ -219,7 +428,13 @@ mod tests {
                 .build()
                 .unwrap(),
         ]));
-        let err = harden(&mut spec, dir.path(), &ContainerConfig::default()).unwrap_err();
+        let err = harden(
+            &mut spec,
+            dir.path(),
+            &ContainerConfig::default(),
+            Kernel::Host,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("unknown mount type"), "{err}");
     }
 
@@ -233,11 +448,172 @@ mod tests {
             .as_mut()
             .unwrap()
             .set_capabilities(Some(caps));
-        assert!(harden(&mut spec.clone(), dir.path(), &ContainerConfig::default()).is_err());
+        let err = harden(
+            &mut spec.clone(),
+            dir.path(),
+            &ContainerConfig::default(),
+            Kernel::Host,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("CAP_SYS_ADMIN"), "{err}");
         let cfg = ContainerConfig {
             allow_privileged: true,
             ..Default::default()
         };
-        harden(&mut spec, dir.path(), &cfg).unwrap();
+        harden(&mut spec, dir.path(), &cfg, Kernel::Host).unwrap();
+    }
+
+    fn with_caps(spec: &mut Spec, caps: &[Capability]) {
+        let set: oci_spec::runtime::Capabilities = caps.iter().copied().collect();
+        let mut c = LinuxCapabilities::default();
+        c.set_bounding(Some(set.clone()));
+        c.set_effective(Some(set.clone()));
+        c.set_permitted(Some(set));
+        c.set_inheritable(Some(Default::default()));
+        c.set_ambient(Some(Default::default()));
+        spec.process_mut()
+            .as_mut()
+            .unwrap()
+            .set_capabilities(Some(c));
+    }
+
+    #[test]
+    fn every_host_capability_is_privileged_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        for cap in HOST_CAPABILITIES {
+            let mut spec = spec_with_root(dir.path());
+            with_caps(&mut spec, &[Capability::Chown, *cap]);
+            let err = harden(
+                &mut spec,
+                dir.path(),
+                &ContainerConfig::default(),
+                Kernel::Host,
+            )
+            .unwrap_err();
+            assert!(matches!(err, Error::PermissionDenied(_)), "{err}");
+            assert!(err.to_string().contains(&cap_name(*cap)), "{err}");
+        }
+    }
+
+    #[test]
+    fn ptrace_and_net_admin_are_privileged_only_in_the_hosts_namespaces() {
+        let mut spec = Spec::default();
+        with_caps(&mut spec, &[Capability::SysPtrace, Capability::NetAdmin]);
+        // Spec::default() has pid and network namespaces of its own.
+        assert!(privileged_reasons(&spec).is_empty());
+        let linux = spec.linux_mut().as_mut().unwrap();
+        let ns = linux.namespaces().clone().unwrap();
+        linux.set_namespaces(Some(
+            ns.into_iter()
+                .filter(|n| {
+                    !matches!(
+                        n.typ(),
+                        LinuxNamespaceType::Pid | LinuxNamespaceType::Network
+                    )
+                })
+                .collect(),
+        ));
+        let reasons = privileged_reasons(&spec);
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert!(reasons[0].contains("CAP_SYS_PTRACE") && reasons[1].contains("CAP_NET_ADMIN"));
+        // In the guest, the namespaces shared are the VM's: the host checked those.
+        assert!(privileged_reasons_in(&spec, Kernel::Guest).is_empty());
+    }
+
+    #[test]
+    fn no_capability_sets_is_privileged() {
+        let mut spec = Spec::default();
+        spec.process_mut().as_mut().unwrap().set_capabilities(None);
+        assert!(is_privileged(&spec));
+    }
+
+    #[test]
+    fn without_forced_nnp_the_init_is_lent_sys_admin_for_seccomp() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = spec_with_root(dir.path());
+        spec.process_mut()
+            .as_mut()
+            .unwrap()
+            .set_no_new_privileges(None);
+        let cfg = ContainerConfig {
+            no_new_privileges: false,
+            ..Default::default()
+        };
+        let h = harden(&mut spec, dir.path(), &cfg, Kernel::Host).unwrap();
+        assert!(h.drop_sys_admin);
+        let caps = spec
+            .process()
+            .as_ref()
+            .unwrap()
+            .capabilities()
+            .clone()
+            .unwrap();
+        assert!(
+            caps.permitted()
+                .as_ref()
+                .unwrap()
+                .contains(&Capability::SysAdmin)
+        );
+        assert!(
+            !caps
+                .bounding()
+                .as_ref()
+                .unwrap()
+                .contains(&Capability::SysAdmin)
+        );
+    }
+
+    fn policy(caps: &[Capability], allow: bool) -> ExecPolicy {
+        let mut spec = Spec::default();
+        with_caps(&mut spec, caps);
+        ExecPolicy {
+            allow_privileged: allow,
+            setting: "[container] allow_privileged",
+            no_new_privileges: true,
+            confined: true,
+            ..ExecPolicy::of(&spec)
+        }
+    }
+
+    fn exec_process(caps: Option<&[Capability]>) -> Process {
+        let mut spec = Spec::default();
+        match caps {
+            Some(c) => with_caps(&mut spec, c),
+            None => {
+                spec.process_mut().as_mut().unwrap().set_capabilities(None);
+            }
+        }
+        spec.process().clone().unwrap()
+    }
+
+    #[test]
+    fn an_exec_asking_for_more_capabilities_is_refused_and_named() {
+        let p = policy(&[Capability::Chown, Capability::Kill], false);
+        let mut proc = exec_process(Some(&[Capability::Chown, Capability::SysAdmin]));
+        let err = p.apply("c1", "e1", &mut proc).unwrap_err();
+        assert!(matches!(err, Error::PermissionDenied(_)));
+        let msg = err.to_string();
+        assert!(
+            msg.contains("CAP_SYS_ADMIN") && !msg.contains("CAP_CHOWN"),
+            "{msg}"
+        );
+        assert!(msg.contains("e1") && msg.contains("c1"), "{msg}");
+        // The same exec passes where privileged containers are allowed.
+        let mut proc = exec_process(Some(&[Capability::SysAdmin]));
+        policy(&[Capability::Chown], true)
+            .apply("c1", "e1", &mut proc)
+            .unwrap();
+    }
+
+    #[test]
+    fn an_exec_within_the_bounding_set_gets_nnp_and_the_containers_caps() {
+        let p = policy(&[Capability::Chown, Capability::Kill], false);
+        let mut proc = exec_process(Some(&[Capability::Kill]));
+        assert!(!p.apply("c1", "e1", &mut proc).unwrap());
+        assert_eq!(proc.no_new_privileges(), Some(true));
+        // No sets at all: the container's, never the helper's full set.
+        let mut proc = exec_process(None);
+        p.apply("c1", "e2", &mut proc).unwrap();
+        assert_eq!(proc.capabilities(), &p.capabilities);
     }
 }

@@ -20,9 +20,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::exits::Exits;
+use crate::linux::confine::Confined;
 use crate::linux::sealed::SealedExe;
+use crate::linux::seccomp::Filters;
 
 pub const HELPER_ARG: &str = "__stockade-linux-helper";
+
+/// The seccomp filters a process loads before its program runs (see
+/// [`crate::linux::confine`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Confinement {
+    /// A [`Filters`] file; `None` runs the process unfiltered.
+    pub filters: Option<PathBuf>,
+    /// CAP_SYS_ADMIN was lent in the process's permitted set for the load.
+    pub drop_sys_admin: bool,
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Request {
@@ -33,6 +45,7 @@ pub enum Request {
         systemd: bool,
         console_socket: Option<PathBuf>,
         stdio: [bool; 3],
+        confinement: Confinement,
     },
     Start {
         id: String,
@@ -44,6 +57,7 @@ pub enum Request {
         process: PathBuf,
         console_socket: Option<PathBuf>,
         stdio: [bool; 3],
+        confinement: Confinement,
     },
     Kill {
         id: String,
@@ -168,12 +182,18 @@ fn builder(
     root: &Path,
     console_socket: Option<PathBuf>,
     stdio: [bool; 3],
+    confinement: &Confinement,
 ) -> std::result::Result<ContainerBuilder, String> {
     let tty = console_socket.is_some();
+    let filters = match &confinement.filters {
+        Some(path) => Filters::load(path).map_err(|e| e.to_string())?,
+        None => Filters::default(),
+    };
     let mut b = ContainerBuilder::new(id.to_string(), SyscallType::default())
         .with_root_path(root)
         .map_err(|e| e.to_string())?
-        .with_console_socket(console_socket);
+        .with_console_socket(console_socket)
+        .with_executor(Confined::new(filters, confinement.drop_sys_admin));
     if !tty {
         let fds = stdio_fds(stdio)?;
         let [i, o, e] = fds;
@@ -212,8 +232,9 @@ fn handle(req: Request) -> std::result::Result<Option<i32>, String> {
             systemd,
             console_socket,
             stdio,
+            confinement,
         } => {
-            let container = builder(&id, &root, console_socket, stdio)?
+            let container = builder(&id, &root, console_socket, stdio, &confinement)?
                 .validate_id()
                 .map_err(|e| e.to_string())?
                 .as_init(&bundle)
@@ -235,8 +256,9 @@ fn handle(req: Request) -> std::result::Result<Option<i32>, String> {
             process,
             console_socket,
             stdio,
+            confinement,
         } => {
-            let pid = builder(&id, &root, console_socket, stdio)?
+            let pid = builder(&id, &root, console_socket, stdio, &confinement)?
                 .as_tenant()
                 .with_process(Some(process))
                 .with_detach(true)

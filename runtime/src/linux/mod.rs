@@ -1,5 +1,6 @@
 //! The hardened container backend: youki's libcontainer, driven through helper processes.
 
+pub mod confine;
 pub mod hardening;
 pub mod helper;
 pub mod oom;
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::exits::Exits;
+pub use helper::Confinement;
 use helper::{HelperExe, Request};
 use sealed::SealedExe;
 
@@ -23,6 +25,8 @@ pub struct ContainerDirs {
     pub lc_root: PathBuf,
     /// The bundle libcontainer reads: the hardened config.json.
     pub bundle: PathBuf,
+    /// The seccomp filters every process of the container loads.
+    pub filters: PathBuf,
 }
 
 impl ContainerDirs {
@@ -31,6 +35,7 @@ impl ContainerDirs {
         ContainerDirs {
             lc_root: state.join("lc"),
             bundle: state.join("bundle"),
+            filters: state.join("seccomp.json"),
             state,
         }
     }
@@ -75,6 +80,7 @@ impl LinuxBackend {
         systemd: bool,
         console_socket: Option<PathBuf>,
         stdio: [Option<OwnedFd>; 3],
+        confinement: Confinement,
     ) -> Result<i32> {
         let present = [0, 1, 2].map(|i| stdio[i].is_some());
         let req = Request::Create {
@@ -84,6 +90,7 @@ impl LinuxBackend {
             systemd,
             console_socket,
             stdio: present,
+            confinement,
         };
         self.run(dirs, req, stdio)
             .await?
@@ -105,6 +112,7 @@ impl LinuxBackend {
         process: &Path,
         console_socket: Option<PathBuf>,
         stdio: [Option<OwnedFd>; 3],
+        confinement: Confinement,
     ) -> Result<i32> {
         let present = [0, 1, 2].map(|i| stdio[i].is_some());
         let req = Request::Exec {
@@ -113,6 +121,7 @@ impl LinuxBackend {
             process: process.to_path_buf(),
             console_socket,
             stdio: present,
+            confinement,
         };
         self.run(dirs, req, stdio)
             .await?

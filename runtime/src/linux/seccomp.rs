@@ -3,7 +3,8 @@
 //! The default profile follows moby's default for a container without CAP_SYS_ADMIN:
 //! an allow list, EPERM for everything else, `clone` without namespace flags, `clone3`
 //! answering ENOSYS (so libcs fall back to `clone`), a restricted `personality`.
-//! The extra deny list is applied on top of any profile, the spec's own included.
+//! The extra deny list is a second filter, the guard, loaded on top of any profile, the
+//! spec's own included.
 
 use oci_spec::runtime::{
     Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompArgBuilder,
@@ -492,84 +493,111 @@ pub fn default_profile() -> Result<LinuxSeccomp> {
         .map_err(|e| Error::Backend(format!("building seccomp profile: {e}")))
 }
 
-fn is_errno(action: LinuxSeccompAction) -> bool {
-    matches!(
-        action,
-        LinuxSeccompAction::ScmpActErrno
-            | LinuxSeccompAction::ScmpActKill
-            | LinuxSeccompAction::ScmpActKillProcess
-            | LinuxSeccompAction::ScmpActKillThread
-            | LinuxSeccompAction::ScmpActTrap
-    )
+/// The x86 `socketcall` multiplexer's call number for `socket(2)`.
+const SYS_SOCKET: u64 = 1;
+
+/// The guard: a filter of its own, loaded by every process of a container before the
+/// spec's profile (or Stockade's default), so the kernel applies both and the stricter
+/// action wins. Its default action allows; it denies:
+/// - every syscall in [`EXTRA_DENY`];
+/// - `clone` with any namespace flag, and `clone3` with ENOSYS (its flags sit in memory
+///   seccomp cannot read, so libcs fall back to `clone`, whose flags are checked);
+/// - `socket` of the families in [`DENIED_SOCKET_FAMILIES`];
+/// - the i386 `socketcall(SYS_SOCKET, …)`, whose family sits in memory seccomp cannot
+///   read: a 64-bit process can reach it with `int $0x80`, so a family check alone would
+///   be bypassed. 32-bit programs create sockets through the direct i386 `socket`
+///   syscall (checked like the 64-bit one); `socketcall`'s other calls work on sockets
+///   that already exist and stay allowed.
+///
+/// It covers the x86-64, i386 and x32 ABIs; a syscall from any other ABI kills the
+/// process (libseccomp's bad-architecture action).
+pub fn guard_profile() -> Result<LinuxSeccomp> {
+    let eperm =
+        |names: &[&str], args| rule(names, LinuxSeccompAction::ScmpActErrno, Some(EPERM), args);
+    let mut rules = vec![eperm(EXTRA_DENY, vec![])?];
+    let mut flag = 1u64;
+    while flag <= CLONE_NS_MASK {
+        if CLONE_NS_MASK & flag != 0 {
+            rules.push(eperm(&["clone"], vec![masked_eq(0, flag, flag)])?);
+        }
+        flag <<= 1;
+    }
+    rules.push(rule(
+        &["clone3"],
+        LinuxSeccompAction::ScmpActErrno,
+        Some(ENOSYS),
+        vec![],
+    )?);
+    for family in DENIED_SOCKET_FAMILIES {
+        rules.push(eperm(
+            &["socket"],
+            vec![arg(0, *family, 0, LinuxSeccompOperator::ScmpCmpEq)],
+        )?);
+    }
+    rules.push(eperm(
+        &["socketcall"],
+        vec![arg(0, SYS_SOCKET, 0, LinuxSeccompOperator::ScmpCmpEq)],
+    )?);
+    LinuxSeccompBuilder::default()
+        .default_action(LinuxSeccompAction::ScmpActAllow)
+        .architectures(vec![
+            Arch::ScmpArchX86_64,
+            Arch::ScmpArchX86,
+            Arch::ScmpArchX32,
+        ])
+        .syscalls(rules)
+        .build()
+        .map_err(|e| Error::Backend(format!("building the seccomp guard: {e}")))
 }
 
-/// Remove the denied syscalls from every permissive rule and add explicit EPERM rules,
-/// so the deny holds whatever the profile's default action is.
-pub fn apply_extra_deny(profile: &mut LinuxSeccomp) -> Result<()> {
-    let deny_by_default = is_errno(profile.default_action());
-    let mut rules = profile.syscalls().clone().unwrap_or_default();
-    let (mut had_clone, mut had_socket) = (false, false);
-    for r in rules.iter_mut() {
-        if is_errno(r.action()) {
-            continue;
-        }
-        let unconditional = r.args().as_ref().is_none_or(|a| a.is_empty());
-        let names: Vec<String> = r
-            .names()
+/// Refuse what Stockade cannot honour in a spec's profile: user notification needs a
+/// listener that the shim does not run.
+pub fn check_spec_profile(profile: &LinuxSeccomp) -> Result<()> {
+    let notify = profile.default_action() == LinuxSeccompAction::ScmpActNotify
+        || profile
+            .syscalls()
             .iter()
-            .filter(|n| {
-                // Unconditional clone/socket allows are replaced by argument-checked ones.
-                let strip = unconditional && matches!(n.as_str(), "clone" | "socket");
-                had_clone |= strip && n.as_str() == "clone";
-                had_socket |= strip && n.as_str() == "socket";
-                !EXTRA_DENY.contains(&n.as_str()) && !strip
-            })
-            .cloned()
-            .collect();
-        r.set_names(names);
+            .flatten()
+            .any(|r| r.action() == LinuxSeccompAction::ScmpActNotify);
+    if notify || profile.listener_path().is_some() {
+        return Err(Error::InvalidArgument(
+            "seccomp profile: SCMP_ACT_NOTIFY and listenerPath are not supported by stockade"
+                .into(),
+        ));
     }
-    rules.retain(|r| !r.names().is_empty());
-    if deny_by_default {
-        // Only argument-checked allows: the default action denies the rest.
-        if had_clone {
-            rules.push(rule(
-                &["clone"],
-                LinuxSeccompAction::ScmpActAllow,
-                None,
-                vec![masked_eq(0, CLONE_NS_MASK, 0)],
-            )?);
-        }
-        if had_socket {
-            rules.extend(socket_allow_rules()?);
-        }
-    } else {
-        rules.push(rule(
-            &["clone"],
-            LinuxSeccompAction::ScmpActErrno,
-            Some(EPERM),
-            vec![masked_eq(
-                0,
-                libc::CLONE_NEWUSER as u64,
-                libc::CLONE_NEWUSER as u64,
-            )],
-        )?);
-        for family in DENIED_SOCKET_FAMILIES {
-            rules.push(rule(
-                &["socket"],
-                LinuxSeccompAction::ScmpActErrno,
-                Some(EPERM),
-                vec![arg(0, *family, 0, LinuxSeccompOperator::ScmpCmpEq)],
-            )?);
-        }
-        rules.push(rule(
-            EXTRA_DENY,
-            LinuxSeccompAction::ScmpActErrno,
-            Some(EPERM),
-            vec![],
-        )?);
-    }
-    profile.set_syscalls(Some(rules));
     Ok(())
+}
+
+/// The filters every process of one container loads, in order, right before it runs
+/// its program (see [`crate::linux::confine`]): the guard, then the spec's profile or
+/// Stockade's default. Saved beside the hardened bundle, so the init and every exec
+/// load the same ones.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Filters {
+    pub guard: Option<LinuxSeccomp>,
+    pub profile: Option<LinuxSeccomp>,
+}
+
+impl Filters {
+    pub fn is_empty(&self) -> bool {
+        self.guard.is_none() && self.profile.is_none()
+    }
+
+    /// In load order.
+    pub fn iter(&self) -> impl Iterator<Item = &LinuxSeccomp> {
+        self.guard.iter().chain(self.profile.iter())
+    }
+
+    pub fn save(&self, path: &std::path::Path) -> Result<()> {
+        let json = serde_json::to_vec(self).map_err(|e| Error::Backend(e.to_string()))?;
+        std::fs::write(path, json).map_err(Error::io(format!("write {}", path.display())))
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Filters> {
+        let text = std::fs::read(path).map_err(Error::io(format!("read {}", path.display())))?;
+        serde_json::from_slice(&text)
+            .map_err(|e| Error::Backend(format!("{}: {e}", path.display())))
+    }
 }
 
 #[cfg(test)]
@@ -597,45 +625,70 @@ mod tests {
         }
     }
 
-    /// A profile with `default` and one unconditional allow rule for `names`.
-    fn allow_profile(default: LinuxSeccompAction, names: &[&str]) -> LinuxSeccomp {
-        LinuxSeccompBuilder::default()
-            .default_action(default)
-            .syscalls(vec![
-                rule(names, LinuxSeccompAction::ScmpActAllow, None, vec![]).unwrap(),
-            ])
-            .build()
-            .unwrap()
+    #[test]
+    fn guard_denies_everything_extra_whatever_the_profile() {
+        let g = guard_profile().unwrap();
+        assert_eq!(g.default_action(), LinuxSeccompAction::ScmpActAllow);
+        let denied = names_with(&g, LinuxSeccompAction::ScmpActErrno);
+        for name in EXTRA_DENY
+            .iter()
+            .chain(&["clone", "clone3", "socket", "socketcall"])
+        {
+            assert!(denied.contains(&name.to_string()), "{name} not denied");
+        }
+        assert!(names_with(&g, LinuxSeccompAction::ScmpActAllow).is_empty());
+        let arches = g.architectures().clone().unwrap();
+        assert!(arches.contains(&Arch::ScmpArchX86) && arches.contains(&Arch::ScmpArchX32));
     }
 
     #[test]
-    fn extra_deny_strips_allow_rules() {
-        let mut p = allow_profile(
-            LinuxSeccompAction::ScmpActAllow,
-            &["read", "bpf", "unshare"],
-        );
-        apply_extra_deny(&mut p).unwrap();
-        let allowed = names_with(&p, LinuxSeccompAction::ScmpActAllow);
-        assert_eq!(allowed, vec!["read".to_string()]);
-        let denied = names_with(&p, LinuxSeccompAction::ScmpActErrno);
-        assert!(denied.contains(&"bpf".to_string()) && denied.contains(&"socket".to_string()));
-    }
-
-    #[test]
-    fn deny_by_default_profile_loses_unconditional_socket_and_clone() {
-        let mut p = allow_profile(
-            LinuxSeccompAction::ScmpActErrno,
-            &["read", "socket", "clone"],
-        );
-        apply_extra_deny(&mut p).unwrap();
-        for r in p.syscalls().iter().flatten() {
-            let unconditional = r.args().as_ref().is_none_or(|a| a.is_empty());
-            if unconditional {
-                assert!(
-                    !r.names().iter().any(|n| n == "socket" || n == "clone"),
-                    "{r:?}"
-                );
+    fn guard_checks_every_namespace_flag_of_clone() {
+        let g = guard_profile().unwrap();
+        let mut covered = 0u64;
+        for r in g.syscalls().iter().flatten() {
+            if r.names() == &["clone".to_string()] {
+                let a = &r.args().as_ref().unwrap()[0];
+                // libcontainer's encoding: mask in valueTwo, datum in value.
+                assert_eq!(a.value_two(), Some(a.value()));
+                covered |= a.value();
             }
         }
+        assert_eq!(covered, CLONE_NS_MASK);
+    }
+
+    #[test]
+    fn the_i386_socketcall_socket_is_denied() {
+        let g = guard_profile().unwrap();
+        let r = g
+            .syscalls()
+            .iter()
+            .flatten()
+            .find(|r| r.names() == &["socketcall".to_string()])
+            .unwrap();
+        let a = &r.args().as_ref().unwrap()[0];
+        assert_eq!((a.index(), a.value()), (0, SYS_SOCKET));
+    }
+
+    #[test]
+    fn notify_profiles_are_refused() {
+        let p = LinuxSeccompBuilder::default()
+            .default_action(LinuxSeccompAction::ScmpActNotify)
+            .build()
+            .unwrap();
+        assert!(check_spec_profile(&p).is_err());
+        check_spec_profile(&default_profile().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn filters_round_trip_through_their_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = Filters {
+            guard: Some(guard_profile().unwrap()),
+            profile: Some(default_profile().unwrap()),
+        };
+        let path = dir.path().join("seccomp.json");
+        f.save(&path).unwrap();
+        assert_eq!(Filters::load(&path).unwrap(), f);
+        assert_eq!(f.iter().count(), 2);
     }
 }

@@ -376,16 +376,19 @@ impl Sandbox {
 }
 
 /// What the guest runs containers with: the host's `[container]` hardening, alone (the
-/// host's other sections mean nothing in the guest and may be newer than its agent).
+/// host's other sections mean nothing in the guest and may be newer than its agent),
+/// with VM mode's privileged policy (`[hypervisor] allow_privileged`) in place of
+/// container mode's.
 fn guest_config(config: &Config) -> Result<String> {
     #[derive(serde::Serialize)]
-    struct Guest<'a> {
-        container: &'a crate::config::ContainerConfig,
+    struct Guest {
+        container: crate::config::ContainerConfig,
     }
-    toml::to_string(&Guest {
-        container: &config.container,
-    })
-    .map_err(|e| Error::Backend(format!("guest config: {e}")))
+    let container = crate::config::ContainerConfig {
+        allow_privileged: config.hypervisor.allow_privileged,
+        ..config.container.clone()
+    };
+    toml::to_string(&Guest { container }).map_err(|e| Error::Backend(format!("guest config: {e}")))
 }
 
 fn set_private(dir: &Path) {
