@@ -17,4 +17,4 @@ cargo build --release --locked --workspace
 echo "== clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== tests"
-cargo test --locked --workspace
+cargo test --locked --workspace --no-fail-fast

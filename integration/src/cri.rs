@@ -152,6 +152,7 @@ impl CriEnv {
     /// `mode` and `extra` as for [`TestContainerd::start_with`].
     pub fn start(mode: &str, extra: &str) -> Result<CriEnv> {
         let _ = run(Command::new("ip").args(["link", "del", CNI_BRIDGE]));
+        forward_between_pods(true);
         let ctd = TestContainerd::start_full(mode, extra, cri_config)?;
         for (tar, reference, entrypoint) in [
             ("busybox.tar", IMAGE, "null"),
@@ -214,7 +215,7 @@ impl CriEnv {
             .map_err(|s| anyhow::anyhow!("CRI: {:?}: {}", s.code(), s.message()))
     }
 
-    /// Where the pods' container logs go (the `log_directory` of [`pod_config`]).
+    /// Where the pods' container logs go (the `log_directory` of [`pod_config`](Self::pod_config)).
     pub fn log_dir(&self, pod: &str) -> PathBuf {
         self.ctd.dir.path().join("pods").join(pod)
     }
@@ -508,6 +509,27 @@ impl Drop for CriEnv {
             }
         }
         let _ = run(Command::new("ip").args(["link", "del", CNI_BRIDGE]));
+        forward_between_pods(false);
+    }
+}
+
+/// Pod-to-pod frames cross the CNI bridge, and with bridge netfilter on they meet the
+/// host's iptables FORWARD chain, whose policy a dockerd on the same node (the e2e
+/// suites start one) sets to DROP. A node that runs both needs this rule, as kubelet's
+/// CNI setups add; the suite adds it for its bridge and removes it afterwards.
+fn forward_between_pods(add: bool) {
+    let rule = [
+        "FORWARD", "-i", CNI_BRIDGE, "-o", CNI_BRIDGE, "-j", "ACCEPT",
+    ];
+    let present = run(Command::new("iptables").arg("-C").args(rule)).ok();
+    match (add, present) {
+        (true, false) => {
+            let _ = run(Command::new("iptables").arg("-I").args(rule));
+        }
+        (false, true) => {
+            let _ = run(Command::new("iptables").arg("-D").args(rule));
+        }
+        _ => {}
     }
 }
 

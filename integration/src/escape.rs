@@ -12,30 +12,32 @@ use containerd_shim_protos::protobuf::well_known_types::any::Any;
 
 use crate::{IMAGE, NAMESPACE, RUNTIME, TestContainerd, TestDocker};
 
+const EPERM: &[&str] = &["denied EPERM"];
+
 /// Each probe and the answers a hardened container may give. Seccomp answers EPERM
 /// before the kernel looks at the request, so EPERM is asked for even where the kernel
 /// itself would refuse with another errno (AF_ALG on a host without the module).
 pub const PROBES: &[(&str, &[&str])] = &[
-    ("vsock", &["denied EPERM"]),
-    ("alg", &["denied EPERM"]),
+    ("vsock", EPERM),
+    ("alg", EPERM),
     // socketcall(SYS_SOCKET, …): the family is in memory seccomp cannot read, so the
     // i386 socketcall's socket() is denied whatever the family.
-    ("vsock32", &["denied EPERM"]),
-    ("alg32", &["denied EPERM"]),
-    ("inet32", &["denied EPERM"]),
-    ("vsock32-direct", &["denied EPERM"]),
-    ("userns", &["denied EPERM"]),
-    ("netns", &["denied EPERM"]),
-    ("clone-userns", &["denied EPERM"]),
+    ("vsock32", EPERM),
+    ("alg32", EPERM),
+    ("inet32", EPERM),
+    ("vsock32-direct", EPERM),
+    ("userns", EPERM),
+    ("netns", EPERM),
+    ("clone-userns", EPERM),
     // ENOSYS from Stockade's guard; a profile that names clone3 itself (containerd's,
     // Docker's) may answer first with its own errno.
     ("clone3-userns", &["denied ENOSYS", "denied EPERM"]),
-    ("userns32", &["denied EPERM"]),
-    ("io_uring", &["denied EPERM"]),
-    ("bpf", &["denied EPERM"]),
-    ("keyctl", &["denied EPERM"]),
-    ("userfaultfd", &["denied EPERM"]),
-    ("perf", &["denied EPERM"]),
+    ("userns32", EPERM),
+    ("io_uring", EPERM),
+    ("bpf", EPERM),
+    ("keyctl", EPERM),
+    ("userfaultfd", EPERM),
+    ("perf", EPERM),
     // Controls: the probe and the i386 ABI work, only what is denied fails.
     ("inet", &["allowed"]),
     ("inet32-direct", &["allowed"]),
@@ -427,6 +429,60 @@ pub fn docker_escape(ctd: &TestContainerd, d: &TestDocker, tag: &str) -> Result<
         })();
         let _ = d.docker(&["rm", "-f", &cname]);
         result?;
+    }
+    Ok(())
+}
+
+/// `ctr run --privileged` must fail before anything runs, and its error must name each
+/// of `wants` (the capabilities, the setting that would allow them).
+pub fn ctr_privileged_refused(ctd: &TestContainerd, id: &str, wants: &[&str]) -> Result<()> {
+    let out = ctd.ctr(&[
+        "run",
+        "--rm",
+        "--privileged",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        id,
+        "true",
+    ]);
+    let _ = ctd.ctr(&["container", "delete", id]);
+    if out.ok() {
+        bail!("--privileged ran: {out:?}");
+    }
+    for want in wants {
+        if !out.stderr.contains(want) {
+            bail!("the refusal lacks {want:?}: {}", out.stderr);
+        }
+    }
+    Ok(())
+}
+
+/// A profile asking for seccomp user notification, which Stockade cannot serve: Create
+/// must fail with a clear error naming it.
+pub fn ctr_notify_profile_refused(ctd: &TestContainerd, id: &str) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("notify.json");
+    std::fs::write(
+        &path,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_NOTIFY"}]}"#,
+    )?;
+    let path = path.display().to_string();
+    let out = ctd.ctr(&[
+        "run",
+        "--rm",
+        "--seccomp",
+        "--seccomp-profile",
+        &path,
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        id,
+        "true",
+    ]);
+    let _ = ctd.ctr(&["container", "delete", id]);
+    if out.ok() || !out.stderr.contains("SCMP_ACT_NOTIFY") {
+        bail!("a notify profile was not refused clearly: {out:?}");
     }
     Ok(())
 }

@@ -1,0 +1,290 @@
+//! A private containerd for the tests: its own root, state, sockets and config.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::command::{Out, run};
+use crate::paths::path_with_shim;
+use crate::{IMAGE, NAMESPACE, RUNTIME};
+
+fn wait_for(path: &Path, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    while !path.exists() {
+        if start.elapsed() > timeout {
+            bail!("timed out waiting for {}", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// SIGTERM, then SIGKILL after `grace`; then unmount what the daemon left under `dir`
+/// (containerd and dockerd leave their snapshot mounts behind on exit).
+pub(crate) fn stop_daemon(child: &mut Child, grace: Duration, dir: &Path) {
+    // SAFETY: plain kill(2) of our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let start = Instant::now();
+    while start.elapsed() < grace {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = run(Command::new("sh").arg("-c").arg(format!(
+        "grep -o ' {d}[^ ]*' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l",
+        d = dir.display()
+    )));
+}
+
+/// A private containerd: own root, state, sockets and config, stopped on drop.
+pub struct TestContainerd {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub stockade_state: PathBuf,
+    pub config: PathBuf,
+    child: Child,
+}
+
+impl TestContainerd {
+    pub fn start() -> Result<TestContainerd> {
+        Self::start_with("auto", "")
+    }
+
+    /// With Stockade's `[runtime] mode` and extra configuration (TOML tables after
+    /// `[runtime]`, e.g. a `[hypervisor]` section).
+    pub fn start_with(mode: &str, extra: &str) -> Result<TestContainerd> {
+        Self::start_full(mode, extra, |_| String::new())
+    }
+
+    /// As [`start_with`](Self::start_with), with `cri(dir)` returning more keys and
+    /// tables for containerd's CRI plugin section (see
+    /// [`cri::cri_config`](crate::cri::cri_config)).
+    pub fn start_full(
+        mode: &str,
+        extra: &str,
+        cri: impl FnOnce(&Path) -> String,
+    ) -> Result<TestContainerd> {
+        let dir = tempfile::Builder::new()
+            .prefix("stockade-it-")
+            .tempdir_in("/tmp")?;
+        let d = dir.path();
+        let socket = d.join("containerd.sock");
+        let stockade_state = d.join("stockade-state");
+        let config = d.join("stockade.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[runtime]\nmode = \"{mode}\"\nstate_dir = \"{}\"\n{extra}",
+                stockade_state.display()
+            ),
+        )?;
+        let ctd_config = d.join("containerd.toml");
+        std::fs::write(
+            &ctd_config,
+            format!(
+                r#"version = 2
+root = "{root}"
+state = "{state}"
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d}/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  restrict_oom_score_adj = true
+{cri}"#,
+                cri = cri(d),
+                root = d.join("root").display(),
+                state = d.join("state").display(),
+                sock = socket.display(),
+                d = d.display()
+            ),
+        )?;
+        let path = path_with_shim()?;
+        let log = std::fs::File::create(d.join("containerd.log"))?;
+        let child = Command::new("/usr/bin/containerd")
+            .arg("--config")
+            .arg(&ctd_config)
+            .env("PATH", path)
+            .env("STOCKADE_CONFIG", &config)
+            .env("STOCKADE_LOG_LEVEL", "debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start containerd")?;
+        let env = TestContainerd {
+            state_dir: d.join("state"),
+            dir,
+            socket,
+            stockade_state,
+            config,
+            child,
+        };
+        wait_for(&env.socket, Duration::from_secs(20))?;
+        Ok(env)
+    }
+
+    /// containerd's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn ctr_cmd(&self) -> Command {
+        let mut c = Command::new("/usr/bin/ctr");
+        c.arg("--address")
+            .arg(&self.socket)
+            .arg("--namespace")
+            .arg(NAMESPACE);
+        c
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> Out {
+        run(self.ctr_cmd().args(args))
+    }
+
+    /// `ctr` in another containerd namespace (the CRI plugin's is `k8s.io`).
+    pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> Out {
+        run(Command::new("/usr/bin/ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .arg("--namespace")
+            .arg(namespace)
+            .args(args))
+    }
+
+    /// `ctr run --rm --runtime stockade IMAGE ID ARGS...`
+    pub fn run_rm(&self, id: &str, args: &[&str]) -> Out {
+        let mut a = vec!["run", "--rm", "--runtime", RUNTIME, IMAGE, id];
+        a.extend_from_slice(args);
+        self.ctr(&a)
+    }
+
+    /// `ctr run -d --runtime stockade IMAGE ID ARGS...`
+    pub fn run_detached(&self, id: &str, args: &[&str]) -> Result<()> {
+        let mut a = vec!["run", "-d", "--runtime", RUNTIME, IMAGE, id];
+        a.extend_from_slice(args);
+        let out = self.ctr(&a);
+        if !out.ok() {
+            bail!("ctr run -d {id}: {}", out.stderr);
+        }
+        Ok(())
+    }
+
+    /// The init pid `ctr task ls` shows for `id`.
+    pub fn task_pid(&self, id: &str) -> Result<i32> {
+        let ls = self.ctr(&["task", "ls"]);
+        ls.stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("no pid for {id} in: {}", ls.stdout))
+    }
+
+    /// Kill a container's task, then delete it and the container (best effort).
+    pub fn remove(&self, id: &str) {
+        let _ = self.ctr(&["task", "kill", "--signal", "SIGKILL", id]);
+        for _ in 0..100 {
+            if self.ctr(&["task", "delete", id]).ok() || !self.ctr(&["task", "ps", id]).ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.ctr(&["container", "delete", id]);
+    }
+
+    pub fn import_image(&self, tar: &Path) -> Result<()> {
+        let out = self.ctr(&["images", "import", &tar.display().to_string()]);
+        if !out.ok() {
+            bail!("image import failed: {}", out.stderr);
+        }
+        Ok(())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// Everything one container may leave behind, checked after it is gone.
+    pub fn leaks(&self, namespace: &str, id: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        let state = self.stockade_state.join(namespace).join(id);
+        if state.exists() {
+            found.push(format!("state dir {}", state.display()));
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for line in mounts.lines() {
+            if line.contains(&format!("/{id}/rootfs")) {
+                found.push(format!("mount {line}"));
+            }
+        }
+        for ctl in ["memory", "pids", "cpu", "freezer"] {
+            for root in [
+                format!("/sys/fs/cgroup/{ctl}"),
+                "/sys/fs/cgroup".to_string(),
+            ] {
+                let dir = Path::new(&root).join(namespace).join(id);
+                if dir.exists() {
+                    found.push(format!("cgroup {}", dir.display()));
+                }
+            }
+        }
+        let ps = run(Command::new("pgrep").args(["-f", &format!("stockade.*{id}")]));
+        if ps.ok() && !ps.stdout.trim().is_empty() {
+            found.push(format!("processes {}", ps.stdout.trim()));
+        }
+        found
+    }
+
+    /// What VM sandboxes may leave behind: sandbox dirs, and qemu, virtiofsd or vsock
+    /// backend processes working in this containerd's Stockade state dir.
+    pub fn vm_leaks(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        let vm = self.stockade_state.join("vm");
+        if let Ok(entries) = std::fs::read_dir(&vm) {
+            for e in entries.flatten() {
+                found.push(format!("sandbox dir {}", e.path().display()));
+            }
+        }
+        let state = self.stockade_state.display().to_string();
+        let ps = run(Command::new("pgrep").args(["-a", "-f", &state]));
+        for line in ps.stdout.lines() {
+            if line.contains("qemu") || line.contains("virtiofsd") || line.contains("vhost-device")
+            {
+                found.push(format!("process {line}"));
+            }
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for line in mounts.lines() {
+            if line.contains(&format!("{}/vm/", state)) {
+                found.push(format!("mount {line}"));
+            }
+        }
+        found
+    }
+
+    /// Shim processes this containerd started that are still alive.
+    pub fn shims(&self) -> Vec<String> {
+        let ps = run(Command::new("pgrep").args(["-a", "-f", "containerd-shim-stockade-v2"]));
+        let addr = self.socket.display().to_string();
+        ps.stdout
+            .lines()
+            .filter(|l| l.contains(&addr))
+            .map(String::from)
+            .collect()
+    }
+}
+
+impl Drop for TestContainerd {
+    fn drop(&mut self) {
+        stop_daemon(&mut self.child, Duration::from_secs(10), self.dir.path());
+    }
+}

@@ -1,0 +1,118 @@
+//! A private dockerd for the tests, on a private containerd and its own bridge.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::command::{Out, run};
+use crate::containerd::{TestContainerd, stop_daemon};
+use crate::paths::path_with_shim;
+use crate::{DOCKER, RUNTIME};
+
+/// The bridge the private dockerd uses for its default network.
+pub const TEST_BRIDGE: &str = "stk-test0";
+pub const TEST_BRIDGE_CIDR: &str = "172.31.254.1/24";
+
+/// A private dockerd on top of a [`TestContainerd`], with a named runtime in daemon.json.
+pub struct TestDocker {
+    pub dir: tempfile::TempDir,
+    pub host: String,
+    child: Child,
+}
+
+impl TestDocker {
+    pub fn start(ctd: &TestContainerd) -> Result<TestDocker> {
+        let dockerd = ["/usr/sbin/dockerd", "/usr/bin/dockerd"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .context("dockerd missing: run packaging/setup.sh --deps")?;
+        let dir = tempfile::Builder::new()
+            .prefix("stockade-dk-")
+            .tempdir_in("/tmp")?;
+        let d = dir.path();
+        let daemon_json = d.join("daemon.json");
+        std::fs::write(
+            &daemon_json,
+            format!(r#"{{"runtimes": {{"stockade": {{"runtimeType": "{RUNTIME}"}}}}}}"#),
+        )?;
+        let sock = d.join("docker.sock");
+        // Our own bridge, so a node's docker0 (if any) is left alone; removed on drop.
+        let _ = run(Command::new("ip").args(["link", "del", TEST_BRIDGE]));
+        for args in [
+            vec!["link", "add", TEST_BRIDGE, "type", "bridge"],
+            vec!["addr", "add", TEST_BRIDGE_CIDR, "dev", TEST_BRIDGE],
+            vec!["link", "set", TEST_BRIDGE, "up"],
+        ] {
+            let o = run(Command::new("ip").args(&args));
+            if !o.ok() {
+                bail!("ip {}: {}", args.join(" "), o.stderr);
+            }
+        }
+        let log = std::fs::File::create(d.join("dockerd.log"))?;
+        let path = path_with_shim()?;
+        let child = Command::new(dockerd)
+            .arg("--config-file")
+            .arg(&daemon_json)
+            .arg("--containerd")
+            .arg(&ctd.socket)
+            .arg("--data-root")
+            .arg(d.join("root"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .arg("--pidfile")
+            .arg(d.join("docker.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", sock.display()))
+            .arg(format!("--bridge={TEST_BRIDGE}"))
+            .arg("--ip6tables=false")
+            .env("PATH", path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start dockerd")?;
+        let env = TestDocker {
+            host: format!("unix://{}", sock.display()),
+            dir,
+            child,
+        };
+        let start = Instant::now();
+        loop {
+            if env.docker(&["version"]).ok() {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!("dockerd did not come up:\n{}", env.log());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(env)
+    }
+
+    pub fn docker(&self, args: &[&str]) -> Out {
+        run(Command::new(DOCKER).arg("-H").arg(&self.host).args(args))
+    }
+
+    pub fn docker_cmd(&self) -> Command {
+        let mut c = Command::new(DOCKER);
+        c.arg("-H").arg(&self.host);
+        c
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for TestDocker {
+    fn drop(&mut self) {
+        let ids = self.docker(&["ps", "-aq"]).stdout;
+        for id in ids.split_whitespace() {
+            let _ = self.docker(&["rm", "-f", "-v", id]);
+        }
+        stop_daemon(&mut self.child, Duration::from_secs(15), self.dir.path());
+        let _ = run(Command::new("ip").args(["link", "del", TEST_BRIDGE]));
+    }
+}

@@ -1,0 +1,88 @@
+//! PSS measurement: the host memory a VM sandbox's processes cost.
+
+use std::process::Command;
+
+use crate::command::run;
+
+/// PSS in KiB from `/proc/<pid>/smaps`: (total, guest RAM, TCG translation cache).
+/// Guest RAM is QEMU's memfd memory backend; the TCG cache is its anonymous
+/// read-write-execute mapping (absent under KVM).
+pub fn pss_kib(pid: &str) -> (u64, u64, u64) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let (mut total, mut guest, mut tcg) = (0, 0, 0);
+    let mut kind = 0;
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if first.contains('-') && first.chars().next().is_some_and(|c| c.is_ascii_hexdigit()) {
+            let perms = words.next().unwrap_or("");
+            let named = line.split_whitespace().count() > 5;
+            kind = if line.contains("memfd:memory-backend") {
+                1
+            } else if perms == "rwxp" && !named {
+                2
+            } else {
+                0
+            };
+            continue;
+        }
+        if let Some(v) = line.strip_prefix("Pss:") {
+            let kib: u64 = v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0);
+            total += kib;
+            match kind {
+                1 => guest += kib,
+                2 => tcg += kib,
+                _ => {}
+            }
+        }
+    }
+    (total, guest, tcg)
+}
+
+pub fn pids(pattern: &str) -> Vec<String> {
+    run(Command::new("pgrep").args(["-f", pattern]))
+        .stdout
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+/// Print the PSS of one VM sandbox's host processes (qemu, virtiofsd, the vsock backend,
+/// and the shim matching `shim_pattern`) working in Stockade state dir `state`, and the
+/// host overhead outside guest RAM. Returns that overhead without the TCG translation
+/// cache (what KVM would cost), in KiB.
+pub fn report_sandbox_memory(state: &str, shim_pattern: &str, guest_mib: u32) -> u64 {
+    let mut total = 0u64;
+    let mut guest_ram = 0u64;
+    let mut tcg_cache = 0u64;
+    for (name, pattern) in [
+        ("qemu", format!("qemu-system.*{state}")),
+        ("virtiofsd", format!("virtiofsd.*{state}")),
+        ("vhost-device-vsock", format!("vhost-device-vsock.*{state}")),
+        ("shim", shim_pattern.to_string()),
+    ] {
+        let mut kib = 0;
+        for p in pids(&pattern) {
+            let (t, g, c) = pss_kib(&p);
+            kib += t;
+            guest_ram += g;
+            tcg_cache += c;
+        }
+        total += kib;
+        println!("  {name:<20} PSS {:>7.1} MiB", kib as f64 / 1024.0);
+    }
+    let overhead = total - guest_ram;
+    let mib = |k: u64| k as f64 / 1024.0;
+    println!(
+        "  one sandbox ({guest_mib} MiB guest): PSS {:.1} MiB in all, of which guest RAM touched {:.1} MiB",
+        mib(total),
+        mib(guest_ram)
+    );
+    println!(
+        "  host overhead outside guest RAM: {:.1} MiB; without the TCG translation cache ({:.1} MiB, absent under KVM): {:.1} MiB (target <= 40 MiB)",
+        mib(overhead),
+        mib(tcg_cache),
+        mib(overhead - tcg_cache)
+    );
+    overhead - tcg_cache
+}
