@@ -96,7 +96,7 @@ fn exit_response(info: ExitInfo) -> ExitResponse {
 /// A runtime error as the host gets it (`Error::ttrpc_code`; the host reverses it with
 /// `Error::from_code`).
 fn status(e: Error) -> ttrpc::Error {
-    ttrpc::Error::RpcStatus(ttrpc::get_status(e.ttrpc_code(), e.to_string()))
+    e.to_status()
 }
 
 fn check_id(id: &str) -> Result<()> {

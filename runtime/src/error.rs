@@ -55,6 +55,25 @@ impl Error {
         }
     }
 
+    /// The message with its whole source chain, once (`context: cause: cause`): what
+    /// containerd shows the user, and what the agent sends the host.
+    pub fn chain(&self) -> String {
+        let mut msg = self.to_string();
+        let mut src = std::error::Error::source(self);
+        while let Some(s) = src {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            src = s.source();
+        }
+        msg
+    }
+
+    /// The ttrpc status the shim answers containerd with and the agent answers the host
+    /// with: [`ttrpc_code`](Self::ttrpc_code) and [`chain`](Self::chain).
+    pub fn to_status(&self) -> ttrpc::Error {
+        ttrpc::Error::RpcStatus(ttrpc::get_status(self.ttrpc_code(), self.chain()))
+    }
+
     /// A status code from the guest back into an error carrying `msg`; codes the
     /// mapping does not produce become [`Error::Backend`] with `other`.
     pub fn from_code(code: ttrpc::Code, msg: String, other: impl FnOnce(String) -> Error) -> Error {
@@ -98,5 +117,18 @@ mod tests {
         }
         let other = Error::from_code(ttrpc::Code::INTERNAL, "x".into(), Error::Backend);
         assert!(matches!(other, Error::Backend(_)));
+    }
+
+    #[test]
+    fn the_status_carries_the_whole_chain() {
+        let e = Error::io("open /x")(std::io::Error::from_raw_os_error(libc::ENOENT));
+        match e.to_status() {
+            ttrpc::Error::RpcStatus(s) => {
+                assert_eq!(s.code(), ttrpc::Code::UNKNOWN);
+                assert!(s.message().starts_with("open /x: "), "{}", s.message());
+                assert!(s.message().contains("No such file"), "{}", s.message());
+            }
+            other => panic!("not a status: {other:?}"),
+        }
     }
 }

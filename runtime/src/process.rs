@@ -9,8 +9,36 @@ use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::linux::ContainerDirs;
-use crate::runtime::ExitInfo;
 use crate::stdio::{ChildIo, ProcessIo, StdioPaths};
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitInfo {
+    pub pid: u32,
+    pub code: u32,
+    pub at: SystemTime,
+}
+
+/// A process's state as containerd reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Created,
+    Running,
+    Paused,
+    Stopped,
+}
+
+/// What containerd's State call answers for one process.
+#[derive(Debug, Clone)]
+pub struct TaskState {
+    pub id: String,
+    pub exec_id: String,
+    pub bundle: PathBuf,
+    pub pid: u32,
+    pub status: Status,
+    pub stdio: StdioPaths,
+    pub exit: Option<ExitInfo>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ProcState {

@@ -20,6 +20,7 @@ use crate::linux::{Confinement, ContainerDirs, LinuxBackend, oom, stats};
 use crate::mounts::{self, Mount};
 use crate::probe::{RealHost, probe_kvm};
 use crate::process::{Container, ProcState, Process};
+pub use crate::process::{ExitInfo, Status, TaskState};
 use crate::select::{Backend, select};
 use crate::stdio::{ProcessIo, StdioPaths};
 use crate::vm::Sandbox;
@@ -27,32 +28,6 @@ use crate::vm::agent::stdio_msg;
 
 const OUTPUT_GRACE: Duration = Duration::from_secs(5);
 const EXIT_GRACE: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExitInfo {
-    pub pid: u32,
-    pub code: u32,
-    pub at: SystemTime,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Created,
-    Running,
-    Paused,
-    Stopped,
-}
-
-#[derive(Debug, Clone)]
-pub struct TaskState {
-    pub id: String,
-    pub exec_id: String,
-    pub bundle: PathBuf,
-    pub pid: u32,
-    pub status: Status,
-    pub stdio: StdioPaths,
-    pub exit: Option<ExitInfo>,
-}
 
 #[derive(Debug, Clone)]
 pub enum Event {

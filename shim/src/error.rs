@@ -1,21 +1,12 @@
-//! Runtime errors become containerd's ttrpc statuses here (codes: `Error::ttrpc_code`,
-//! shared with the guest agent).
+//! Runtime errors become containerd's ttrpc statuses here, logged once (the status:
+//! `Error::to_status`, shared with the guest agent).
 
 use containerd_shim_protos::ttrpc;
 use stockade_runtime::Error;
 
 pub fn to_ttrpc(e: Error) -> ttrpc::Error {
-    let code = e.ttrpc_code();
-    // The whole chain, once: containerd shows this message to the user.
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    log::warn!(code:? = code; "{msg}");
-    ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg))
+    log::warn!(code:? = e.ttrpc_code(); "{}", e.chain());
+    e.to_status()
 }
 
 pub trait IntoTtrpc<T> {

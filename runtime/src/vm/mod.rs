@@ -10,12 +10,12 @@
 pub mod agent;
 pub mod cgroup;
 pub mod network;
-pub mod process;
 pub mod qemu;
 pub mod sandbox;
 pub mod share;
 pub mod sizing;
 pub mod vsock;
+pub mod watched;
 
 pub use agent::AgentClient;
 pub use qemu::MicroVm;

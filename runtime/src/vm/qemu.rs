@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use crate::config::{Accel, HypervisorConfig, VsockMode};
 use crate::error::{Error, Result};
 use crate::vm::agent::AgentClient;
-use crate::vm::process::Watched;
 use crate::vm::vsock::Transport;
+use crate::vm::watched::Watched;
 use stockade_agent_protocol::SHARE_TAG;
 
 /// The guest CID; each VM has its own vsock backend, so every guest can use the same.
