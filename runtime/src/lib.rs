@@ -3,6 +3,7 @@
 //! The shim (`shim/`) translates containerd's task API into calls on [`Runtime`];
 //! this crate owns configuration, backend selection and the backends themselves.
 
+mod backend;
 pub mod config;
 pub mod error;
 pub mod exits;

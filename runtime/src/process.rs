@@ -107,17 +107,77 @@ pub(crate) struct Container {
     pub(crate) mounted_rootfs: Option<PathBuf>,
     pub(crate) init: Arc<Process>,
     pub(crate) execs: Mutex<HashMap<String, Arc<Process>>>,
-    pub(crate) cgroup_path: PathBuf,
-    pub(crate) systemd: bool,
+    /// The host cgroup its processes are in (container backend).
+    pub(crate) cgroup: Option<crate::backend::HostCgroup>,
     pub(crate) own_pid_ns: bool,
     pub(crate) paused: Mutex<bool>,
     /// What an exec is held to (capabilities, no-new-privileges, seccomp).
     pub(crate) exec_policy: crate::linux::hardening::ExecPolicy,
-    /// The pod VM the container runs in (VM backend); None for the container backend.
-    pub(crate) vm: Option<Arc<crate::vm::Sandbox>>,
+}
+
+/// The state checks of the verbs, in one place: each answers FailedPrecondition (or
+/// NotFound, which containerd reads as "already gone") when the process is not in a
+/// state the verb accepts.
+impl Process {
+    fn name(&self, id: &str) -> String {
+        if self.exec_id.is_empty() {
+            format!("container {id}")
+        } else {
+            format!("exec {}", self.exec_id)
+        }
+    }
+
+    /// Start: only a created process.
+    pub(crate) fn check_startable(&self, id: &str) -> Result<()> {
+        match self.state() {
+            ProcState::Created => Ok(()),
+            _ => Err(Error::FailedPrecondition(format!(
+                "process {id}/{} is not in the created state",
+                self.exec_id
+            ))),
+        }
+    }
+
+    /// Kill: not a process that has exited; not an exec that was never started (a
+    /// created init may be killed: it is waiting for Start).
+    pub(crate) fn check_signalable(&self, id: &str) -> Result<()> {
+        match self.state() {
+            ProcState::Stopped(_) => Err(Error::NotFound(format!(
+                "process {id}/{}: already finished",
+                self.exec_id
+            ))),
+            ProcState::Created if !self.exec_id.is_empty() => Err(Error::FailedPrecondition(
+                format!("exec {} was not started", self.exec_id),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Delete: not a running process. Returns its exit, or `None` if it never started.
+    pub(crate) fn check_deletable(&self, id: &str) -> Result<Option<ExitInfo>> {
+        match self.state() {
+            ProcState::Running => Err(Error::FailedPrecondition(format!(
+                "{} is still running",
+                self.name(id)
+            ))),
+            ProcState::Stopped(info) => Ok(Some(info)),
+            ProcState::Created => Ok(None),
+        }
+    }
 }
 
 impl Container {
+    /// Exec, pause and resume need a running init.
+    pub(crate) fn check_running(&self) -> Result<()> {
+        match self.init.state() {
+            ProcState::Running => Ok(()),
+            _ => Err(Error::FailedPrecondition(format!(
+                "container {} is not running",
+                self.id
+            ))),
+        }
+    }
+
     pub(crate) fn process(&self, exec_id: &str) -> Result<Arc<Process>> {
         if exec_id.is_empty() {
             return Ok(self.init.clone());

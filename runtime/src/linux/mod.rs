@@ -1,5 +1,6 @@
 //! The hardened container backend: youki's libcontainer, driven through helper processes.
 
+pub mod backend;
 pub mod confine;
 pub mod hardening;
 pub mod helper;

@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod cgroup;
 pub mod network;
+pub mod pod;
 pub mod qemu;
 pub mod sandbox;
 pub mod share;

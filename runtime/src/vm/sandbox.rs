@@ -29,12 +29,12 @@ const PIDS_FILE: &str = "pids";
 const ID_FILE: &str = "id";
 
 pub struct Sandbox {
-    pub id: String,
-    pub dir: PathBuf,
-    pub share: Share,
-    pub agent: Arc<AgentClient>,
+    id: String,
+    dir: PathBuf,
+    share: Share,
+    agent: Arc<AgentClient>,
     /// Exit codes by guest pid, fed by the event pump.
-    pub exits: Exits,
+    exits: Exits,
     vm: tokio::sync::Mutex<Option<MicroVm>>,
     /// The host cgroup the VM's processes are in, removed at teardown.
     cgroup: Option<PodCgroup>,
@@ -286,6 +286,37 @@ impl Sandbox {
             }
         }
         Ok(vm)
+    }
+
+    /// The sandbox's state dir (`<state_dir>/vm/<hash>`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The agent in the guest.
+    pub fn agent(&self) -> &AgentClient {
+        &self.agent
+    }
+
+    /// The exit code of guest process `pid`, once the guest reports it.
+    pub fn subscribe_exit(&self, pid: u32) -> tokio::sync::oneshot::Receiver<i32> {
+        self.exits.subscribe(pid as i32)
+    }
+
+    /// Bring a container's rootfs and volumes into the share, rewriting `spec` to the
+    /// guest's paths (see [`Share::add_container`]).
+    pub fn add_container(
+        &self,
+        id: &str,
+        spec: &mut oci_spec::runtime::Spec,
+        bundle: &Path,
+    ) -> Result<()> {
+        self.share.add_container(id, spec, bundle)
+    }
+
+    /// Take a container's rootfs and volumes out of the share.
+    pub fn remove_container(&self, id: &str) -> Result<()> {
+        self.share.remove_container(id)
     }
 
     pub fn is_dead(&self) -> bool {

@@ -1,0 +1,537 @@
+//! The VM backend: the pod's containers run in one QEMU microVM (`sandbox.rs`), booted
+//! by the pod's first Create and torn down when its last container is deleted. Each
+//! container's spec is rewritten for the guest ([`guest_spec`]), its rootfs and volumes
+//! join the pod's virtio-fs share, and every verb is an agent call over vsock; the
+//! guest runs the container backend's code.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process as OciProcess, Spec};
+
+use crate::backend::{Backend, Created, Host, NewContainer, Started};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::linux::ContainerDirs;
+use crate::linux::backend::is_systemd_cgroup_path;
+use crate::linux::hardening::{self, ExecPolicy};
+use crate::linux::stats::{CgroupVersion, Metrics};
+use crate::process::{Container, Process};
+use crate::runtime::CreateRequest;
+use crate::stdio::{ChildIo, ProcessIo, StdioPaths};
+use crate::vm::agent::stdio_msg;
+use crate::vm::sandbox::{NetRequest, Sandbox};
+
+/// Marks the container whose Create booted the pod's VM (its content: the sandbox dir).
+const SANDBOX_MARK: &str = "vm-sandbox";
+
+pub(crate) struct VmPod {
+    host: Host,
+    /// Booted by the pod's first Create.
+    sandbox: tokio::sync::Mutex<Option<Arc<Sandbox>>>,
+}
+
+impl VmPod {
+    pub(crate) fn new(host: Host) -> VmPod {
+        VmPod {
+            host,
+            sandbox: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The pod's VM: the one already running, or a new one booted for `req`.
+    async fn sandbox_for(
+        &self,
+        req: &CreateRequest,
+        config: &Config,
+        spec: &Spec,
+        network: NetRequest,
+        dirs: &ContainerDirs,
+    ) -> Result<Arc<Sandbox>> {
+        let mut slot = self.sandbox.lock().await;
+        if let Some(sb) = slot.as_ref() {
+            if sb.is_dead() {
+                return Err(Error::FailedPrecondition(format!(
+                    "the pod's VM has died (console: {})",
+                    sb.console_log().display()
+                )));
+            }
+            return Ok(sb.clone());
+        }
+        let id = req.id.as_str();
+        let hostname = spec.hostname().clone().unwrap_or_default();
+        let size = crate::vm::sizing::pod_size(
+            &config.hypervisor,
+            spec.annotations().as_ref().unwrap_or(&HashMap::new()),
+            spec.linux().as_ref().and_then(|l| l.resources().as_ref()),
+            crate::vm::sizing::HostLimits::of_this_host(),
+        );
+        log::info!(sandbox = id, vcpus = size.vcpus, memory_mib = size.memory_mib; "pod VM size");
+        let mut config = config.clone();
+        config.hypervisor.vcpus = size.vcpus;
+        config.hypervisor.memory_mib = size.memory_mib;
+        // The VM's host processes go where the sandbox container would have gone.
+        let cgroup = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().clone())
+            .map(|path| crate::vm::cgroup::PodCgroup {
+                systemd: req.systemd_cgroup || is_systemd_cgroup_path(&path),
+                path,
+                id: id.to_string(),
+            });
+        let oom = self.host.oom.clone();
+        let sb = Sandbox::boot(
+            &config,
+            &self.host.namespace,
+            id,
+            &hostname,
+            crate::vm::sandbox::PodHost { network, cgroup },
+            &self.host.exits,
+            move |id| {
+                log::warn!(id = id.as_str(); "OOM kill in container (guest)");
+                oom(id);
+            },
+        )
+        .await?;
+        std::fs::write(
+            dirs.state.join(SANDBOX_MARK),
+            sb.dir().to_string_lossy().as_bytes(),
+        )
+        .map_err(Error::io("record the sandbox dir"))?;
+        *slot = Some(sb.clone());
+        Ok(sb)
+    }
+
+    /// The pod's running VM.
+    async fn vm(&self) -> Result<Arc<Sandbox>> {
+        self.sandbox
+            .lock()
+            .await
+            .clone()
+            .ok_or_else(|| Error::FailedPrecondition("the pod's VM is gone".into()))
+    }
+
+    async fn create_in(
+        &self,
+        sandbox: &Sandbox,
+        req: &CreateRequest,
+        config: &Config,
+        spec: &Spec,
+        dirs: &ContainerDirs,
+    ) -> Result<Created> {
+        let own_pid_ns = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .is_some_and(|ns| {
+                ns.iter()
+                    .any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_none())
+            });
+        let json = serde_json::to_vec(&spec).map_err(|e| Error::Backend(e.to_string()))?;
+        let (io, fds, streams) = vm_process_io(&req.stdio, &dirs.state, "init")?;
+        let asked = std::time::Instant::now();
+        let pid = sandbox
+            .agent()
+            .create_container(&req.id, json, streams)
+            .await;
+        log::debug!(id = req.id.as_str(), ms = asked.elapsed().as_millis() as u64; "guest create");
+        let pid = match pid {
+            Ok(pid) => pid,
+            Err(e) => {
+                io.shutdown();
+                return Err(e);
+            }
+        };
+        if let Err(e) = sandbox.attach_stdio(&req.id, "", fds).await {
+            io.shutdown();
+            let _ = sandbox.agent().delete(&req.id, "").await;
+            return Err(e);
+        }
+        // The guest holds every exec to the same policy; the host checks first.
+        let exec_policy = ExecPolicy {
+            allow_privileged: config.hypervisor.allow_privileged,
+            setting: "[hypervisor] allow_privileged",
+            no_new_privileges: config.container.no_new_privileges,
+            ..ExecPolicy::of(spec)
+        };
+        Ok(Created {
+            pid,
+            io,
+            exit: sandbox.subscribe_exit(pid),
+            exec_policy,
+            own_pid_ns,
+            cgroup: None,
+        })
+    }
+}
+
+#[async_trait]
+impl Backend for VmPod {
+    fn name(&self) -> &'static str {
+        "vm"
+    }
+
+    async fn create(&self, new: NewContainer<'_>) -> Result<Created> {
+        let NewContainer {
+            req,
+            config,
+            spec,
+            dirs,
+            pod_pids,
+        } = new;
+        // Refused before a VM boots for it; allowed, it keeps no host device.
+        if !config.hypervisor.allow_privileged {
+            hardening::refuse_privileged(spec, "[hypervisor] allow_privileged")?;
+        }
+        let privileged = hardening::is_privileged(spec);
+        let network = net_request(spec, &req.bundle);
+        // A container that joins the pod's network shares the guest's, which is wired to it.
+        let shares_guest_net = !matches!(network, NetRequest::None);
+        let sandbox = self.sandbox_for(req, config, spec, network, dirs).await?;
+        guest_spec(
+            spec,
+            &req.id,
+            GuestSpec {
+                terminal: req.stdio.terminal,
+                shares_guest_net,
+                privileged,
+            },
+            &pod_pids,
+        );
+        let res = match sandbox.add_container(&req.id, spec, &req.bundle) {
+            Ok(()) => self.create_in(&sandbox, req, config, spec, dirs).await,
+            Err(e) => Err(e),
+        };
+        if res.is_err() {
+            let _ = sandbox.remove_container(&req.id);
+        }
+        res
+    }
+
+    async fn start(&self, c: &Container) -> Result<()> {
+        self.vm().await?.agent().start(&c.id, "").await.map(|_| ())
+    }
+
+    async fn exec(
+        &self,
+        c: &Container,
+        exec_id: &str,
+        process: &OciProcess,
+        stdio: &StdioPaths,
+    ) -> Result<(ProcessIo, Option<ChildIo>)> {
+        let vm = self.vm().await?;
+        let json = serde_json::to_vec(process).map_err(|e| Error::Backend(e.to_string()))?;
+        let (io, fds, streams) = vm_process_io(stdio, &c.dirs.state, &format!("exec-{exec_id}"))?;
+        if let Err(e) = vm.agent().exec(&c.id, exec_id, json, streams).await {
+            io.shutdown();
+            return Err(e);
+        }
+        if let Err(e) = vm.attach_stdio(&c.id, exec_id, fds).await {
+            io.shutdown();
+            let _ = vm.agent().delete(&c.id, exec_id).await;
+            return Err(e);
+        }
+        Ok((io, None))
+    }
+
+    async fn start_exec(&self, c: &Container, p: &Process) -> Result<Started> {
+        let vm = self.vm().await?;
+        match vm.agent().start(&c.id, &p.exec_id).await {
+            Ok(pid) => Ok(Started {
+                pid,
+                exit: vm.subscribe_exit(pid),
+            }),
+            Err(e) => {
+                let _ = vm.agent().delete(&c.id, &p.exec_id).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn signal(&self, c: &Container, p: &Process, signal: u32, all: bool) -> Result<()> {
+        self.vm()
+            .await?
+            .agent()
+            .signal(&c.id, &p.exec_id, signal, all)
+            .await
+    }
+
+    async fn delete_exec(&self, c: &Container, exec_id: &str) {
+        if let Ok(vm) = self.vm().await
+            && !vm.is_dead()
+        {
+            let _ = vm.agent().delete(&c.id, exec_id).await;
+        }
+    }
+
+    async fn delete(&self, c: &Container) -> Result<()> {
+        let Ok(vm) = self.vm().await else {
+            return Ok(());
+        };
+        if !vm.is_dead() {
+            match vm.agent().delete(&c.id, "").await {
+                Ok(_) | Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        vm.remove_container(&c.id)
+    }
+
+    async fn pids(&self, c: &Container) -> Result<Vec<(u32, Option<String>)>> {
+        self.vm().await?.agent().pids(&c.id).await
+    }
+
+    async fn set_paused(&self, c: &Container, paused: bool) -> Result<()> {
+        self.vm().await?.agent().set_paused(&c.id, paused).await
+    }
+
+    async fn stats(&self, c: &Container) -> Result<(CgroupVersion, Metrics)> {
+        let r = self.vm().await?.agent().stats(&c.id).await?;
+        let m: Metrics = serde_json::from_slice(&r.metrics_json)
+            .map_err(|e| Error::Backend(format!("guest sent unreadable stats: {e}")))?;
+        let v = if r.cgroup_v2 {
+            CgroupVersion::V2
+        } else {
+            CgroupVersion::V1
+        };
+        Ok((v, m))
+    }
+
+    async fn update(&self, c: &Container, resources: &LinuxResources) -> Result<()> {
+        let json = serde_json::to_vec(resources).map_err(|e| Error::Backend(e.to_string()))?;
+        self.vm().await?.agent().update(&c.id, json).await
+    }
+
+    async fn resize(&self, c: &Container, p: &Process, width: u32, height: u32) -> Result<()> {
+        self.vm()
+            .await?
+            .agent()
+            .resize(&c.id, &p.exec_id, width, height)
+            .await
+    }
+
+    async fn release(&self) -> Result<()> {
+        let sb = self.sandbox.lock().await.take();
+        match sb {
+            Some(sb) => sb.teardown().await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// What a dead shim's VM left for container `id`: the VM it booted, with its helpers
+/// and share.
+pub(crate) async fn cleanup_from_disk(
+    state_dir: &Path,
+    namespace: &str,
+    id: &str,
+    dirs: &ContainerDirs,
+) -> Result<()> {
+    let vm_dir = crate::vm::sandbox::sandbox_dir(state_dir, namespace, id);
+    if dirs.state.join(SANDBOX_MARK).exists() || vm_dir.exists() {
+        tokio::task::spawn_blocking(move || crate::vm::sandbox::cleanup_dir(&vm_dir))
+            .await
+            .map_err(|e| Error::Backend(e.to_string()))??;
+    }
+    Ok(())
+}
+
+/// The pod's network as the VM takes it over: the namespace the spec joins (CNI's, or
+/// Docker's), or a new one its hooks configure (Docker's libnetwork hook), or none.
+fn net_request(spec: &Spec, bundle: &Path) -> NetRequest {
+    let Some(ns) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::Network))
+    else {
+        return NetRequest::None;
+    };
+    if let Some(path) = ns.path() {
+        return NetRequest::Join(path.clone());
+    }
+    let hooks: Vec<_> = spec
+        .hooks()
+        .as_ref()
+        .map(|h| {
+            #[allow(deprecated)]
+            let prestart = h.prestart().clone().unwrap_or_default();
+            let create = h.create_runtime().clone().unwrap_or_default();
+            prestart.into_iter().chain(create).collect()
+        })
+        .unwrap_or_default();
+    if hooks.is_empty() {
+        NetRequest::None
+    } else {
+        NetRequest::Hooks {
+            hooks,
+            bundle: bundle.to_path_buf(),
+        }
+    }
+}
+
+/// The spec as the guest runs it. Hooks are host programs: the sandbox ran the
+/// network hooks on the host (`net_request`), none run in the guest. The network
+/// namespace goes when `shares_guest_net` (the container shares the guest's, which is
+/// wired to the pod's). A namespace path that names another container of the pod
+/// (`/proc/<pid>/ns/<type>` with `pid` in `pod_pids`: the pids the host reports are the
+/// guest's, so CRI's paths to the pause container are guest paths) is joined in the
+/// guest; any other path names a host namespace, and the guest creates a new one. The
+/// cgroup is the guest's. A privileged container (allowed by `[hypervisor]
+/// allow_privileged`) keeps no device of the spec's list: those name host devices
+/// (`--privileged` lists them all), and the guest's numbers mean other devices.
+fn guest_spec(spec: &mut Spec, id: &str, how: GuestSpec, pod_pids: &[u32]) {
+    let GuestSpec {
+        terminal,
+        shares_guest_net,
+        privileged,
+    } = how;
+    if spec.hooks().is_some() {
+        log::info!("OCI hooks are host programs; not run inside the VM");
+        spec.set_hooks(None);
+    }
+    // The host chose the VM; inside it the guest runs containers.
+    if let Some(a) = spec.annotations_mut() {
+        a.remove(crate::select::MODE_ANNOTATION);
+    }
+    if let Some(linux) = spec.linux_mut() {
+        if let Some(ns) = linux.namespaces_mut() {
+            ns.retain(|n| !(shares_guest_net && n.typ() == LinuxNamespaceType::Network));
+            for n in ns.iter_mut() {
+                let in_pod = n
+                    .path()
+                    .as_deref()
+                    .and_then(proc_ns_pid)
+                    .is_some_and(|pid| pod_pids.contains(&pid));
+                if !in_pod {
+                    n.set_path(None);
+                }
+            }
+            // The guest is cgroup v2 whatever the host is: a container sees its own
+            // cgroup as the root of /sys/fs/cgroup, as on a v2 host.
+            if !ns.iter().any(|n| n.typ() == LinuxNamespaceType::Cgroup) {
+                ns.push(
+                    oci_spec::runtime::LinuxNamespaceBuilder::default()
+                        .typ(LinuxNamespaceType::Cgroup)
+                        .build()
+                        .expect("a namespace without a path"),
+                );
+            }
+        }
+        linux.set_cgroups_path(Some(PathBuf::from(format!("/stockade/{id}"))));
+        if privileged {
+            linux.set_devices(None);
+        }
+    }
+    if let Some(p) = spec.process_mut() {
+        p.set_terminal(Some(terminal));
+    }
+}
+
+/// How [`guest_spec`] rewrites one container's spec.
+#[derive(Debug, Clone, Copy, Default)]
+struct GuestSpec {
+    /// The request's TTY setting.
+    terminal: bool,
+    /// The container shares the guest's network, which is the pod's.
+    shares_guest_net: bool,
+    /// Allowed by `[hypervisor] allow_privileged`.
+    privileged: bool,
+}
+
+/// The pid of a `/proc/<pid>/ns/<type>` path.
+fn proc_ns_pid(path: &Path) -> Option<u32> {
+    let rest = path.strip_prefix("/proc").ok()?;
+    let mut parts = rest.components();
+    let pid = parts.next()?.as_os_str().to_str()?.parse().ok()?;
+    (parts.next()?.as_os_str() == "ns" && parts.next().is_some() && parts.next().is_none())
+        .then_some(pid)
+}
+
+/// The host side of a VM process's stdio: the copier from and to containerd's FIFOs,
+/// the process's ends of its pipes (for [`Sandbox::attach_stdio`]), and the streams to
+/// ask the agent for.
+fn vm_process_io(
+    stdio: &StdioPaths,
+    scratch: &Path,
+    name: &str,
+) -> Result<(
+    ProcessIo,
+    [Option<std::os::fd::OwnedFd>; 3],
+    stockade_agent_protocol::asynchronous::agent::Stdio,
+)> {
+    let (io, mut child) = ProcessIo::new(&host_side(stdio), scratch, name)?;
+    let fds = std::mem::take(&mut child.fds);
+    let want = [0, 1, 2].map(|i| fds[i].is_some());
+    Ok((io, fds, stdio_msg(want, stdio.terminal)))
+}
+
+/// Plain pipes even for a TTY (the PTY lives in the guest; its bytes arrive on one
+/// vsock stream).
+fn host_side(stdio: &StdioPaths) -> StdioPaths {
+    StdioPaths {
+        terminal: false,
+        stderr: if stdio.terminal {
+            String::new()
+        } else {
+            stdio.stderr.clone()
+        },
+        ..stdio.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_pods_own_namespaces_are_joined_in_the_guest() {
+        let mut spec: Spec = serde_json::from_str(
+            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"linux":{"namespaces":[
+                {"type":"network","path":"/proc/42/ns/net"},
+                {"type":"ipc","path":"/proc/42/ns/ipc"},
+                {"type":"uts","path":"/proc/42/ns/uts"},
+                {"type":"pid","path":"/proc/7/ns/pid"},
+                {"type":"mount"},
+                {"type":"cgroup","path":"/var/run/netns/x"}]}}"#,
+        )
+        .unwrap();
+        spec.set_annotations(Some(HashMap::from([(
+            crate::select::MODE_ANNOTATION.to_string(),
+            "vm".to_string(),
+        )])));
+        let how = GuestSpec {
+            shares_guest_net: true,
+            ..GuestSpec::default()
+        };
+        guest_spec(&mut spec, "c1", how, &[42]);
+        assert!(spec.annotations().as_ref().unwrap().is_empty());
+        let ns = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
+        let got: Vec<(String, Option<String>)> = ns
+            .iter()
+            .map(|n| {
+                (
+                    format!("{:?}", n.typ()),
+                    n.path().as_ref().map(|p| p.display().to_string()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("Ipc".into(), Some("/proc/42/ns/ipc".into())),
+                ("Uts".into(), Some("/proc/42/ns/uts".into())),
+                ("Pid".into(), None),
+                ("Mount".into(), None),
+                ("Cgroup".into(), None),
+            ]
+        );
+        assert_eq!(proc_ns_pid(Path::new("/proc/42/ns/ipc")), Some(42));
+        assert_eq!(proc_ns_pid(Path::new("/proc/42/ns/ipc/x")), None);
+        assert_eq!(proc_ns_pid(Path::new("/proc/self/ns/ipc")), None);
+        assert_eq!(proc_ns_pid(Path::new("/run/netns/42")), None);
+    }
+}
