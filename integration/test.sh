@@ -16,5 +16,10 @@ echo "== build (release)"
 cargo build --release --locked --workspace
 echo "== clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
+# The guest agent alone: the runtime without its VM backend (cargo feature `vm`).
+cargo clippy --locked -p stockade-agent --all-targets -- -D warnings
+if cargo tree --locked -p stockade-agent -e features -i stockade-runtime | grep -q 'feature "vm"'; then
+  echo "the agent must build without the runtime's VM backend" >&2; exit 1
+fi
 echo "== tests"
 cargo test --locked --workspace --no-fail-fast

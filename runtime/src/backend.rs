@@ -37,6 +37,7 @@ pub(crate) struct NewContainer<'a> {
     pub spec: &'a mut Spec,
     pub dirs: &'a ContainerDirs,
     /// The init pids of the pod's containers created before this one.
+    #[cfg_attr(not(feature = "vm"), allow(dead_code))]
     pub pod_pids: Vec<u32>,
 }
 
@@ -134,12 +135,17 @@ pub(crate) struct Host {
 }
 
 /// The backend for a pod whose first container selected `which`.
-pub(crate) fn for_pod(which: crate::select::Backend, host: &Host) -> Arc<dyn Backend> {
+pub(crate) fn for_pod(which: crate::select::Backend, host: &Host) -> Result<Arc<dyn Backend>> {
     match which {
-        crate::select::Backend::Container => {
-            Arc::new(crate::linux::backend::ContainerBackend::new(host.clone()))
-        }
-        crate::select::Backend::Vm { .. } => Arc::new(crate::vm::pod::VmPod::new(host.clone())),
+        crate::select::Backend::Container => Ok(Arc::new(
+            crate::linux::backend::ContainerBackend::new(host.clone()),
+        )),
+        #[cfg(feature = "vm")]
+        crate::select::Backend::Vm { .. } => Ok(Arc::new(crate::vm::pod::VmPod::new(host.clone()))),
+        #[cfg(not(feature = "vm"))]
+        crate::select::Backend::Vm { .. } => Err(crate::error::Error::FailedPrecondition(
+            "this build of stockade has no VM backend (cargo feature `vm`)".into(),
+        )),
     }
 }
 
@@ -161,6 +167,7 @@ pub(crate) async fn cleanup_from_disk(
     config: &Config,
 ) -> Result<()> {
     let dirs = ContainerDirs::new(&config.runtime.state_dir, &host.namespace, id);
+    #[cfg(feature = "vm")]
     crate::vm::pod::cleanup_from_disk(&config.runtime.state_dir, &host.namespace, id, &dirs)
         .await?;
     crate::linux::backend::cleanup_from_disk(&host.helpers, &dirs, id).await?;

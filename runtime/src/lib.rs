@@ -14,6 +14,7 @@ mod process;
 pub mod runtime;
 pub mod select;
 pub mod stdio;
+#[cfg(feature = "vm")]
 pub mod vm;
 
 pub use config::Config;
