@@ -3,12 +3,16 @@
 //! one sandboxed virtiofsd per pod.
 //!
 //! The guest runs each container with the same runtime the host's container backend
-//! uses; the host keeps each process's state and events (`runtime.rs`), forwards the
-//! calls to the agent ([`AgentClient`]) and copies stdio between containerd's FIFOs and
-//! one vsock stream per process stream.
+//! uses; the host keeps each process's state and events (`runtime.rs`), the pod's
+//! backend (`pod.rs`) forwards the calls to the agent ([`AgentClient`]) and copies
+//! stdio between containerd's FIFOs and one vsock stream per process stream. The
+//! sandbox (`sandbox.rs`) boots a [`MicroVm`]: a [`hypervisor::Hypervisor`] (QEMU,
+//! `qemu.rs`) plus the agent's handshake.
 
 pub mod agent;
 pub mod cgroup;
+pub mod hypervisor;
+pub mod microvm;
 pub mod network;
 pub mod pod;
 pub mod qemu;
@@ -19,5 +23,5 @@ pub mod vsock;
 pub mod watched;
 
 pub use agent::AgentClient;
-pub use qemu::MicroVm;
+pub use microvm::MicroVm;
 pub use sandbox::Sandbox;

@@ -1,4 +1,5 @@
-//! QEMU `microvm` driver: one guest, its vsock backend, its console log.
+//! QEMU `microvm` as the [`Hypervisor`]: one guest, its vsock backend, virtiofsd, its
+//! console log.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -6,24 +7,22 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Accel, HypervisorConfig, VsockMode};
 use crate::error::{Error, Result};
-use crate::vm::agent::AgentClient;
+use crate::vm::hypervisor::{BootSpec, ExitFuture, Hypervisor};
 use crate::vm::vsock::Transport;
 use crate::vm::watched::Watched;
 use stockade_agent_protocol::SHARE_TAG;
 
 /// The guest CID; each VM has its own vsock backend, so every guest can use the same.
 const GUEST_CID: u32 = 3;
-const CONSOLE_TAIL_LINES: usize = 25;
 /// TCG translation-cache size (MiB).
 const TCG_TB_MIB: u32 = 256;
 
-pub struct MicroVm {
-    pub dir: PathBuf,
-    pub agent: std::sync::Arc<AgentClient>,
+pub struct Qemu {
+    dir: PathBuf,
     qemu: Watched,
     /// The vhost-user vsock backend (absent with kernel vhost-vsock) and virtiofsd.
     helpers: Vec<Watched>,
-    pub transport: Transport,
+    transport: Transport,
 }
 
 async fn kill_all(helpers: &mut [Watched]) {
@@ -62,14 +61,6 @@ fn random_cid() -> u32 {
 
 fn cid_from(r: u32) -> u32 {
     3 + r % (u32::MAX - 4)
-}
-
-/// The guest's NIC: a tap queue fd (handed to QEMU as fd 3) and the MAC it takes over.
-pub struct Nic {
-    pub fd: std::os::fd::RawFd,
-    pub mac: String,
-    /// A network namespace QEMU runs in (one Stockade made for hooks to configure).
-    pub netns: Option<std::os::fd::RawFd>,
 }
 
 /// The fd number QEMU finds the tap at.
@@ -115,13 +106,6 @@ fn spawn_helper_with_fd(
         });
     }
     cmd.spawn().map_err(Error::io(format!("spawn {what}")))
-}
-
-/// The last lines of the guest console, for error messages.
-pub fn console_tail(dir: &Path) -> String {
-    let text = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(CONSOLE_TAIL_LINES)..].join("\n")
 }
 
 /// Under TCG the guest's TSC ticks at the host's rate, but the kernel's calibration
@@ -229,47 +213,22 @@ pub fn qemu_args(
     a
 }
 
-impl MicroVm {
-    /// Boot a guest with its state in `dir` and complete the agent handshake within
-    /// `boot_timeout_secs`. On any failure nothing is left running and `dir` is removed.
-    /// With `share`, one sandboxed virtiofsd exports that directory to the guest.
-    pub async fn boot(
-        cfg: &HypervisorConfig,
-        dir: &Path,
-        share: Option<&Path>,
-        nic: Option<&Nic>,
-    ) -> Result<MicroVm> {
-        let mut needed = vec![
-            ("kernel", &cfg.kernel),
-            ("initrd", &cfg.initrd),
-            ("qemu", &cfg.qemu),
-        ];
-        if share.is_some() {
-            needed.push(("virtiofsd", &cfg.virtiofsd));
+#[async_trait::async_trait]
+impl Hypervisor for Qemu {
+    async fn boot(spec: &BootSpec<'_>) -> Result<Qemu> {
+        let BootSpec {
+            config: cfg,
+            dir,
+            share,
+            nic,
+            deadline,
+        } = *spec;
+        if !cfg.qemu.exists() {
+            return Err(Error::FailedPrecondition(format!(
+                "VM qemu {} does not exist (run packaging/setup.sh)",
+                cfg.qemu.display()
+            )));
         }
-        for (what, path) in needed {
-            if !path.exists() {
-                return Err(Error::FailedPrecondition(format!(
-                    "VM {what} {} does not exist (run packaging/setup.sh)",
-                    path.display()
-                )));
-            }
-        }
-        std::fs::create_dir_all(dir).map_err(Error::io(format!("create {}", dir.display())))?;
-        let result = Self::boot_in(cfg, dir, share, nic).await;
-        if result.is_err() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-        result
-    }
-
-    async fn boot_in(
-        cfg: &HypervisorConfig,
-        dir: &Path,
-        share: Option<&Path>,
-        nic: Option<&Nic>,
-    ) -> Result<MicroVm> {
-        let deadline = Instant::now() + Duration::from_secs(cfg.boot_timeout_secs);
         let transport = choose_transport(cfg, dir, Path::new("/dev/vhost-vsock").exists());
         let mut helpers = Vec::new();
         if let Transport::Hybrid { uds } = &transport {
@@ -341,120 +300,57 @@ impl MicroVm {
                 nic.and_then(|n| n.netns),
             )
         });
-        let child = match child {
-            Ok(c) => c,
+        let qemu = child.and_then(|c| Watched::new("qemu", c));
+        match qemu {
+            Ok(qemu) => Ok(Qemu {
+                dir: dir.to_path_buf(),
+                qemu,
+                helpers,
+                transport,
+            }),
             Err(e) => {
                 kill_all(&mut helpers).await;
-                return Err(e);
+                Err(e)
             }
-        };
-        let mut qemu = Watched::new("qemu", child)?;
-        let agent = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if qemu.has_exited() || left.is_zero() {
-                let why = if qemu.has_exited() {
-                    format!(
-                        "qemu exited: {}",
-                        std::fs::read_to_string(dir.join("qemu.log"))
-                            .unwrap_or_default()
-                            .trim()
-                    )
-                } else {
-                    format!("the agent did not answer within {}s", cfg.boot_timeout_secs)
-                };
-                qemu.kill().await;
-                kill_all(&mut helpers).await;
-                let log = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
-                return Err(Error::Backend(format!(
-                    "VM boot failed: {why}\n--- guest console (tail) ---\n{}\n--- qemu ---\n{}\n--- vsock backend ---\n{}",
-                    console_tail(dir),
-                    log("qemu.log").trim(),
-                    log("vsock.log").trim()
-                )));
-            }
-            // Connect once the agent says on the console that it serves: connection
-            // attempts made while the guest boots pile up in the vsock device's queue
-            // for a guest that cannot answer them yet. The console line is only a hint
-            // (the guest is untrusted): the handshake below is what counts.
-            if !agent_announced(dir) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-            match AgentClient::connect(&transport, left.min(Duration::from_secs(2))).await {
-                Ok(a) => break a,
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        };
-        Ok(MicroVm {
-            dir: dir.to_path_buf(),
-            agent: std::sync::Arc::new(agent),
-            qemu,
-            helpers,
-            transport,
-        })
+        }
     }
 
-    pub fn qemu_pid(&self) -> u32 {
-        self.qemu.pid()
+    fn processes(&self) -> Vec<(&'static str, u32)> {
+        let mut out = vec![(self.qemu.name, self.qemu.pid())];
+        out.extend(self.helpers.iter().map(|h| (h.name, h.pid())));
+        out
     }
 
-    /// The pids of every host process this VM runs (qemu, vsock backend, virtiofsd).
-    pub fn helper_pids(&self) -> Vec<u32> {
-        let mut pids = vec![self.qemu.pid()];
-        pids.extend(self.helpers.iter().map(Watched::pid));
-        pids
+    fn transport(&self) -> &Transport {
+        &self.transport
     }
 
-    /// A future that resolves when qemu exits, whoever reaps it.
-    pub fn qemu_exit(&self) -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
-        self.qemu.exit_future()
+    fn exited(&self) -> Result<ExitFuture> {
+        Ok(Box::pin(self.qemu.exit_future()?))
     }
 
-    /// Kill every helper at once (the guest is gone or must go); keeps the state dir.
-    pub async fn kill(&mut self) {
+    fn has_exited(&self) -> bool {
+        self.qemu.has_exited()
+    }
+
+    async fn exited_within(&mut self, limit: Duration) -> bool {
+        self.qemu.exited_within(limit).await
+    }
+
+    async fn kill(&mut self) {
         self.qemu.kill().await;
         kill_all(&mut self.helpers).await;
     }
 
-    /// The vhost-user vsock backend's pid (none with kernel vhost-vsock).
-    pub fn vsock_pid(&self) -> Option<u32> {
-        self.helpers
-            .iter()
-            .find(|h| h.name == "vhost-device-vsock")
-            .map(Watched::pid)
-    }
-
-    /// Ask the agent to power off; kill what does not stop in time; remove the state dir.
-    pub async fn shutdown(self) -> Result<()> {
-        let dir = self.dir.clone();
-        let asked = self.shutdown_keep_dir().await;
-        std::fs::remove_dir_all(&dir).map_err(Error::io(format!("remove {}", dir.display())))?;
-        asked
-    }
-
-    /// As [`shutdown`](Self::shutdown), but the state dir stays.
-    pub async fn shutdown_keep_dir(mut self) -> Result<()> {
-        let asked = self.agent.shutdown().await;
-        if asked.is_err() || !self.qemu.exited_within(Duration::from_secs(10)).await {
-            self.qemu.kill().await;
-        }
-        kill_all(&mut self.helpers).await;
-        asked
+    fn logs(&self) -> String {
+        let log = |f: &str| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
+        format!(
+            "--- qemu ---\n{}\n--- vsock backend ---\n{}",
+            log("qemu.log").trim(),
+            log("vsock.log").trim()
+        )
     }
 }
-
-/// Whether the guest console shows the agent's "serving" line.
-fn agent_announced(dir: &Path) -> bool {
-    std::fs::read(dir.join("console.log"))
-        .map(|c| {
-            c.windows(AGENT_SERVING.len())
-                .any(|w| w == AGENT_SERVING.as_bytes())
-        })
-        .unwrap_or(false)
-}
-
-/// What the agent prints once it listens (agent/src/main.rs).
-const AGENT_SERVING: &str = "msg=\"serving\"";
 
 /// Spawn a helper that serves a socket and wait until the socket exists.
 async fn start_helper(

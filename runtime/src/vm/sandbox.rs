@@ -18,8 +18,9 @@ use crate::error::{Error, Result};
 use crate::exits::Exits;
 use crate::vm::agent::AgentClient;
 use crate::vm::cgroup::PodCgroup;
+use crate::vm::hypervisor::Nic;
+use crate::vm::microvm::MicroVm;
 use crate::vm::network::{self, PodNetwork};
-use crate::vm::qemu::{MicroVm, Nic};
 use crate::vm::share::{Share, unmount_under};
 
 /// The exit code of every process of a VM that died.
@@ -347,7 +348,7 @@ impl Sandbox {
             network::detach(net, exits);
         }
         self.exits.close(VM_DIED_EXIT);
-        log::debug!(sandbox = self.id.as_str(), console:% = crate::vm::qemu::console_tail(&self.dir.join("vm")); "guest console at teardown");
+        log::debug!(sandbox = self.id.as_str(), console:% = crate::vm::hypervisor::console_tail(&self.dir.join("vm")); "guest console at teardown");
         self.share.destroy()?;
         std::fs::remove_dir_all(&self.dir)
             .or_else(|e| {

@@ -1,0 +1,76 @@
+//! The seam between a pod's sandbox and the VMM that runs its guest. QEMU's `microvm`
+//! (`qemu.rs`) is the one implementation today; Cloud Hypervisor or Firecracker would
+//! each be one more. The agent handshake is not the VMM's business (`microvm.rs`).
+
+use std::path::Path;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use crate::config::HypervisorConfig;
+use crate::error::Result;
+use crate::vm::vsock::Transport;
+
+/// Resolves when the VMM process exits, whoever reaps it.
+pub type ExitFuture = Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>;
+
+/// The guest's NIC: a tap queue fd and the MAC it takes over.
+pub struct Nic {
+    pub fd: std::os::fd::RawFd,
+    pub mac: String,
+    /// A network namespace the VMM runs in (one Stockade made for hooks to configure).
+    pub netns: Option<std::os::fd::RawFd>,
+}
+
+/// What to boot.
+pub struct BootSpec<'a> {
+    pub config: &'a HypervisorConfig,
+    /// The VM's state dir. Every VMM writes the guest's serial console to
+    /// `console.log` there (see [`console_tail`]).
+    pub dir: &'a Path,
+    /// Exported to the guest over virtio-fs when given.
+    pub share: Option<&'a Path>,
+    pub nic: Option<&'a Nic>,
+    /// When the VMM and its device backends must be up.
+    pub deadline: Instant,
+}
+
+#[async_trait]
+pub trait Hypervisor: Send + Sync {
+    /// Start the VMM and its device backends; the guest boots. On failure nothing is
+    /// left running.
+    async fn boot(spec: &BootSpec<'_>) -> Result<Self>
+    where
+        Self: Sized;
+
+    /// The host processes the VM runs, named: the VMM first, then its device backends.
+    fn processes(&self) -> Vec<(&'static str, u32)>;
+
+    /// How the host reaches the guest's vsock.
+    fn transport(&self) -> &Transport;
+
+    /// Resolves when the VMM exits.
+    fn exited(&self) -> Result<ExitFuture>;
+
+    /// Whether the VMM has exited already.
+    fn has_exited(&self) -> bool;
+
+    /// Wait up to `limit` for the VMM to stop by itself (the guest powered off).
+    async fn exited_within(&mut self, limit: Duration) -> bool;
+
+    /// Kill every process of the VM at once.
+    async fn kill(&mut self);
+
+    /// The VMM's and its backends' own logs, for an error message.
+    fn logs(&self) -> String;
+}
+
+const CONSOLE_TAIL_LINES: usize = 25;
+
+/// The last lines of the guest console in `dir`, for error messages.
+pub fn console_tail(dir: &Path) -> String {
+    let text = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(CONSOLE_TAIL_LINES)..].join("\n")
+}
