@@ -489,7 +489,13 @@ impl Runtime {
             }));
         }
         let info = match exited {
-            Some(info) => info,
+            Some(info) => {
+                for e in c.execs.lock().expect("execs lock").drain() {
+                    e.1.io.shutdown();
+                }
+                backend.delete(&c).await?;
+                info
+            }
             None => {
                 // Never started: removing the container kills the waiting init; report
                 // its exit.
@@ -504,10 +510,6 @@ impl Runtime {
                     })
             }
         };
-        for e in c.execs.lock().expect("execs lock").drain() {
-            e.1.io.shutdown();
-        }
-        backend.delete(&c).await?;
         p.io.shutdown();
         if let Some(target) = &c.mounted_rootfs {
             mounts::unmount_all(target)?;
