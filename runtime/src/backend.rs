@@ -134,6 +134,26 @@ pub(crate) struct Host {
     pub oom: OomSink,
 }
 
+impl Host {
+    /// `seal_exe`: libcontainer's helpers run from a sealed copy of the binary (see
+    /// [`LinuxBackend::new`]).
+    pub(crate) fn new(
+        namespace: &str,
+        exits: Exits,
+        seal_exe: bool,
+        kernel: Kernel,
+        oom: OomSink,
+    ) -> Host {
+        Host {
+            namespace: namespace.into(),
+            helpers: Arc::new(LinuxBackend::new(exits.clone(), seal_exe)),
+            exits,
+            kernel,
+            oom,
+        }
+    }
+}
+
 /// The backend for a pod whose first container selected `which`.
 pub(crate) fn for_pod(which: crate::select::Backend, host: &Host) -> Result<Arc<dyn Backend>> {
     match which {

@@ -19,9 +19,9 @@ use crate::backend::{self, Backend, Created, Host, NewContainer};
 use crate::config::{Config, ConfigSource};
 use crate::error::{Error, Result};
 use crate::exits::Exits;
+use crate::linux::ContainerDirs;
 use crate::linux::hardening::Kernel;
 use crate::linux::stats::{CgroupVersion, Metrics};
-use crate::linux::{ContainerDirs, LinuxBackend};
 use crate::mounts::{self, Mount};
 use crate::probe::{RealHost, probe_kvm};
 use crate::process::{Container, ProcState, Process};
@@ -126,15 +126,10 @@ impl Runtime {
     ) -> (Runtime, mpsc::UnboundedReceiver<Event>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let oom_events = tx.clone();
-        let host = Host {
-            namespace: namespace.into(),
-            helpers: Arc::new(LinuxBackend::new(exits.clone(), seal_exe)),
-            exits,
-            kernel,
-            oom: Arc::new(move |id| {
-                let _ = oom_events.send(Event::Oom { id });
-            }),
-        };
+        let oom: backend::OomSink = Arc::new(move |id| {
+            let _ = oom_events.send(Event::Oom { id });
+        });
+        let host = Host::new(namespace, exits, seal_exe, kernel, oom);
         let inner = Inner {
             host,
             events: tx,
