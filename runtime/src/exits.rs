@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 const KEEP_UNCLAIMED: Duration = Duration::from_secs(60);
+/// At most this many unclaimed exits are kept (the oldest go first): a guest reporting
+/// exits of pids nobody waits for costs the guest, not the shim's memory.
+const MAX_UNCLAIMED: usize = 1024;
 
 #[derive(Default)]
 struct Inner {
@@ -40,6 +43,15 @@ impl Exits {
         inner
             .unclaimed
             .retain(|_, (_, at)| now.duration_since(*at) < KEEP_UNCLAIMED);
+        if inner.unclaimed.len() >= MAX_UNCLAIMED
+            && let Some(oldest) = inner
+                .unclaimed
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(pid, _)| *pid)
+        {
+            inner.unclaimed.remove(&oldest);
+        }
         inner.unclaimed.insert(pid, (code, now));
     }
 
@@ -83,6 +95,18 @@ mod tests {
         let exits = Exits::default();
         exits.notify(42, 137);
         assert_eq!(exits.wait(42).await, 137);
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_unclaimed_exits_is_bounded() {
+        let exits = Exits::default();
+        for pid in 0..(MAX_UNCLAIMED as i32 * 4) {
+            exits.notify(10_000 + pid, 1);
+        }
+        let kept = exits.inner.lock().unwrap().unclaimed.len();
+        assert_eq!(kept, MAX_UNCLAIMED);
+        // The newest are kept.
+        assert_eq!(exits.wait(10_000 + MAX_UNCLAIMED as i32 * 4 - 1).await, 1);
     }
 
     #[tokio::test]

@@ -125,23 +125,31 @@ impl Runtime {
         kernel: Kernel,
     ) -> (Runtime, mpsc::UnboundedReceiver<Event>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let oom_events = tx.clone();
-        let oom: backend::OomSink = Arc::new(move |id| {
-            let _ = oom_events.send(Event::Oom { id });
+        let inner = Arc::new_cyclic(|me: &std::sync::Weak<Inner>| {
+            // An OOM kill is published only for a container of this pod: a guest may
+            // name any id.
+            let me = me.clone();
+            let oom: backend::OomSink = Arc::new(move |id: String| {
+                let Some(inner) = me.upgrade() else { return };
+                let ours = inner
+                    .containers
+                    .lock()
+                    .expect("containers lock")
+                    .contains_key(&id);
+                if ours {
+                    let _ = inner.events.send(Event::Oom { id });
+                } else {
+                    log::warn!(id = id.as_str(); "OOM report for a container not in this pod ignored");
+                }
+            });
+            Inner {
+                host: Host::new(namespace, exits, seal_exe, kernel, oom),
+                events: tx,
+                containers: Mutex::new(HashMap::new()),
+                pod: tokio::sync::Mutex::new(None),
+            }
         });
-        let host = Host::new(namespace, exits, seal_exe, kernel, oom);
-        let inner = Inner {
-            host,
-            events: tx,
-            containers: Mutex::new(HashMap::new()),
-            pod: tokio::sync::Mutex::new(None),
-        };
-        (
-            Runtime {
-                inner: Arc::new(inner),
-            },
-            rx,
-        )
+        (Runtime { inner }, rx)
     }
 
     fn emit(&self, e: Event) {

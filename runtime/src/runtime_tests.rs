@@ -366,3 +366,16 @@ async fn a_failed_create_leaves_nothing_registered() {
     assert!(p.events.try_recv().is_err(), "an event for a failed create");
     assert_eq!(*p.fake.calls.lock().unwrap(), vec!["create", "release"]);
 }
+
+#[tokio::test]
+async fn oom_is_published_only_for_the_pods_own_containers() {
+    let mut p = pod(Fake::default());
+    p.rt.create(p.request("c1")).await.unwrap();
+    p.expect(&["create c1"]).await;
+    // What a guest (or a cgroup watch) reports goes through the backend's sink.
+    let oom = p.rt.inner.host.oom.clone();
+    oom("another-pods-container".into());
+    oom("c1".into());
+    p.expect(&["oom c1"]).await;
+    assert!(p.events.try_recv().is_err(), "a foreign OOM was published");
+}
