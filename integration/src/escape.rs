@@ -179,17 +179,24 @@ pub fn cap_mask<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<String> 
     Ok(format!("{mask:016x}"))
 }
 
-/// The effective set the container's bundle (as containerd wrote it) asks for.
-pub fn spec_cap_eff(ctd: &TestContainerd, namespace: &str, id: &str) -> Result<String> {
-    let path = ctd
-        .state_dir
+/// containerd's state dir for one task: its bundle and its shim's `address`.
+fn task_dir(ctd: &TestContainerd, namespace: &str, id: &str) -> std::path::PathBuf {
+    ctd.state_dir
         .join("io.containerd.runtime.v2.task")
         .join(namespace)
         .join(id)
-        .join("config.json");
-    let spec: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&path).with_context(|| format!("read {}", path.display()))?,
-    )?;
+}
+
+/// The task's OCI spec, as containerd wrote it.
+fn bundle_spec(ctd: &TestContainerd, namespace: &str, id: &str) -> Result<serde_json::Value> {
+    let path = task_dir(ctd, namespace, id).join("config.json");
+    let text = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+    Ok(serde_json::from_slice(&text)?)
+}
+
+/// The effective set the container's bundle (as containerd wrote it) asks for.
+pub fn spec_cap_eff(ctd: &TestContainerd, namespace: &str, id: &str) -> Result<String> {
+    let spec = bundle_spec(ctd, namespace, id)?;
     let names = spec["process"]["capabilities"]["effective"]
         .as_array()
         .map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>())
@@ -216,13 +223,7 @@ pub fn shim_exec(
     process: &serde_json::Value,
 ) -> Result<Result<(), String>> {
     use containerd_shim_protos::ttrpc::context;
-    let address = std::fs::read_to_string(
-        ctd.state_dir
-            .join("io.containerd.runtime.v2.task")
-            .join(namespace)
-            .join(id)
-            .join("address"),
-    )?;
+    let address = std::fs::read_to_string(task_dir(ctd, namespace, id).join("address"))?;
     let client =
         containerd_shim_protos::Client::connect(address.trim()).context("connect to the shim")?;
     let task = containerd_shim_protos::TaskClient::new(client);
@@ -264,13 +265,7 @@ pub fn process_with_caps(
     id: &str,
     add: &[&str],
 ) -> Result<serde_json::Value> {
-    let path = ctd
-        .state_dir
-        .join("io.containerd.runtime.v2.task")
-        .join(namespace)
-        .join(id)
-        .join("config.json");
-    let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    let spec = bundle_spec(ctd, namespace, id)?;
     let mut process = spec["process"].clone();
     process["args"] = serde_json::json!(["true"]);
     process["terminal"] = serde_json::json!(false);

@@ -327,6 +327,11 @@ mod tests {
 
     use crate::error::Error;
 
+    /// Harden for the host's kernel (the container backend).
+    fn on_host(spec: &mut Spec, bundle: &Path, cfg: &ContainerConfig) -> Result<Hardened> {
+        harden(spec, bundle, cfg, Kernel::Host)
+    }
+
     fn spec_with_root(dir: &Path) -> Spec {
         let mut spec = Spec::default();
         let mut root = oci_spec::runtime::Root::default();
@@ -339,13 +344,7 @@ mod tests {
     fn default_spec_gets_everything() {
         let dir = tempfile::tempdir().unwrap();
         let mut spec = spec_with_root(dir.path());
-        let h = harden(
-            &mut spec,
-            dir.path(),
-            &ContainerConfig::default(),
-            Kernel::Host,
-        )
-        .unwrap();
+        let h = on_host(&mut spec, dir.path(), &ContainerConfig::default()).unwrap();
         assert_eq!(
             spec.process().as_ref().unwrap().no_new_privileges(),
             Some(true)
@@ -390,7 +389,7 @@ mod tests {
             extra_readonly_paths: vec![],
             allow_privileged: false,
         };
-        let h = harden(&mut spec, dir.path(), &cfg, Kernel::Host).unwrap();
+        let h = on_host(&mut spec, dir.path(), &cfg).unwrap();
         let linux = spec.linux().as_ref().unwrap();
         assert!(linux.seccomp().is_none() && h.filters.is_empty());
         assert!(
@@ -406,13 +405,7 @@ mod tests {
     fn missing_rootfs_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let mut spec = spec_with_root(&dir.path().join("nope"));
-        let err = harden(
-            &mut spec,
-            dir.path(),
-            &ContainerConfig::default(),
-            Kernel::Host,
-        )
-        .unwrap_err();
+        let err = on_host(&mut spec, dir.path(), &ContainerConfig::default()).unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
     }
 
@@ -428,13 +421,7 @@ mod tests {
                 .build()
                 .unwrap(),
         ]));
-        let err = harden(
-            &mut spec,
-            dir.path(),
-            &ContainerConfig::default(),
-            Kernel::Host,
-        )
-        .unwrap_err();
+        let err = on_host(&mut spec, dir.path(), &ContainerConfig::default()).unwrap_err();
         assert!(err.to_string().contains("unknown mount type"), "{err}");
     }
 
@@ -448,19 +435,13 @@ mod tests {
             .as_mut()
             .unwrap()
             .set_capabilities(Some(caps));
-        let err = harden(
-            &mut spec.clone(),
-            dir.path(),
-            &ContainerConfig::default(),
-            Kernel::Host,
-        )
-        .unwrap_err();
+        let err = on_host(&mut spec.clone(), dir.path(), &ContainerConfig::default()).unwrap_err();
         assert!(err.to_string().contains("CAP_SYS_ADMIN"), "{err}");
         let cfg = ContainerConfig {
             allow_privileged: true,
             ..Default::default()
         };
-        harden(&mut spec, dir.path(), &cfg, Kernel::Host).unwrap();
+        on_host(&mut spec, dir.path(), &cfg).unwrap();
     }
 
     fn with_caps(spec: &mut Spec, caps: &[Capability]) {
@@ -483,13 +464,7 @@ mod tests {
         for cap in HOST_CAPABILITIES {
             let mut spec = spec_with_root(dir.path());
             with_caps(&mut spec, &[Capability::Chown, *cap]);
-            let err = harden(
-                &mut spec,
-                dir.path(),
-                &ContainerConfig::default(),
-                Kernel::Host,
-            )
-            .unwrap_err();
+            let err = on_host(&mut spec, dir.path(), &ContainerConfig::default()).unwrap_err();
             assert!(matches!(err, Error::PermissionDenied(_)), "{err}");
             assert!(err.to_string().contains(&cap_name(*cap)), "{err}");
         }
@@ -539,7 +514,7 @@ mod tests {
             no_new_privileges: false,
             ..Default::default()
         };
-        let h = harden(&mut spec, dir.path(), &cfg, Kernel::Host).unwrap();
+        let h = on_host(&mut spec, dir.path(), &cfg).unwrap();
         assert!(h.drop_sys_admin);
         let caps = spec
             .process()
