@@ -105,7 +105,7 @@ impl ContainerBackend {
         }
         let exec_policy = ExecPolicy {
             allow_privileged: config.container.allow_privileged,
-            setting: "[container] allow_privileged",
+            setting: self.host.kernel.allow_privileged_setting(),
             no_new_privileges: config.container.no_new_privileges,
             confined: confinement.filters.is_some(),
             ..ExecPolicy::of(spec)

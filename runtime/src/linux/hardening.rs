@@ -59,14 +59,23 @@ pub enum Kernel {
     Guest,
 }
 
-/// Why the spec is privileged, one reason per capability that gives the host away:
-/// the [`HOST_CAPABILITIES`], CAP_SYS_PTRACE in the host's PID namespace, CAP_NET_ADMIN
-/// in the host's network. Empty for an ordinary container.
-pub fn privileged_reasons(spec: &Spec) -> Vec<String> {
-    privileged_reasons_in(spec, Kernel::Host)
+impl Kernel {
+    /// The setting that allows privileged containers on this kernel: the container
+    /// backend's on the host, VM mode's in a guest.
+    pub fn allow_privileged_setting(self) -> &'static str {
+        match self {
+            Kernel::Host => "[container] allow_privileged",
+            Kernel::Guest => "[hypervisor] allow_privileged",
+        }
+    }
 }
 
-fn privileged_reasons_in(spec: &Spec, kernel: Kernel) -> Vec<String> {
+/// Why the spec is privileged, one reason per capability that gives the host away:
+/// the [`HOST_CAPABILITIES`], CAP_SYS_PTRACE in the host's PID namespace, CAP_NET_ADMIN
+/// in the host's network. `kernel` says whose namespaces a container without its own
+/// shares (in a guest, the VM's: the host checked the spec's first). Empty for an
+/// ordinary container.
+pub fn privileged_reasons(spec: &Spec, kernel: Kernel) -> Vec<String> {
     let Some(process) = spec.process() else {
         return vec![];
     };
@@ -96,17 +105,9 @@ fn privileged_reasons_in(spec: &Spec, kernel: Kernel) -> Vec<String> {
     out
 }
 
-pub fn is_privileged(spec: &Spec) -> bool {
-    !privileged_reasons(spec).is_empty()
-}
-
-/// The refusal of a privileged spec; `setting` names the switch that allows it.
-pub fn refuse_privileged(spec: &Spec, setting: &str) -> Result<()> {
-    refuse_privileged_in(spec, setting, Kernel::Host)
-}
-
-fn refuse_privileged_in(spec: &Spec, setting: &str, kernel: Kernel) -> Result<()> {
-    let reasons = privileged_reasons_in(spec, kernel);
+/// The refusal of a spec privileged for `reasons` (see [`privileged_reasons`]);
+/// `setting` names the switch that allows it.
+pub fn refuse_privileged(reasons: &[String], setting: &str) -> Result<()> {
     if reasons.is_empty() {
         return Ok(());
     }
@@ -137,14 +138,11 @@ pub fn harden(
     check_root(spec, bundle)?;
     check_mounts(spec)?;
 
-    let privileged = !privileged_reasons_in(spec, kernel).is_empty();
+    let reasons = privileged_reasons(spec, kernel);
     if !cfg.allow_privileged {
-        let setting = match kernel {
-            Kernel::Host => "[container] allow_privileged",
-            Kernel::Guest => "[hypervisor] allow_privileged",
-        };
-        refuse_privileged_in(spec, setting, kernel)?;
+        refuse_privileged(&reasons, kernel.allow_privileged_setting())?;
     }
+    let privileged = !reasons.is_empty();
 
     if let (true, Some(process)) = (cfg.no_new_privileges, spec.process_mut()) {
         process.set_no_new_privileges(Some(true));
@@ -475,7 +473,7 @@ mod tests {
         let mut spec = Spec::default();
         with_caps(&mut spec, &[Capability::SysPtrace, Capability::NetAdmin]);
         // Spec::default() has pid and network namespaces of its own.
-        assert!(privileged_reasons(&spec).is_empty());
+        assert!(privileged_reasons(&spec, Kernel::Host).is_empty());
         let linux = spec.linux_mut().as_mut().unwrap();
         let ns = linux.namespaces().clone().unwrap();
         linux.set_namespaces(Some(
@@ -488,18 +486,18 @@ mod tests {
                 })
                 .collect(),
         ));
-        let reasons = privileged_reasons(&spec);
+        let reasons = privileged_reasons(&spec, Kernel::Host);
         assert_eq!(reasons.len(), 2, "{reasons:?}");
         assert!(reasons[0].contains("CAP_SYS_PTRACE") && reasons[1].contains("CAP_NET_ADMIN"));
         // In the guest, the namespaces shared are the VM's: the host checked those.
-        assert!(privileged_reasons_in(&spec, Kernel::Guest).is_empty());
+        assert!(privileged_reasons(&spec, Kernel::Guest).is_empty());
     }
 
     #[test]
     fn no_capability_sets_is_privileged() {
         let mut spec = Spec::default();
         spec.process_mut().as_mut().unwrap().set_capabilities(None);
-        assert!(is_privileged(&spec));
+        assert!(!privileged_reasons(&spec, Kernel::Host).is_empty());
     }
 
     #[test]
@@ -543,7 +541,7 @@ mod tests {
         with_caps(&mut spec, caps);
         ExecPolicy {
             allow_privileged: allow,
-            setting: "[container] allow_privileged",
+            setting: Kernel::Host.allow_privileged_setting(),
             no_new_privileges: true,
             confined: true,
             ..ExecPolicy::of(&spec)

@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::linux::ContainerDirs;
 use crate::linux::backend::is_systemd_cgroup_path;
-use crate::linux::hardening::{self, ExecPolicy};
+use crate::linux::hardening::{self, ExecPolicy, Kernel};
 use crate::linux::stats::{CgroupVersion, Metrics};
 use crate::process::{Container, Process};
 use crate::runtime::CreateRequest;
@@ -153,7 +153,7 @@ impl VmPod {
         // The guest holds every exec to the same policy; the host checks first.
         let exec_policy = ExecPolicy {
             allow_privileged: config.hypervisor.allow_privileged,
-            setting: "[hypervisor] allow_privileged",
+            setting: Kernel::Guest.allow_privileged_setting(),
             no_new_privileges: config.container.no_new_privileges,
             ..ExecPolicy::of(spec)
         };
@@ -182,11 +182,13 @@ impl Backend for VmPod {
             dirs,
             pod_pids,
         } = new;
-        // Refused before a VM boots for it; allowed, it keeps no host device.
+        // Refused before a VM boots for it; allowed, it keeps no host device. The
+        // spec's namespaces are checked against the host's; the guest's setting decides.
+        let reasons = hardening::privileged_reasons(spec, Kernel::Host);
         if !config.hypervisor.allow_privileged {
-            hardening::refuse_privileged(spec, "[hypervisor] allow_privileged")?;
+            hardening::refuse_privileged(&reasons, Kernel::Guest.allow_privileged_setting())?;
         }
-        let privileged = hardening::is_privileged(spec);
+        let privileged = !reasons.is_empty();
         let network = net_request(spec, &req.bundle);
         // A container that joins the pod's network shares the guest's, which is wired to it.
         let shares_guest_net = !matches!(network, NetRequest::None);
