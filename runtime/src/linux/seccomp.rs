@@ -480,17 +480,33 @@ pub fn default_profile() -> Result<LinuxSeccomp> {
             vec![arg(0, *p, 0, LinuxSeccompOperator::ScmpCmpEq)],
         )?);
     }
-    LinuxSeccompBuilder::default()
-        .default_action(LinuxSeccompAction::ScmpActErrno)
-        .default_errno_ret(EPERM)
+    profile(
+        "Stockade's default profile",
+        LinuxSeccompAction::ScmpActErrno,
+        rules,
+    )
+}
+
+/// A filter over the x86-64, i386 and x32 ABIs (a syscall from any other ABI kills the
+/// process) whose `default` action answers EPERM where it denies.
+fn profile(
+    what: &str,
+    default: LinuxSeccompAction,
+    rules: Vec<LinuxSyscall>,
+) -> Result<LinuxSeccomp> {
+    let mut b = LinuxSeccompBuilder::default()
+        .default_action(default)
         .architectures(vec![
             Arch::ScmpArchX86_64,
             Arch::ScmpArchX86,
             Arch::ScmpArchX32,
         ])
-        .syscalls(rules)
-        .build()
-        .map_err(|e| Error::Backend(format!("building seccomp profile: {e}")))
+        .syscalls(rules);
+    if default == LinuxSeccompAction::ScmpActErrno {
+        b = b.default_errno_ret(EPERM);
+    }
+    b.build()
+        .map_err(|e| Error::Backend(format!("building {what}: {e}")))
 }
 
 /// The x86 `socketcall` multiplexer's call number for `socket(2)`.
@@ -538,16 +554,7 @@ pub fn guard_profile() -> Result<LinuxSeccomp> {
         &["socketcall"],
         vec![arg(0, SYS_SOCKET, 0, LinuxSeccompOperator::ScmpCmpEq)],
     )?);
-    LinuxSeccompBuilder::default()
-        .default_action(LinuxSeccompAction::ScmpActAllow)
-        .architectures(vec![
-            Arch::ScmpArchX86_64,
-            Arch::ScmpArchX86,
-            Arch::ScmpArchX32,
-        ])
-        .syscalls(rules)
-        .build()
-        .map_err(|e| Error::Backend(format!("building the seccomp guard: {e}")))
+    profile("the seccomp guard", LinuxSeccompAction::ScmpActAllow, rules)
 }
 
 /// Refuse what Stockade cannot honour in a spec's profile: user notification needs a
