@@ -120,6 +120,14 @@ pub(crate) trait Backend: Send + Sync {
 
     /// The pod's last container is gone: release what the pod held (the VM).
     async fn release(&self) -> Result<()>;
+
+    /// A process outlived SIGKILL by the grace period, or the backend could not deliver
+    /// it: stop the pod's processes by force, without anybody's cooperation (the VM
+    /// backend kills the VM, and every process of the pod exits). False when the
+    /// backend has nothing stronger than SIGKILL (the host kernel delivers it).
+    async fn force_stop(&self, _why: &str) -> bool {
+        false
+    }
 }
 
 /// What every backend is built from.

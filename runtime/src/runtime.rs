@@ -468,7 +468,32 @@ impl Runtime {
         let p = c.process(exec_id)?;
         p.check_signalable(id)?;
         p.open_gate();
-        self.backend().await?.signal(&c, &p, signal, all).await
+        let backend = self.backend().await?;
+        let sent = backend.signal(&c, &p, signal, all).await;
+        if signal != libc::SIGKILL as u32 {
+            return sent;
+        }
+        // SIGKILL never depends on the backend's cooperation: undelivered, or not
+        // followed by the exit within the grace period, the pod is stopped by force.
+        if let Err(e) = sent {
+            let why = format!("SIGKILL for {id} {exec_id} not delivered: {e}");
+            return if backend.force_stop(&why).await {
+                Ok(())
+            } else {
+                Err(e)
+            };
+        }
+        let what = format!("{id} {exec_id}");
+        tokio::spawn(async move {
+            if tokio::time::timeout(EXIT_GRACE, p.wait_exit())
+                .await
+                .is_err()
+            {
+                let why = format!("{what}: no exit {}s after SIGKILL", EXIT_GRACE.as_secs());
+                backend.force_stop(&why).await;
+            }
+        });
+        Ok(())
     }
 
     pub async fn wait(&self, id: &str, exec_id: &str) -> Result<ExitInfo> {

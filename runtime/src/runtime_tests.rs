@@ -19,6 +19,8 @@ struct Fake {
     init_exits_at_start: bool,
     /// Execs exit before their start returns.
     execs_exit_at_start: bool,
+    /// Signals are accepted and ignored (a hostile guest); only force_stop ends them.
+    ignores_signals: bool,
     next_pid: AtomicU32,
     exits: Mutex<HashMap<u32, oneshot::Sender<i32>>>,
     calls: Mutex<Vec<&'static str>>,
@@ -87,8 +89,18 @@ impl Backend for Fake {
     }
     async fn signal(&self, _c: &Container, p: &Process, signal: u32, _all: bool) -> Result<()> {
         self.called("signal");
-        self.exit(p.pid(), 128 + signal as i32);
+        if !self.ignores_signals {
+            self.exit(p.pid(), 128 + signal as i32);
+        }
         Ok(())
+    }
+    async fn force_stop(&self, _why: &str) -> bool {
+        self.called("force_stop");
+        let pids: Vec<u32> = self.exits.lock().unwrap().keys().copied().collect();
+        for pid in pids {
+            self.exit(pid, 255);
+        }
+        true
     }
     async fn delete_exec(&self, _c: &Container, _exec_id: &str) {
         self.called("delete_exec");
@@ -215,6 +227,24 @@ async fn create_start_exit_delete_in_order() {
     assert!(p.rt.is_empty());
     // The pod's last container took the backend's pod resources with it.
     assert_eq!(p.fake.calls.lock().unwrap().last(), Some(&"release"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sigkill_the_backend_ignores_ends_in_a_forced_stop() {
+    let mut p = pod(Fake {
+        ignores_signals: true,
+        ..Fake::default()
+    });
+    p.rt.create(p.request("c1")).await.unwrap();
+    p.rt.start("c1", "").await.unwrap();
+    // A polite signal is the backend's business; SIGKILL is the runtime's promise.
+    p.rt.kill("c1", "", libc::SIGTERM as u32, false).await.unwrap();
+    tokio::time::sleep(EXIT_GRACE * 2).await;
+    assert!(!p.fake.calls.lock().unwrap().contains(&"force_stop"));
+    p.rt.kill("c1", "", libc::SIGKILL as u32, false).await.unwrap();
+    assert_eq!(p.rt.wait("c1", "").await.unwrap().code, 255);
+    assert!(p.fake.calls.lock().unwrap().contains(&"force_stop"));
+    p.expect(&["create c1", "start c1", "exit c1 255"]).await;
 }
 
 #[tokio::test]

@@ -31,8 +31,28 @@ pub struct AgentClient {
     pub version: VersionResponse,
 }
 
+/// On top of a call's own deadline: ttrpc's client waits without one to queue a request
+/// behind a guest that stopped reading, so every call is also bounded here.
+const DEADLINE_SLACK: Duration = Duration::from_secs(1);
+
 fn ctx(limit: Duration) -> ttrpc::context::Context {
     ttrpc::context::with_timeout(limit.as_nanos() as i64)
+}
+
+/// One agent call, `limit` for the guest's answer and a hard bound on the whole call
+/// (sending included).
+async fn call<T, F>(
+    name: &str,
+    limit: Duration,
+    f: impl FnOnce(ttrpc::context::Context) -> F,
+) -> Result<T>
+where
+    F: std::future::Future<Output = ttrpc::Result<T>>,
+{
+    match tokio::time::timeout(limit + DEADLINE_SLACK, f(ctx(limit))).await {
+        Ok(r) => r.map_err(rpc_err(name)),
+        Err(_) => Err(Error::Backend(format!("agent {name}: no answer in time"))),
+    }
 }
 
 /// The guest's status codes back into runtime errors (`Error::from_code`); the message
@@ -78,10 +98,7 @@ impl AgentClient {
             host_protocol: PROTOCOL_VERSION,
             ..Default::default()
         };
-        let version = raw
-            .version(ctx(limit), &req)
-            .await
-            .map_err(rpc_err("version"))?;
+        let version = call("version", limit, |c| raw.version(c, &req)).await?;
         if version.protocol != PROTOCOL_VERSION {
             return Err(Error::Backend(format!(
                 "agent speaks protocol {}, host speaks {PROTOCOL_VERSION}",
@@ -96,26 +113,23 @@ impl AgentClient {
     }
 
     pub async fn health(&self) -> Result<bool> {
-        Ok(self
-            .raw
-            .health(ctx(CALL_TIMEOUT), &Empty::default())
-            .await
-            .map_err(rpc_err("health"))?
+        let req = Empty::default();
+        Ok(call("health", CALL_TIMEOUT, |c| self.raw.health(c, &req))
+            .await?
             .serving)
     }
 
     pub async fn guest_details(&self) -> Result<GuestDetailsResponse> {
-        self.raw
-            .guest_details(ctx(CALL_TIMEOUT), &Empty::default())
-            .await
-            .map_err(rpc_err("guest details"))
+        let req = Empty::default();
+        call("guest details", CALL_TIMEOUT, |c| {
+            self.raw.guest_details(c, &req)
+        })
+        .await
     }
 
     pub async fn shutdown(&self) -> Result<()> {
-        self.raw
-            .shutdown(ctx(CALL_TIMEOUT), &Empty::default())
-            .await
-            .map_err(rpc_err("shutdown"))?;
+        let req = Empty::default();
+        call("shutdown", CALL_TIMEOUT, |c| self.raw.shutdown(c, &req)).await?;
         Ok(())
     }
 
@@ -150,10 +164,10 @@ impl AgentClient {
             network: network.into(),
             ..Default::default()
         };
-        self.raw
-            .create_sandbox(ctx(CALL_TIMEOUT), &req)
-            .await
-            .map_err(rpc_err("create sandbox"))?;
+        call("create sandbox", CALL_TIMEOUT, |c| {
+            self.raw.create_sandbox(c, &req)
+        })
+        .await?;
         Ok(())
     }
 
@@ -169,21 +183,20 @@ impl AgentClient {
             stdio: Some(stdio).into(),
             ..Default::default()
         };
-        Ok(self
-            .raw
-            .create_container(ctx(CREATE_TIMEOUT), &req)
-            .await
-            .map_err(rpc_err("create container"))?
-            .pid)
+        Ok(call("create container", CREATE_TIMEOUT, |c| {
+            self.raw.create_container(c, &req)
+        })
+        .await?
+        .pid)
     }
 
     pub async fn start(&self, id: &str, exec_id: &str) -> Result<u32> {
-        Ok(self
-            .raw
-            .start_process(ctx(CREATE_TIMEOUT), &process_ref(id, exec_id))
-            .await
-            .map_err(rpc_err("start"))?
-            .pid)
+        let req = process_ref(id, exec_id);
+        Ok(
+            call("start", CREATE_TIMEOUT, |c| self.raw.start_process(c, &req))
+                .await?
+                .pid,
+        )
     }
 
     pub async fn exec(
@@ -200,10 +213,7 @@ impl AgentClient {
             stdio: Some(stdio).into(),
             ..Default::default()
         };
-        self.raw
-            .exec(ctx(CALL_TIMEOUT), &req)
-            .await
-            .map_err(rpc_err("exec"))?;
+        call("exec", CALL_TIMEOUT, |c| self.raw.exec(c, &req)).await?;
         Ok(())
     }
 
@@ -215,18 +225,13 @@ impl AgentClient {
             all,
             ..Default::default()
         };
-        self.raw
-            .signal(ctx(CALL_TIMEOUT), &req)
-            .await
-            .map_err(rpc_err("signal"))?;
+        call("signal", CALL_TIMEOUT, |c| self.raw.signal(c, &req)).await?;
         Ok(())
     }
 
     pub async fn delete(&self, id: &str, exec_id: &str) -> Result<ExitResponse> {
-        self.raw
-            .delete(ctx(CREATE_TIMEOUT), &process_ref(id, exec_id))
-            .await
-            .map_err(rpc_err("delete"))
+        let req = process_ref(id, exec_id);
+        call("delete", CREATE_TIMEOUT, |c| self.raw.delete(c, &req)).await
     }
 
     pub async fn stats(&self, id: &str) -> Result<StatsResponse> {
@@ -234,10 +239,7 @@ impl AgentClient {
             container_id: id.into(),
             ..Default::default()
         };
-        self.raw
-            .stats(ctx(CALL_TIMEOUT), &req)
-            .await
-            .map_err(rpc_err("stats"))
+        call("stats", CALL_TIMEOUT, |c| self.raw.stats(c, &req)).await
     }
 
     pub async fn update(&self, id: &str, resources_json: Vec<u8>) -> Result<()> {
@@ -246,10 +248,10 @@ impl AgentClient {
             resources_json,
             ..Default::default()
         };
-        self.raw
-            .update_resources(ctx(CALL_TIMEOUT), &req)
-            .await
-            .map_err(rpc_err("update"))?;
+        call("update", CALL_TIMEOUT, |c| {
+            self.raw.update_resources(c, &req)
+        })
+        .await?;
         Ok(())
     }
 
@@ -259,10 +261,7 @@ impl AgentClient {
             paused,
             ..Default::default()
         };
-        self.raw
-            .set_paused(ctx(CALL_TIMEOUT), &req)
-            .await
-            .map_err(rpc_err("pause"))?;
+        call("pause", CALL_TIMEOUT, |c| self.raw.set_paused(c, &req)).await?;
         Ok(())
     }
 
@@ -274,18 +273,16 @@ impl AgentClient {
             height,
             ..Default::default()
         };
-        self.raw
-            .resize_tty(ctx(CALL_TIMEOUT), &req)
-            .await
-            .map_err(rpc_err("resize"))?;
+        call("resize", CALL_TIMEOUT, |c| self.raw.resize_tty(c, &req)).await?;
         Ok(())
     }
 
     pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
-        self.raw
-            .close_stdin(ctx(CALL_TIMEOUT), &process_ref(id, exec_id))
-            .await
-            .map_err(rpc_err("close stdin"))?;
+        let req = process_ref(id, exec_id);
+        call("close stdin", CALL_TIMEOUT, |c| {
+            self.raw.close_stdin(c, &req)
+        })
+        .await?;
         Ok(())
     }
 
@@ -294,11 +291,10 @@ impl AgentClient {
             container_id: id.into(),
             ..Default::default()
         };
-        let list = self
-            .raw
-            .list_processes(ctx(CALL_TIMEOUT), &req)
-            .await
-            .map_err(rpc_err("list processes"))?;
+        let list = call("list processes", CALL_TIMEOUT, |c| {
+            self.raw.list_processes(c, &req)
+        })
+        .await?;
         Ok(list
             .processes
             .into_iter()
@@ -313,12 +309,11 @@ impl AgentClient {
             wait_millis: EVENTS_WAIT.as_millis() as u32,
             ..Default::default()
         };
-        let mut events = self
-            .raw
-            .events(ctx(EVENTS_WAIT + EVENTS_MARGIN), &req)
-            .await
-            .map_err(rpc_err("events"))?
-            .events;
+        let mut events = call("events", EVENTS_WAIT + EVENTS_MARGIN, |c| {
+            self.raw.events(c, &req)
+        })
+        .await?
+        .events;
         events.truncate(MAX_EVENTS);
         Ok(events)
     }
@@ -326,8 +321,10 @@ impl AgentClient {
     /// Open one stdio stream of a process and name it; the stream then carries its bytes.
     pub async fn stdio_stream(&self, id: &str, exec_id: &str, stream: &str) -> Result<GuestStream> {
         let mut s = self.transport.connect(STDIO_PORT, CALL_TIMEOUT).await?;
-        s.write_all(stdio_header(id, exec_id, stream).as_bytes())
+        let header = stdio_header(id, exec_id, stream);
+        tokio::time::timeout(CALL_TIMEOUT, s.write_all(header.as_bytes()))
             .await
+            .map_err(|_| Error::Backend("agent stdio: no answer in time".into()))?
             .map_err(Error::io("stdio header"))?;
         Ok(s)
     }

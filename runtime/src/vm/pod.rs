@@ -189,6 +189,13 @@ impl Backend for VmPod {
             hardening::refuse_privileged(&reasons, Kernel::Guest.allow_privileged_setting())?;
         }
         let privileged = !reasons.is_empty();
+        let pod_netns = self
+            .sandbox
+            .lock()
+            .await
+            .as_ref()
+            .map(|sb| sb.netns().map(Path::to_path_buf));
+        check_namespace_paths(spec, pod_netns.as_ref().map(Option::as_deref), &pod_pids)?;
         let network = net_request(spec, &req.bundle);
         // A container that joins the pod's network shares the guest's, which is wired to it.
         let shares_guest_net = !matches!(network, NetRequest::None);
@@ -276,7 +283,11 @@ impl Backend for VmPod {
         if !vm.is_dead() {
             match vm.agent().delete(&c.id, "").await {
                 Ok(_) | Err(Error::NotFound(_)) => {}
-                Err(e) => return Err(e),
+                // Delete never depends on the guest: one that fails it is stopped.
+                Err(e) => {
+                    vm.stop_guest(&format!("the guest failed to delete {}: {e}", c.id))
+                        .await
+                }
             }
         }
         vm.remove_container(&c.id)
@@ -313,6 +324,16 @@ impl Backend for VmPod {
             .agent()
             .resize(&c.id, &p.exec_id, width, height)
             .await
+    }
+
+    async fn force_stop(&self, why: &str) -> bool {
+        match self.sandbox.lock().await.clone() {
+            Some(vm) => {
+                vm.stop_guest(why).await;
+                true
+            }
+            None => false,
+        }
     }
 
     async fn release(&self) -> Result<()> {
@@ -444,6 +465,86 @@ struct GuestSpec {
     privileged: bool,
 }
 
+/// Namespace paths in VM mode. `/proc/<pid>/ns/<type>` with a pid of this pod names a
+/// guest process (the pids the host reports are the guest's) and is joined in the
+/// guest; the network namespace the pod's first container names (CNI's, or one Docker
+/// made) is the one the VM is wired to, and later containers may name it again. Any
+/// other path names something the VM cannot join: another VM's process, a host
+/// process, the host's own namespaces. Refused, never wired to the tap.
+/// `pod_netns`: None while the pod has no VM; then the network namespace the VM took.
+fn check_namespace_paths(
+    spec: &Spec,
+    pod_netns: Option<Option<&Path>>,
+    pod_pids: &[u32],
+) -> Result<()> {
+    let Some(namespaces) = spec.linux().as_ref().and_then(|l| l.namespaces().as_ref()) else {
+        return Ok(());
+    };
+    for ns in namespaces {
+        let Some(path) = ns.path() else { continue };
+        let typ = ns.typ();
+        let refuse = |why: &str| {
+            Err(Error::InvalidArgument(format!(
+                "{typ:?} namespace {}: {why}",
+                path.display()
+            )))
+        };
+        if let Some(pid) = proc_ns_pid(path) {
+            if pod_pids.contains(&pid) {
+                continue;
+            }
+            return refuse(
+                "names a process outside this pod; a VM pod joins only its own containers' \
+                 namespaces (`--network container:X` and the like cannot reach into another \
+                 VM: run them in one pod, or with the container backend)",
+            );
+        }
+        if is_host_namespace(typ, path) {
+            return refuse("is the host's; a VM pod never joins the host's namespaces");
+        }
+        let joins_pod_net = typ == LinuxNamespaceType::Network
+            && match pod_netns {
+                None => true,
+                Some(Some(own)) => same_file(path, own),
+                Some(None) => false,
+            };
+        if !joins_pod_net {
+            return refuse("is not one of this pod's namespaces; a VM pod cannot join it");
+        }
+    }
+    Ok(())
+}
+
+/// The `/proc/<pid>/ns/` name of a namespace type.
+fn proc_ns_name(typ: LinuxNamespaceType) -> &'static str {
+    match typ {
+        LinuxNamespaceType::Network => "net",
+        LinuxNamespaceType::Mount => "mnt",
+        LinuxNamespaceType::Ipc => "ipc",
+        LinuxNamespaceType::Uts => "uts",
+        LinuxNamespaceType::Pid => "pid",
+        LinuxNamespaceType::User => "user",
+        LinuxNamespaceType::Cgroup => "cgroup",
+        LinuxNamespaceType::Time => "time",
+    }
+}
+
+/// Whether `path` is the host's namespace of its type (init's, or this process's).
+fn is_host_namespace(typ: LinuxNamespaceType, path: &Path) -> bool {
+    let name = proc_ns_name(typ);
+    ["/proc/1/ns", "/proc/self/ns"]
+        .iter()
+        .any(|dir| same_file(path, &Path::new(dir).join(name)))
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 /// The pid of a `/proc/<pid>/ns/<type>` path.
 fn proc_ns_pid(path: &Path) -> Option<u32> {
     let rest = path.strip_prefix("/proc").ok()?;
@@ -488,6 +589,52 @@ fn host_side(stdio: &StdioPaths) -> StdioPaths {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn namespace_paths_outside_the_pod_or_of_the_host_are_refused() {
+        let spec = |typ: &str, path: &Path| -> Spec {
+            serde_json::from_value(serde_json::json!({"ociVersion": "1.0.2",
+                "root": {"path": "rootfs"},
+                "linux": {"namespaces": [{"type": typ, "path": path}]}}))
+            .unwrap()
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let cni = tmp.path().join("cni-1");
+        let other = tmp.path().join("cni-2");
+        std::fs::write(&cni, "").unwrap();
+        std::fs::write(&other, "").unwrap();
+        // A path that is not /proc/<pid> but leads to the host's namespace.
+        let host = tmp.path().join("host");
+        std::os::unix::fs::symlink("/proc/self/ns/net", &host).unwrap();
+        let check = |typ, path: &str, pod: Option<Option<&Path>>, pids: &[u32]| {
+            check_namespace_paths(&spec(typ, Path::new(path)), pod, pids)
+        };
+        let (cni_s, other_s, host_s) = (
+            cni.to_str().unwrap(),
+            other.to_str().unwrap(),
+            host.to_str().unwrap(),
+        );
+        // The pod's first container: its network namespace is the one the VM takes.
+        check("network", cni_s, None, &[]).unwrap();
+        for path in ["/proc/1/ns/net", "/proc/4242/ns/net"] {
+            let e = check("network", path, None, &[]).unwrap_err().to_string();
+            assert!(e.contains("outside this pod"), "{e}");
+        }
+        let e = check("network", host_s, None, &[]).unwrap_err().to_string();
+        assert!(e.contains("the host's"), "{e}");
+        let e = check("ipc", "/proc/self/ns/ipc", None, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the host's"), "{e}");
+        // Later containers: the pod's own, by guest pid or by the VM's namespace.
+        check("network", cni_s, Some(Some(&cni)), &[]).unwrap();
+        check("network", "/proc/42/ns/net", Some(Some(&cni)), &[42]).unwrap();
+        check("ipc", "/proc/42/ns/ipc", Some(None), &[42]).unwrap();
+        assert!(check("network", other_s, Some(Some(&cni)), &[42]).is_err());
+        assert!(check("network", cni_s, Some(None), &[]).is_err());
+        assert!(check("ipc", cni_s, Some(Some(&cni)), &[]).is_err());
+        assert!(check("pid", "/proc/43/ns/pid", Some(Some(&cni)), &[42]).is_err());
+    }
 
     #[test]
     fn only_the_pods_own_namespaces_are_joined_in_the_guest() {

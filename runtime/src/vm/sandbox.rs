@@ -294,6 +294,11 @@ impl Sandbox {
         &self.dir
     }
 
+    /// The network namespace the VM is wired to, if any.
+    pub fn netns(&self) -> Option<&Path> {
+        self.network.as_ref().map(|(n, _)| n.netns.as_path())
+    }
+
     /// The agent in the guest.
     pub fn agent(&self) -> &AgentClient {
         &self.agent
@@ -326,6 +331,19 @@ impl Sandbox {
 
     pub fn console_log(&self) -> PathBuf {
         self.dir.join("vm").join("console.log")
+    }
+
+    /// The guest cannot be trusted to stop what it runs (it ignored SIGKILL, failed a
+    /// Delete, or stopped answering): kill the VM. Every process of the pod is reported
+    /// exited with [`VM_DIED_EXIT`] at once; the state stays for
+    /// [`teardown`](Self::teardown).
+    pub async fn stop_guest(&self, why: &str) {
+        log::error!(sandbox = self.id.as_str(), why; "stopping the VM: the guest did not cooperate");
+        self.dead.send_replace(true);
+        if let Some(vm) = self.vm.lock().await.as_mut() {
+            vm.kill().await;
+        }
+        self.exits.close(VM_DIED_EXIT);
     }
 
     /// Stop the guest and every helper, unmount and remove everything.
