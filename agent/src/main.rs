@@ -10,6 +10,8 @@
 //! this binary, Stockade's hardening, cgroups v2 inside the guest). Its libcontainer
 //! helper is this binary re-executed with the helper argument.
 
+#[cfg(feature = "hostile")]
+mod hostile;
 mod init;
 mod logger;
 mod net;

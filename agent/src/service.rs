@@ -37,6 +37,8 @@ pub struct AgentService {
     /// The guest's configuration (TOML), from CreateSandbox.
     config: Mutex<Option<String>>,
     events: Arc<EventQueue>,
+    #[cfg(feature = "hostile")]
+    hostile: Arc<crate::hostile::Hostile>,
 }
 
 #[derive(Default)]
@@ -158,8 +160,18 @@ impl AgentService {
             Runtime::for_guest("guest", exits, !crate::init::root_is_readonly());
         let events = Arc::new(EventQueue::default());
         let queue = events.clone();
+        #[cfg(feature = "hostile")]
+        let hostile = Arc::new(crate::hostile::Hostile::default());
+        #[cfg(feature = "hostile")]
+        let hostile2 = hostile.clone();
         tokio::spawn(async move {
             while let Some(e) = rx.recv().await {
+                #[cfg(feature = "hostile")]
+                if let Event::Exit { id, .. } = &e
+                    && hostile2.ignores_kill(id)
+                {
+                    continue;
+                }
                 let ev = match e {
                     Event::Exit { id, exec_id, info } => GuestEvent {
                         kind: Kind::EXIT.into(),
@@ -186,6 +198,8 @@ impl AgentService {
             runtime,
             config: Mutex::new(None),
             events,
+            #[cfg(feature = "hostile")]
+            hostile,
         }
     }
 
@@ -234,6 +248,23 @@ impl AgentService {
         let mut spec: oci_spec::runtime::Spec = serde_json::from_slice(&req.spec_json)
             .map_err(|e| Error::InvalidArgument(format!("invalid spec: {e}")))?;
         apply_pod_net_sysctls(&mut spec)?;
+        #[cfg(feature = "hostile")]
+        for r in self.hostile.arm(id, &spec) {
+            self.events.push(match r {
+                crate::hostile::Report::Oom(other) => GuestEvent {
+                    kind: Kind::OOM.into(),
+                    container_id: other,
+                    ..Default::default()
+                },
+                crate::hostile::Report::Exit(pid) => GuestEvent {
+                    kind: Kind::EXIT.into(),
+                    container_id: id.into(),
+                    pid,
+                    exit_code: 1,
+                    ..Default::default()
+                },
+            });
+        }
         let bundle = Path::new(BUNDLES).join(id);
         std::fs::create_dir_all(&bundle).map_err(Error::io("create bundle"))?;
         let io = req.stdio.get_or_default();
@@ -285,6 +316,10 @@ impl AgentService {
     }
 
     async fn delete(&self, req: ProcessRef) -> Result<ExitInfo> {
+        #[cfg(feature = "hostile")]
+        if req.exec_id.is_empty() {
+            self.hostile.before_delete(&req.container_id);
+        }
         let info = self.runtime.delete(&req.container_id, &req.exec_id).await?;
         stdio::remove_fifos(&req.container_id, &req.exec_id);
         if req.exec_id.is_empty() {
@@ -399,6 +434,10 @@ impl Agent for AgentService {
     }
 
     async fn signal(&self, _ctx: &TtrpcContext, req: SignalRequest) -> ttrpc::Result<Empty> {
+        #[cfg(feature = "hostile")]
+        if self.hostile.ignores_kill(&req.container_id) {
+            return Ok(Empty::default());
+        }
         self.runtime
             .kill(&req.container_id, &req.exec_id, req.signal, req.all)
             .await
@@ -426,6 +465,13 @@ impl Agent for AgentService {
             .stats(&req.container_id)
             .await
             .map_err(status)?;
+        #[cfg(feature = "hostile")]
+        if self.hostile.oversized(&req.container_id) {
+            return Ok(StatsResponse {
+                metrics_json: vec![b' '; 5 << 20],
+                ..Default::default()
+            });
+        }
         Ok(StatsResponse {
             cgroup_v2: version == CgroupVersion::V2,
             metrics_json: serde_json::to_vec(&metrics)

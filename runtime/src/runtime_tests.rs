@@ -238,10 +238,14 @@ async fn a_sigkill_the_backend_ignores_ends_in_a_forced_stop() {
     p.rt.create(p.request("c1")).await.unwrap();
     p.rt.start("c1", "").await.unwrap();
     // A polite signal is the backend's business; SIGKILL is the runtime's promise.
-    p.rt.kill("c1", "", libc::SIGTERM as u32, false).await.unwrap();
+    p.rt.kill("c1", "", libc::SIGTERM as u32, false)
+        .await
+        .unwrap();
     tokio::time::sleep(EXIT_GRACE * 2).await;
     assert!(!p.fake.calls.lock().unwrap().contains(&"force_stop"));
-    p.rt.kill("c1", "", libc::SIGKILL as u32, false).await.unwrap();
+    p.rt.kill("c1", "", libc::SIGKILL as u32, false)
+        .await
+        .unwrap();
     assert_eq!(p.rt.wait("c1", "").await.unwrap().code, 255);
     assert!(p.fake.calls.lock().unwrap().contains(&"force_stop"));
     p.expect(&["create c1", "start c1", "exit c1 255"]).await;

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use stockade_runtime::Config;
+use stockade_runtime::vm::console;
 use stockade_runtime::vm::sandbox::{SandboxInfo, list};
 
 pub const COMMANDS: [&str; 4] = ["check", "sandboxes", "console", "agent-log"];
@@ -96,12 +97,15 @@ pub fn main(mut args: Vec<String>) -> Result<()> {
             let id = args.get(1).context("which sandbox? give its id")?;
             let sb = find(&all, id)?;
             let path = sb.console_log();
-            let text = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+            let dir = path.parent().context("console log path")?;
+            let text = console::read_all(dir);
             let text = String::from_utf8_lossy(&text);
+            // The guest wrote every byte of it: its control characters are shown, not
+            // sent to the operator's terminal.
             for line in text.lines() {
                 let line = line.trim_end_matches('\r');
                 if cmd == "console" || line.starts_with("stockade-agent:") {
-                    println!("{line}");
+                    println!("{}", console::printable(line));
                 }
             }
             Ok(())

@@ -68,9 +68,13 @@ pub trait Hypervisor: Send + Sync {
 
 const CONSOLE_TAIL_LINES: usize = 25;
 
-/// The last lines of the guest console in `dir`, for error messages.
+/// The last lines of the guest console in `dir`, for error messages (printable: the
+/// guest wrote them).
 pub fn console_tail(dir: &Path) -> String {
-    let text = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
+    let text = crate::vm::console::read_all(dir);
+    let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(CONSOLE_TAIL_LINES)..].join("\n")
+    crate::vm::console::printable(
+        &lines[lines.len().saturating_sub(CONSOLE_TAIL_LINES)..].join("\n"),
+    )
 }

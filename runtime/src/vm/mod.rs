@@ -11,6 +11,7 @@
 
 pub mod agent;
 pub mod cgroup;
+pub mod console;
 pub mod hypervisor;
 pub mod microvm;
 pub mod network;

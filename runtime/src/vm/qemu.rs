@@ -63,8 +63,9 @@ fn cid_from(r: u32) -> u32 {
     3 + r % (u32::MAX - 4)
 }
 
-/// The fd number QEMU finds the tap at.
+/// The fd numbers QEMU finds the tap and the console pipe's write end at.
 const TAP_FD: i32 = 3;
+const CONSOLE_FD: i32 = 4;
 
 /// The virtio-fs socket QEMU connects to (virtiofsd serves it).
 fn virtiofs_socket(dir: &Path) -> PathBuf {
@@ -74,28 +75,42 @@ fn virtiofs_socket(dir: &Path) -> PathBuf {
 /// Spawn a helper that dies with the shim: PR_SET_PDEATHSIG fires when the spawning
 /// thread exits, and these are spawned from the runtime's long-lived worker threads.
 fn spawn_helper(cmd: &mut Command, what: &str) -> Result<std::process::Child> {
-    spawn_helper_with_fd(cmd, what, None, None)
+    spawn_helper_with_fds(cmd, what, [None, None], None)
 }
 
-/// As [`spawn_helper`], with `fd` (which stays open in the parent until spawn returns)
-/// given to the child as [`TAP_FD`].
-fn spawn_helper_with_fd(
+/// As [`spawn_helper`], with each `(fd, number)` of `fds` (open in the parent until
+/// spawn returns) given to the child as that number, and in network namespace `netns`.
+fn spawn_helper_with_fds(
     cmd: &mut Command,
     what: &str,
-    fd: Option<std::os::fd::RawFd>,
+    fds: [Option<(std::os::fd::RawFd, i32)>; 2],
     netns: Option<std::os::fd::RawFd>,
 ) -> Result<std::process::Child> {
     use std::os::unix::process::CommandExt;
-    // SAFETY: prctl and dup2 are async-signal-safe and touch only the child.
+    let mut moved = [-1; 2];
+    // SAFETY: prctl, fcntl, dup2 and setns are async-signal-safe and touch only the
+    // child; nothing is allocated.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            if let Some(fd) = fd
-                && libc::dup2(fd, TAP_FD) < 0
-            {
-                return Err(std::io::Error::last_os_error());
+            // Out of the way of the target numbers first, then into place (dup2
+            // clears close-on-exec on the new number).
+            for (i, fd) in fds.iter().enumerate() {
+                if let Some((fd, _)) = fd {
+                    moved[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 64);
+                    if moved[i] < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+            }
+            for (i, fd) in fds.iter().enumerate() {
+                if let Some((_, number)) = fd
+                    && libc::dup2(moved[i], *number) < 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             if let Some(ns) = netns
                 && libc::setns(ns, libc::CLONE_NEWNET) < 0
@@ -165,8 +180,9 @@ pub fn qemu_args(
         "-no-reboot".into(),
         "-sandbox".into(),
         "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
+        // A pipe the shim drains into a capped console.log (console.rs).
         "-serial".into(),
-        format!("file:{}", dir.join("console.log").display()),
+        format!("file:/proc/self/fd/{CONSOLE_FD}"),
         "-kernel".into(),
         cfg.kernel.display().to_string(),
         "-initrd".into(),
@@ -267,6 +283,9 @@ impl Hypervisor for Qemu {
                     .arg(share)
                     // Its own mount, pid and network namespaces; seccomp stays on (default).
                     .args(["--sandbox", "namespace", "--cache", "auto"])
+                    // No device nodes made for the guest: a node it made would open the
+                    // host's device through virtiofsd.
+                    .arg("--modcaps=-mknod")
                     .args(["--log-level", "warn"]),
                 &dir.join("virtiofsd.log"),
                 &sock,
@@ -282,24 +301,34 @@ impl Hypervisor for Qemu {
             }
         }
         let qemu_log = std::fs::File::create(dir.join("qemu.log")).map_err(Error::io("qemu log"));
-        let child = qemu_log.and_then(|log| {
-            spawn_helper_with_fd(
-                Command::new(&cfg.qemu)
-                    .args(qemu_args(
-                        cfg,
-                        dir,
-                        share.is_some(),
-                        &transport,
-                        nic.map(|n| n.mac.as_str()),
-                    ))
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(log),
-                &cfg.qemu.display().to_string(),
-                nic.map(|n| n.fd),
-                nic.and_then(|n| n.netns),
-            )
-        });
+        let console = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| Error::Backend(format!("console pipe: {e}")))
+            .and_then(|(r, w)| crate::vm::console::spawn_logger(dir, r).map(|()| w));
+        let child =
+            qemu_log
+                .and_then(|log| console.map(|c| (log, c)))
+                .and_then(|(log, console)| {
+                    use std::os::fd::AsRawFd;
+                    spawn_helper_with_fds(
+                        Command::new(&cfg.qemu)
+                            .args(qemu_args(
+                                cfg,
+                                dir,
+                                share.is_some(),
+                                &transport,
+                                nic.map(|n| n.mac.as_str()),
+                            ))
+                            .stdin(Stdio::null())
+                            .stdout(Stdio::null())
+                            .stderr(log),
+                        &cfg.qemu.display().to_string(),
+                        [
+                            nic.map(|n| (n.fd, TAP_FD)),
+                            Some((console.as_raw_fd(), CONSOLE_FD)),
+                        ],
+                        nic.and_then(|n| n.netns),
+                    )
+                });
         let qemu = child.and_then(|c| Watched::new("qemu", c));
         match qemu {
             Ok(qemu) => Ok(Qemu {

@@ -1,0 +1,126 @@
+//! A hostile guest, for the host's tests only (cargo feature `hostile`, never in the
+//! shipped initramfs): the agent misbehaves on command, as a compromised guest would,
+//! so the host's promises can be tested against it.
+//!
+//! The commands come from the environment of a container's process,
+//! `STOCKADE_HOSTILE=<command>[,<command>...]`:
+//!
+//! | command | what the guest does |
+//! |---|---|
+//! | `oom=<id>` | reports an OOM kill of container `<id>` (another pod's) |
+//! | `flood=<n>` | reports `n` exits of pids nobody runs |
+//! | `ignore-kill` | acknowledges signals to this container, delivers none, and never reports its exits |
+//! | `mute` | stops answering and stops reading its vsock, 2 s after the create |
+//! | `console-flood` | writes to its serial console without end |
+//! | `oversized` | answers Stats with more than the protocol's 4 MiB |
+//! | `share-tricks` | at Delete: renames the container's share dir (tab and newline in the name), plants a FIFO and a symlink to `/` at its name |
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use stockade_agent_protocol::GUEST_SHARE_DIR;
+
+#[derive(Default)]
+pub struct Hostile {
+    ignore_kill: Mutex<HashSet<String>>,
+    share_tricks: Mutex<HashSet<String>>,
+    oversized: Mutex<HashSet<String>>,
+}
+
+/// What to report at once, as event kinds the service queues.
+pub enum Report {
+    Oom(String),
+    Exit(u32),
+}
+
+impl Hostile {
+    /// Arm the commands of container `id`'s spec; returns the events to report now.
+    pub fn arm(&self, id: &str, spec: &oci_spec::runtime::Spec) -> Vec<Report> {
+        let env = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.env().clone())
+            .unwrap_or_default();
+        let Some(cmds) = env
+            .iter()
+            .find_map(|kv| kv.strip_prefix("STOCKADE_HOSTILE="))
+        else {
+            return Vec::new();
+        };
+        log::warn!(id, commands = cmds; "hostile test agent: misbehaving on command");
+        let mut out = Vec::new();
+        for cmd in cmds.split(',') {
+            let (name, arg) = cmd.split_once('=').unwrap_or((cmd, ""));
+            match name {
+                "oom" => out.push(Report::Oom(arg.to_string())),
+                "flood" => {
+                    let n: u32 = arg.parse().unwrap_or(10_000);
+                    out.extend((0..n).map(|i| Report::Exit(1_000_000 + i)));
+                }
+                "ignore-kill" => {
+                    self.ignore_kill.lock().unwrap().insert(id.into());
+                }
+                "share-tricks" => {
+                    self.share_tricks.lock().unwrap().insert(id.into());
+                }
+                "oversized" => {
+                    self.oversized.lock().unwrap().insert(id.into());
+                }
+                "mute" => mute(),
+                "console-flood" => {
+                    std::thread::spawn(|| {
+                        use std::io::Write;
+                        if let Ok(mut c) =
+                            std::fs::OpenOptions::new().write(true).open("/dev/console")
+                        {
+                            let line = [b'y'; 4095];
+                            while c.write_all(&line).and_then(|()| c.write_all(b"\n")).is_ok() {}
+                        }
+                    });
+                }
+                other => log::warn!(command = other; "hostile test agent: unknown command"),
+            }
+        }
+        out
+    }
+
+    pub fn ignores_kill(&self, id: &str) -> bool {
+        self.ignore_kill.lock().unwrap().contains(id)
+    }
+
+    pub fn oversized(&self, id: &str) -> bool {
+        self.oversized.lock().unwrap().contains(id)
+    }
+
+    /// Before the Delete of `id`: the share tricks, if armed.
+    pub fn before_delete(&self, id: &str) {
+        if !self.share_tricks.lock().unwrap().remove(id) {
+            return;
+        }
+        let share = Path::new(GUEST_SHARE_DIR);
+        let at = share.join(id);
+        let moved = share.join(format!("{id}\tmoved\nhere"));
+        let renamed = std::fs::rename(&at, &moved);
+        let fifo = nix::unistd::mkfifo(&at, nix::sys::stat::Mode::from_bits_truncate(0o600));
+        let link = std::os::unix::fs::symlink("/", share.join(format!("{id}-link")));
+        let inner = std::os::unix::fs::symlink("/", moved.join("mounts").join("planted"));
+        log::warn!(id, renamed:? = renamed, fifo:? = fifo, link:? = link, inner:? = inner; "hostile test agent: share tricks played");
+    }
+}
+
+/// Stop answering and stop reading: in 2 s every worker thread of the runtime blocks
+/// for good, so no request is read, answered or polled again.
+fn mute() {
+    let handle = tokio::runtime::Handle::current();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        log::warn!("hostile test agent: muted");
+        for _ in 0..8 {
+            handle.spawn(async {
+                std::thread::sleep(Duration::MAX);
+            });
+        }
+    });
+}

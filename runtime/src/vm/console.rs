@@ -1,0 +1,138 @@
+//! The guest's serial console on the host: a pipe the VMM writes and the shim drains
+//! into `console.log`, bounded. The guest is untrusted, so its console is too:
+//! - the log is capped: at [`MAX_FILE`] bytes `console.log` becomes `console.log.1`
+//!   (replacing the previous one) and a new `console.log` starts, so a guest writing
+//!   `yes > /dev/ttyS0` holds at most twice that on the host's /run;
+//! - it is drained at most at [`MAX_RATE`] bytes a second: past that the pipe fills and
+//!   the guest's serial port stalls, so a flood costs the guest, not the shim;
+//! - every text taken from it for a person (error messages, logs, the operator CLI)
+//!   goes through [`printable`], so the guest cannot drive the operator's terminal.
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
+
+use crate::error::{Error, Result};
+
+pub const FILE: &str = "console.log";
+pub const ROTATED: &str = "console.log.1";
+pub const MAX_FILE: u64 = 1 << 20;
+pub const MAX_RATE: usize = 1 << 20;
+
+/// Drain the console pipe's read end into `dir`'s console log until the VMM closes it.
+pub fn spawn_logger(dir: &Path, read_end: OwnedFd) -> Result<()> {
+    let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(read_end)
+        .map_err(Error::io("console pipe"))?;
+    let mut log = ConsoleLog::create(dir)?;
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut window = (Instant::now(), 0usize);
+        loop {
+            let n = match rx.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            log.write(&buf[..n]);
+            window.1 += n;
+            if window.1 >= MAX_RATE {
+                let left = Duration::from_secs(1).saturating_sub(window.0.elapsed());
+                tokio::time::sleep(left).await;
+                window = (Instant::now(), 0);
+            } else if window.0.elapsed() >= Duration::from_secs(1) {
+                window = (Instant::now(), 0);
+            }
+        }
+    });
+    Ok(())
+}
+
+/// `console.log` with its one rotated predecessor.
+struct ConsoleLog {
+    dir: PathBuf,
+    file: std::fs::File,
+    written: u64,
+}
+
+impl ConsoleLog {
+    fn create(dir: &Path) -> Result<ConsoleLog> {
+        let file = std::fs::File::create(dir.join(FILE)).map_err(Error::io("console log"))?;
+        Ok(ConsoleLog {
+            dir: dir.to_path_buf(),
+            file,
+            written: 0,
+        })
+    }
+
+    fn write(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.written >= MAX_FILE {
+                let _ = std::fs::rename(self.dir.join(FILE), self.dir.join(ROTATED));
+                match std::fs::File::create(self.dir.join(FILE)) {
+                    Ok(f) => self.file = f,
+                    Err(_) => return,
+                }
+                self.written = 0;
+            }
+            let room = (MAX_FILE - self.written) as usize;
+            let (now, later) = bytes.split_at(bytes.len().min(room));
+            if self.file.write_all(now).is_err() {
+                return;
+            }
+            self.written += now.len() as u64;
+            bytes = later;
+        }
+    }
+}
+
+/// A console line as a person may see it: control characters (but tabs) and the C1
+/// range shown as `\xNN`, so escape sequences from the guest do nothing on a terminal.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if (c.is_control() && c != '\t' && c != '\n') || c == '\u{7f}' {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The whole console log of `dir`, oldest first (the rotated part, then the current).
+pub fn read_all(dir: &Path) -> Vec<u8> {
+    let mut all = std::fs::read(dir.join(ROTATED)).unwrap_or_default();
+    all.extend(std::fs::read(dir.join(FILE)).unwrap_or_default());
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_is_capped_at_two_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = ConsoleLog::create(tmp.path()).unwrap();
+        let chunk = vec![b'y'; 300 * 1024];
+        for _ in 0..20 {
+            log.write(&chunk);
+        }
+        log.write(b"last\n");
+        let size = |f| std::fs::metadata(tmp.path().join(f)).unwrap().len();
+        assert_eq!(size(ROTATED), MAX_FILE);
+        assert!(size(FILE) <= MAX_FILE);
+        assert!(read_all(tmp.path()).ends_with(b"last\n"));
+    }
+
+    #[test]
+    fn control_characters_are_shown_not_sent() {
+        assert_eq!(
+            printable("ok\t\x1b[2J\x07\u{9b}31m\r\x7f"),
+            "ok\t\\x1b[2J\\x07\\x9b31m\\x0d\\x7f"
+        );
+        assert_eq!(printable("a\nb"), "a\nb");
+    }
+}
