@@ -256,13 +256,24 @@ impl AgentService {
                     container_id: other,
                     ..Default::default()
                 },
-                crate::hostile::Report::Exit(pid) => GuestEvent {
-                    kind: Kind::EXIT.into(),
-                    container_id: id.into(),
-                    pid,
-                    exit_code: 1,
-                    ..Default::default()
-                },
+                crate::hostile::Report::Flood(n) => {
+                    let (queue, id) = (self.events.clone(), id.to_string());
+                    tokio::spawn(async move {
+                        for pid in 0..n {
+                            queue.push(GuestEvent {
+                                kind: Kind::EXIT.into(),
+                                container_id: id.clone(),
+                                pid: 1_000_000 + pid,
+                                exit_code: 1,
+                                ..Default::default()
+                            });
+                            if pid % 1000 == 999 {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                        }
+                    });
+                    continue;
+                }
             });
         }
         let bundle = Path::new(BUNDLES).join(id);

@@ -11,6 +11,7 @@
 //! - [`pss`]: PSS measurement of a VM sandbox's host processes.
 //! - [`cri`]: containerd's CRI plugin and a CRI client, as kubelet uses it.
 //! - [`escape`]: the escape suite, run in every kind of exec in both backends.
+//! - [`hostile`]: a compromised guest (the test-only hostile agent) against the host.
 //!
 //! ```no_run
 //! use stockade_integration::{TestContainerd, build_image};
@@ -27,6 +28,7 @@ pub mod containerd;
 pub mod cri;
 pub mod docker;
 pub mod escape;
+pub mod hostile;
 pub mod image;
 pub mod paths;
 pub mod pss;

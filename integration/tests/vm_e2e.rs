@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use stockade_integration::{
     IMAGE, NAMESPACE, RUNTIME, TestContainerd, TestDocker, escape, expect_code, guest_assets,
-    guest_config, hypervisor_toml, in_tty, run, run_with_stdin, skip_reason,
+    guest_config, hostile, hypervisor_toml, in_tty, run, run_with_stdin, skip_reason,
 };
 
 struct Suite {
@@ -916,6 +916,22 @@ fn main() {
             "vm_docker_bridge_network_and_published_port",
             docker_bridge_network_and_published_port,
         ),
+        (
+            "vm_volumes_refuse_devices_and_keep_read_only",
+            volumes_refuse_devices_and_keep_read_only,
+        ),
+        (
+            "vm_namespace_paths_outside_the_pod_are_refused",
+            namespace_paths_outside_the_pod_are_refused,
+        ),
+        ("vm_hostile_reports", hostile_reports),
+        ("vm_hostile_ignores_kill", hostile_ignores_kill),
+        ("vm_hostile_mute", hostile_mute),
+        (
+            "vm_hostile_console_and_oversized",
+            hostile_console_and_oversized,
+        ),
+        ("vm_hostile_share_tricks", hostile_share_tricks),
     ];
     let (passed, failed) = stockade_integration::run_cases(&suite, cases, |s| s.ctd.log());
     drop(suite);
@@ -923,4 +939,303 @@ fn main() {
     if failed > 0 {
         std::process::exit(1);
     }
+}
+
+// ---- The hostile guest (SECURITY.md, "Hostile guest"): a compromised agent attacks
+// the host; each case checks the host's side.
+
+/// OOM and exit reports naming what is not the guest's, and a flood of them: no
+/// foreign TaskOOM reaches containerd, the shim's memory stays bounded, and the pod
+/// still answers.
+fn hostile_reports(s: &Suite) -> Result<()> {
+    let (victim, id) = ("hvictim", "hreport");
+    s.ctd.run_detached(victim, &["sleep", "1000"])?;
+    let result = (|| -> Result<()> {
+        let events = hostile::EventLog::start(&s.ctd, "hostile-events.log")?;
+        hostile::run_hostile(&s.ctd, id, &format!("oom={victim},flood=200000"), &[])?;
+        let before = hostile::shim_rss_kib(&s.ctd, id)?;
+        // The flood takes the guest about 5 s to send; the host keeps polling.
+        let mut peak = before;
+        for _ in 0..16 {
+            std::thread::sleep(Duration::from_millis(500));
+            peak = peak.max(hostile::shim_rss_kib(&s.ctd, id)?);
+        }
+        let ps = s.ctd.ctr(&["task", "ps", id]);
+        ensure!(
+            ps.ok(),
+            "the pod stopped answering after the flood: {}",
+            ps.stderr
+        );
+        let text = events.stop()?;
+        ensure!(
+            !text
+                .lines()
+                .any(|l| l.contains("/tasks/oom") && l.contains(victim)),
+            "a guest marked another pod's container OOM-killed:\n{text}"
+        );
+        println!("    hostile flood: shim VmRSS {before} KiB before, {peak} KiB peak");
+        ensure!(
+            peak < before + 16 * 1024,
+            "the flood grew the shim from {before} KiB to {peak} KiB"
+        );
+        Ok(())
+    })();
+    s.ctd.remove(id);
+    s.ctd.remove(victim);
+    result?;
+    expect_clean(s, id)?;
+    expect_clean(s, victim)
+}
+
+/// A guest that acknowledges SIGKILL and never reports the exit: the host stops the VM
+/// after the grace period (10 s) and reports the exit itself.
+fn hostile_ignores_kill(s: &Suite) -> Result<()> {
+    let id = "hnokill";
+    hostile::run_hostile(&s.ctd, id, "ignore-kill", &[])?;
+    let result = hostile::remove_within(&s.ctd, id, Duration::from_secs(25));
+    if result.is_err() {
+        cleanup(s, id);
+    }
+    let took = result?;
+    println!(
+        "    ignored SIGKILL: pod removed in {:.1}s",
+        took.as_secs_f64()
+    );
+    expect_clean(s, id)
+}
+
+/// A guest that stops answering and stops reading its vsock: no call hangs the shim,
+/// and Kill and Delete still remove the pod.
+fn hostile_mute(s: &Suite) -> Result<()> {
+    let id = "hmute";
+    hostile::run_hostile(&s.ctd, id, "mute", &[])?;
+    std::thread::sleep(Duration::from_secs(3));
+    let result = (|| -> Result<()> {
+        let start = Instant::now();
+        let ps = s.ctd.ctr(&["task", "ps", id]);
+        ensure!(!ps.ok(), "a mute guest answered ps: {ps:?}");
+        ensure!(
+            start.elapsed() < Duration::from_secs(20),
+            "ps on a mute guest took {:?}",
+            start.elapsed()
+        );
+        let took = hostile::remove_within(&s.ctd, id, Duration::from_secs(30))?;
+        println!("    mute guest: pod removed in {:.1}s", took.as_secs_f64());
+        Ok(())
+    })();
+    if result.is_err() {
+        cleanup(s, id);
+    }
+    result?;
+    expect_clean(s, id)
+}
+
+/// A guest flooding its console, and answering Stats with more than the protocol
+/// allows: the console log stays within its cap, the shim answers, the pod goes.
+fn hostile_console_and_oversized(s: &Suite) -> Result<()> {
+    let id = "hconsole";
+    hostile::run_hostile(&s.ctd, id, "console-flood,oversized", &[])?;
+    let result = (|| -> Result<()> {
+        let dir = hostile::sandbox_dir(&s.ctd)?.join("vm");
+        std::thread::sleep(Duration::from_secs(8));
+        let size = |f: &str| std::fs::metadata(dir.join(f)).map(|m| m.len()).unwrap_or(0);
+        let (cur, old) = (size("console.log"), size("console.log.1"));
+        println!("    console flood: console.log {cur} B, console.log.1 {old} B");
+        ensure!(old > 0, "the flood never filled the first log ({cur} B)");
+        ensure!(
+            cur <= 1 << 20 && old <= 1 << 20,
+            "console log over its cap: {cur} + {old}"
+        );
+        let m = s.ctd.ctr(&["task", "metrics", id]);
+        ensure!(!m.ok(), "oversized stats were accepted: {}", m.stdout);
+        let ps = s.ctd.ctr(&["task", "ps", id]);
+        ensure!(ps.ok(), "the shim stopped answering: {}", ps.stderr);
+        Ok(())
+    })();
+    let removed = hostile::remove_within(&s.ctd, id, Duration::from_secs(30));
+    if removed.is_err() {
+        cleanup(s, id);
+    }
+    result?;
+    removed?;
+    expect_clean(s, id)
+}
+
+/// A guest that renames the container's share dir (tab and newline in the new name),
+/// plants a FIFO at its name and symlinks to `/` before Delete: the mounts still go,
+/// Delete does not hang or fail, the host's volume is untouched.
+fn hostile_share_tricks(s: &Suite) -> Result<()> {
+    let id = "hshare";
+    let vol = hostile::host_volume(&s.ctd, "hostile-vol")?;
+    let before = hostile::listing(&vol);
+    let mount = format!("type=bind,src={},dst=/vol,options=rbind:rw", vol.display());
+    hostile::run_hostile(&s.ctd, id, "share-tricks", &["--mount", &mount])?;
+    let removed = hostile::remove_within(&s.ctd, id, Duration::from_secs(30));
+    if removed.is_err() {
+        cleanup(s, id);
+    }
+    removed?;
+    let state = s.ctd.stockade_state.display().to_string();
+    let left = hostile::mounts_containing(&state);
+    ensure!(
+        left.is_empty(),
+        "mounts left after the share tricks: {left:?}"
+    );
+    ensure!(
+        hostile::listing(&vol) == before,
+        "the host volume changed: {:?} -> {:?}",
+        before,
+        hostile::listing(&vol)
+    );
+    expect_clean(s, id)
+}
+
+/// As guest root on volumes: a device node cannot be made through virtiofs, the
+/// host-side mounts of the share are nosuid and nodev, and a read-only volume is
+/// read-only down to its submounts.
+fn volumes_refuse_devices_and_keep_read_only(s: &Suite) -> Result<()> {
+    let id = "vvolumes";
+    let rw = hostile::host_volume(&s.ctd, "vol-rw")?;
+    let ro = hostile::host_volume(&s.ctd, "vol-ro")?;
+    let sub = ro.join("sub");
+    std::fs::create_dir_all(&sub)?;
+    let o = run(Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&sub));
+    ensure!(o.ok(), "mount tmpfs: {}", o.stderr);
+    let result = (|| -> Result<()> {
+        let m_rw = format!("type=bind,src={},dst=/rw,options=rbind:rw", rw.display());
+        let m_ro = format!("type=bind,src={},dst=/ro,options=rbind:ro", ro.display());
+        let out = s.ctd.ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            "--mount",
+            &m_rw,
+            "--mount",
+            &m_ro,
+            IMAGE,
+            id,
+            "sleep",
+            "1000",
+        ]);
+        ensure!(out.ok(), "run {id}: {}", out.stderr);
+        let script = "mknod /rw/blk b 8 0; echo mknod=$?; \
+                      touch /ro/x; echo ro=$?; touch /ro/sub/x; echo rosub=$?; \
+                      touch /rw/ok; echo rw=$?";
+        let out = s
+            .ctd
+            .ctr(&["task", "exec", "--exec-id", "v1", id, "sh", "-c", script]);
+        let o = &out.stdout;
+        ensure!(
+            !o.contains("mknod=0")
+                && o.contains("ro=1")
+                && o.contains("rosub=1")
+                && o.contains("rw=0"),
+            "guest root on volumes: {out:?}"
+        );
+        ensure!(
+            !rw.join("blk").exists(),
+            "a device node reached the host volume"
+        );
+        ensure!(
+            rw.join("ok").exists() && !sub.join("x").exists(),
+            "volume writes: {out:?}"
+        );
+        // Every host-side mount of the share is nosuid and nodev.
+        let share_mounts: Vec<String> =
+            hostile::mounts_containing(&format!("{}/vm/", s.ctd.stockade_state.display()));
+        ensure!(share_mounts.len() >= 4, "share mounts: {share_mounts:?}");
+        for m in &share_mounts {
+            let opts = m.split_whitespace().nth(5).unwrap_or("");
+            ensure!(
+                opts.contains("nosuid") && opts.contains("nodev"),
+                "share mount without nosuid,nodev: {m}"
+            );
+        }
+        Ok(())
+    })();
+    cleanup(s, id);
+    let _ = run(Command::new("umount").arg(&sub));
+    result?;
+    expect_clean(s, id)
+}
+
+/// A VM pod never joins a namespace outside itself: a host process's by /proc path,
+/// the host's own by any path, another VM's by Docker's `--network container:`.
+fn namespace_paths_outside_the_pod_are_refused(s: &Suite) -> Result<()> {
+    let pin = s.ctd.dir.path().join("host-netns");
+    std::fs::write(&pin, "")?;
+    let o = run(Command::new("mount")
+        .args(["--bind", "/proc/self/ns/net"])
+        .arg(&pin));
+    ensure!(o.ok(), "pin the host netns: {}", o.stderr);
+    let result = (|| -> Result<()> {
+        for (n, (ns, want)) in [
+            ("network:/proc/1/ns/net".to_string(), "outside this pod"),
+            (format!("network:{}", pin.display()), "the host's"),
+            ("ipc:/proc/1/ns/ipc".to_string(), "outside this pod"),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let id = format!("vns{n}");
+            let out = s.ctd.ctr(&[
+                "run",
+                "--rm",
+                "--runtime",
+                RUNTIME,
+                "--with-ns",
+                ns,
+                IMAGE,
+                &id,
+                "true",
+            ]);
+            ensure!(
+                !out.ok() && out.stderr.contains(want),
+                "{ns}: want a refusal naming {want:?}: {out:?}"
+            );
+            let _ = s.ctd.ctr(&["container", "delete", &id]);
+            expect_clean(s, &id)?;
+        }
+        let tap = run(Command::new("ip").args(["link", "show", "stk-tap0"]));
+        ensure!(!tap.ok(), "a tap appeared in the host's namespace");
+        Ok(())
+    })();
+    let _ = run(Command::new("umount").arg(&pin));
+    result?;
+    let Ok(d) = docker_of(s) else { return Ok(()) };
+    let first = d.docker(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--name",
+        "vnsd1",
+        IMAGE,
+        "sleep",
+        "1000",
+    ]);
+    let result = (|| -> Result<()> {
+        ensure!(first.ok(), "docker run vnsd1: {}", first.stderr);
+        let out = d.docker(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--network",
+            "container:vnsd1",
+            IMAGE,
+            "true",
+        ]);
+        ensure!(
+            !out.ok() && out.stderr.contains("outside this pod"),
+            "--network container: in VM mode: {out:?}"
+        );
+        Ok(())
+    })();
+    let _ = d.docker(&["rm", "-f", "vnsd1"]);
+    result?;
+    expect_no_vm_leaks(s)
 }

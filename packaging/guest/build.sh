@@ -5,8 +5,18 @@
 #                   loads at boot (virtio-mmio, vsock, virtiofs, overlay) and their order;
 #                   the agent runs the guest's containers with libcontainer
 #   packaging/guest/build.sh [OUT]        (default OUT: /usr/share/stockade)
+#   packaging/guest/build.sh --hostile OUT
+#                   the same, with the test-only hostile agent (cargo feature `hostile`,
+#                   agent/src/hostile.rs) that misbehaves on command: for the tests that
+#                   play a compromised guest, never for a node
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+FEATURES=()
+if [ "${1:-}" = "--hostile" ]; then
+  FEATURES=(--features hostile)
+  shift
+  [ -n "${1:-}" ] || { echo "--hostile needs an output dir" >&2; exit 2; }
+fi
 OUT=${1:-/usr/share/stockade}
 TARGET=x86_64-unknown-linux-gnu
 
@@ -23,7 +33,7 @@ kver=${STOCKADE_GUEST_KERNEL:-$(ls "$KROOT/lib/modules" 2>/dev/null | grep -E 'c
 # (the guest's containers get the same seccomp hardening as the container backend's).
 (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
   LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
-  cargo build --release --locked -p stockade-agent --target "$TARGET")
+  cargo build --release --locked -p stockade-agent --target "$TARGET" "${FEATURES[@]}")
 agent=$ROOT/target/$TARGET/release/stockade-agent
 
 work=$(mktemp -d)

@@ -67,6 +67,8 @@ pub trait Hypervisor: Send + Sync {
 }
 
 const CONSOLE_TAIL_LINES: usize = 25;
+/// Characters kept of each tail line: the guest chooses how long its lines are.
+const CONSOLE_TAIL_WIDTH: usize = 240;
 
 /// The last lines of the guest console in `dir`, for error messages (printable: the
 /// guest wrote them).
@@ -74,7 +76,12 @@ pub fn console_tail(dir: &Path) -> String {
     let text = crate::vm::console::read_all(dir);
     let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.lines().collect();
-    crate::vm::console::printable(
-        &lines[lines.len().saturating_sub(CONSOLE_TAIL_LINES)..].join("\n"),
-    )
+    let tail: Vec<String> = lines[lines.len().saturating_sub(CONSOLE_TAIL_LINES)..]
+        .iter()
+        .map(|l| match l.char_indices().nth(CONSOLE_TAIL_WIDTH) {
+            Some((at, _)) => format!("{}[...]", &l[..at]),
+            None => l.to_string(),
+        })
+        .collect();
+    crate::vm::console::printable(&tail.join("\n"))
 }
