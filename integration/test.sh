@@ -21,5 +21,9 @@ cargo clippy --locked -p stockade-agent --all-targets -- -D warnings
 if cargo tree --locked -p stockade-agent -e features -i stockade-runtime | grep -q 'feature "vm"'; then
   echo "the agent must build without the runtime's VM backend" >&2; exit 1
 fi
+# The hostile guest (vm_e2e's vm_hostile_* cases): the agent with its test-only
+# misbehaviours, in an initramfs of its own under target/ (never installed).
+echo "== hostile guest initramfs"
+bash packaging/guest/build.sh --hostile "$ROOT/target/guest-hostile"
 echo "== tests"
 cargo test --locked --workspace --no-fail-fast

@@ -13,6 +13,7 @@
 //! | `mute` | stops answering and stops reading its vsock, 2 s after the create |
 //! | `console-flood` | writes to its serial console without end |
 //! | `oversized` | answers Stats with more than the protocol's 4 MiB |
+//! | `spoof=<ip>:<port>` | sends UDP to `<ip>:<port>`: `genuine` from its own address and MAC, then `spoofed-ip` from an address it added, then `spoofed-mac` after changing its MAC |
 //! | `share-tricks` | at Delete: renames the container's share dir (tab and newline in the name), plants a FIFO and a symlink to `/` at its name |
 
 use std::collections::HashSet;
@@ -67,6 +68,12 @@ impl Hostile {
                     self.oversized.lock().unwrap().insert(id.into());
                 }
                 "mute" => mute(),
+                "spoof" => match arg.parse::<std::net::SocketAddrV4>() {
+                    Ok(to) => {
+                        std::thread::spawn(move || spoof(to));
+                    }
+                    Err(_) => log::warn!(arg; "hostile test agent: spoof=<ip>:<port>"),
+                },
                 "console-flood" => {
                     std::thread::spawn(|| {
                         use std::io::Write;
@@ -105,6 +112,31 @@ impl Hostile {
         let link = std::os::unix::fs::symlink("/", share.join(format!("{id}-link")));
         let inner = std::os::unix::fs::symlink("/", moved.join("mounts").join("planted"));
         log::warn!(id, renamed:? = renamed, fifo:? = fifo, link:? = link, inner:? = inner; "hostile test agent: share tricks played");
+    }
+}
+
+/// Send `genuine`, then the two spoofs, a few times each (the first may wait on ARP).
+fn spoof(to: std::net::SocketAddrV4) {
+    let send = |from: std::net::Ipv4Addr, what: &str| {
+        let sent = std::net::UdpSocket::bind((from, 0)).and_then(|s| {
+            for _ in 0..3 {
+                s.send_to(what.as_bytes(), to)?;
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            Ok(())
+        });
+        log::warn!(what, sent:? = sent; "hostile test agent: spoof");
+    };
+    let own = std::net::Ipv4Addr::UNSPECIFIED;
+    send(own, "genuine");
+    let fake = std::net::Ipv4Addr::from(u32::from(*to.ip()) ^ 0x40);
+    match crate::net::add_alias(fake) {
+        Ok(()) => send(fake, "spoofed-ip"),
+        Err(e) => log::warn!(error:% = e; "hostile test agent: alias"),
+    }
+    match crate::net::change_mac("02:00:00:00:00:99") {
+        Ok(()) => send(own, "spoofed-mac"),
+        Err(e) => log::warn!(error:% = e; "hostile test agent: MAC"),
     }
 }
 

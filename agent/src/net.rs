@@ -118,6 +118,46 @@ fn parse_mac(s: &str) -> Result<[u8; 6]> {
         .map_err(|_| Error::InvalidArgument(format!("MAC {s:?}")))
 }
 
+fn set_mac(fd: &OwnedFd, name: &str, mac: &str) -> Result<()> {
+    let bytes = parse_mac(mac)?;
+    let mut r = ifreq(name)?;
+    // SAFETY: sockaddr is plain old data; all zeroes is a valid value.
+    let mut hw: libc::sockaddr = unsafe { std::mem::zeroed() };
+    hw.sa_family = libc::ARPHRD_ETHER;
+    for (d, b) in hw.sa_data.iter_mut().zip(bytes) {
+        *d = b as libc::c_char;
+    }
+    r.ifr_ifru.ifru_hwaddr = hw;
+    ioctl(
+        fd,
+        libc::SIOCSIFHWADDR,
+        (&mut r as *mut libc::ifreq).cast(),
+        "set MAC",
+    )
+}
+
+/// The hostile test agent's spoofing: `ip` as a second address of the NIC (an alias).
+#[cfg(feature = "hostile")]
+pub fn add_alias(ip: Ipv4Addr) -> Result<()> {
+    let name = nic_name().ok_or_else(|| Error::FailedPrecondition("no NIC".into()))?;
+    let fd = sock()?;
+    let mut r = ifreq(&format!("{name}:9"))?;
+    r.ifr_ifru.ifru_addr = sockaddr(ip);
+    ioctl(
+        &fd,
+        libc::SIOCSIFADDR,
+        (&mut r as *mut libc::ifreq).cast(),
+        "add alias",
+    )
+}
+
+/// The hostile test agent's spoofing: a MAC the host did not give the NIC.
+#[cfg(feature = "hostile")]
+pub fn change_mac(mac: &str) -> Result<()> {
+    let name = nic_name().ok_or_else(|| Error::FailedPrecondition("no NIC".into()))?;
+    set_mac(&sock()?, &name, mac)
+}
+
 /// Configure the NIC: the pod interface's MAC and MTU, the first IPv4 address, up,
 /// then the routes.
 pub fn configure(
@@ -131,21 +171,7 @@ pub fn configure(
     })?;
     let fd = sock()?;
     if !mac.is_empty() {
-        let bytes = parse_mac(mac)?;
-        let mut r = ifreq(&name)?;
-        // SAFETY: sockaddr is plain old data; all zeroes is a valid value.
-        let mut hw: libc::sockaddr = unsafe { std::mem::zeroed() };
-        hw.sa_family = libc::ARPHRD_ETHER;
-        for (d, b) in hw.sa_data.iter_mut().zip(bytes) {
-            *d = b as libc::c_char;
-        }
-        r.ifr_ifru.ifru_hwaddr = hw;
-        ioctl(
-            &fd,
-            libc::SIOCSIFHWADDR,
-            (&mut r as *mut libc::ifreq).cast(),
-            "set MAC",
-        )?;
+        set_mac(&fd, &name, mac)?;
     }
     let mut r = ifreq(&name)?;
     r.ifr_ifru.ifru_mtu = mtu as libc::c_int;

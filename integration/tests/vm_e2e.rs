@@ -932,6 +932,7 @@ fn main() {
             hostile_console_and_oversized,
         ),
         ("vm_hostile_share_tricks", hostile_share_tricks),
+        ("vm_hostile_spoofing", hostile_spoofing),
     ];
     let (passed, failed) = stockade_integration::run_cases(&suite, cases, |s| s.ctd.log());
     drop(suite);
@@ -1238,4 +1239,68 @@ fn namespace_paths_outside_the_pod_are_refused(s: &Suite) -> Result<()> {
     let _ = d.docker(&["rm", "-f", "vnsd1"]);
     result?;
     expect_no_vm_leaks(s)
+}
+
+/// A guest that sends from an address and a MAC the host did not give it: only its own
+/// frames leave the tap. The pod's network here is a namespace with a veth to the host
+/// (as CNI makes it); the host listens on its end.
+fn hostile_spoofing(s: &Suite) -> Result<()> {
+    let (id, ns) = ("hspoof", "stk-spoof");
+    let sh = |cmd: &str| run(Command::new("sh").arg("-c").arg(cmd));
+    let _ = sh(&format!("ip netns del {ns}; ip link del stk-sp0"));
+    let made = sh(&format!(
+        "set -e; ip netns add {ns}; ip link add stk-sp0 type veth peer name stk-sp1; \
+         ip link set stk-sp1 netns {ns}; ip addr add 10.77.0.1/24 dev stk-sp0; \
+         ip link set stk-sp0 up; ip -n {ns} addr add 10.77.0.2/24 dev stk-sp1; \
+         ip -n {ns} link set stk-sp1 up"
+    ));
+    ensure!(made.ok(), "pod network: {}", made.stderr);
+    let result = (|| -> Result<()> {
+        let sock = std::net::UdpSocket::bind("10.77.0.1:9999")?;
+        sock.set_read_timeout(Some(Duration::from_millis(500)))?;
+        let netns = format!("network:/var/run/netns/{ns}");
+        hostile::run_hostile(&s.ctd, id, "spoof=10.77.0.1:9999", &["--with-ns", &netns])?;
+        let mut got: Vec<String> = Vec::new();
+        let start = Instant::now();
+        let mut buf = [0u8; 64];
+        while start.elapsed() < Duration::from_secs(20) {
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                got.push(format!(
+                    "{} from {from}",
+                    String::from_utf8_lossy(&buf[..n])
+                ));
+            }
+            if got.iter().any(|g| g.starts_with("genuine"))
+                && start.elapsed() > Duration::from_secs(10)
+            {
+                break;
+            }
+        }
+        println!("    spoofing guest: the host received {got:?}");
+        // What the guest says it sent: the test proves nothing if it sent no spoof.
+        let console = std::fs::read_to_string(hostile::sandbox_dir(&s.ctd)?.join("vm/console.log"))?;
+        let said: Vec<&str> = console.lines().filter(|l| l.contains("spoof")).collect();
+        println!("    the guest: {said:?}");
+        ensure!(
+            said.iter().filter(|l| l.contains("sent=Ok")).count() == 3,
+            "the guest did not send all three: {said:?}"
+        );
+        ensure!(
+            got.iter().any(|g| g.starts_with("genuine from 10.77.0.2:")),
+            "the guest's own packets never arrived: {got:?}"
+        );
+        ensure!(
+            !got.iter().any(|g| g.starts_with("spoofed")),
+            "spoofed frames left the tap: {got:?}"
+        );
+        Ok(())
+    })();
+    let removed = hostile::remove_within(&s.ctd, id, Duration::from_secs(30));
+    if removed.is_err() {
+        cleanup(s, id);
+    }
+    let _ = sh(&format!("ip netns del {ns}; ip link del stk-sp0"));
+    result?;
+    removed?;
+    expect_clean(s, id)
 }

@@ -199,25 +199,123 @@ pub fn wire(netns: &Path, exits: &Exits) -> Result<Option<NetConfig>> {
         let mtu = interface.mtu.to_string();
         let wired = (|| -> Result<()> {
             ip(&exits, &["link", "set", TAP_NAME, "mtu", &mtu, "up"])?;
-            for (from, to) in [(dev, TAP_NAME), (TAP_NAME, dev)] {
-                tc(&exits, &["qdisc", "add", "dev", from, "ingress"])?;
+            // Into the guest: every frame.
+            tc(&exits, &["qdisc", "add", "dev", dev, "ingress"])?;
+            tc(&exits, &mirror_filter(dev, TAP_NAME, "1", "all", &[]))?;
+            // Out of the guest: only what carries its own MAC and addresses.
+            tc(&exits, &["qdisc", "add", "dev", TAP_NAME, "ingress"])?;
+            for (prio, protocol, matches) in guest_frames(&interface)? {
                 tc(
                     &exits,
-                    &[
-                        "filter", "add", "dev", from, "parent", "ffff:", "protocol", "all", "u32",
-                        "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev",
-                        to,
-                    ],
+                    &mirror_filter(TAP_NAME, dev, &prio, protocol, &matches),
                 )?;
             }
             Ok(())
         })();
         if let Err(e) = wired {
             let _ = tc(&exits, &["qdisc", "del", "dev", dev, "ingress"]);
+            let _ = tc(&exits, &["qdisc", "del", "dev", TAP_NAME, "ingress"]);
             return Err(e);
         }
         Ok(Some(NetConfig { interface, routes }))
     })
+}
+
+/// `tc filter add dev <from> ingress ... u32 <matches> action mirred egress redirect
+/// dev <to>` (no matches: every frame of `protocol`).
+fn mirror_filter<'a>(
+    from: &'a str,
+    to: &'a str,
+    prio: &'a str,
+    protocol: &'a str,
+    matches: &'a [String],
+) -> Vec<&'a str> {
+    let mut a = vec![
+        "filter", "add", "dev", from, "parent", "ffff:", "prio", prio, "protocol", protocol, "u32",
+    ];
+    if matches.is_empty() {
+        a.extend(["match", "u32", "0", "0"]);
+    }
+    a.extend(matches.iter().map(String::as_str));
+    a.extend(["action", "mirred", "egress", "redirect", "dev", to]);
+    a
+}
+
+/// The frames the guest may send, as u32 filters (priority, protocol, matches): IPv4
+/// from one of its addresses and ARP claiming one of them, each with its MAC as the
+/// Ethernet source (and ARP sender). Nothing else is mirrored out: a spoofed source
+/// MAC or IP, ARP for an address the guest does not own, and every other protocol stay
+/// on the tap, where nothing routes them. u32 offsets count from the network header
+/// (negative: the Ethernet header), the only classifier every kernel has.
+fn guest_frames(interface: &Interface) -> Result<Vec<(String, &'static str, Vec<String>)>> {
+    let mac: Vec<u8> = interface
+        .mac
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16))
+        .collect::<std::result::Result<_, _>>()
+        .ok()
+        .filter(|m: &Vec<u8>| m.len() == 6)
+        .ok_or_else(|| Error::Backend(format!("pod MAC {:?}", interface.mac)))?;
+    let hi = format!("0x{:02x}{:02x}{:02x}{:02x}", mac[0], mac[1], mac[2], mac[3]);
+    let lo = format!("0x{:02x}{:02x}", mac[4], mac[5]);
+    let m = |words: &[&str]| words.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+    let eth_src = m(&[
+        "match",
+        "u32",
+        &hi,
+        "0xffffffff",
+        "at",
+        "-8",
+        "match",
+        "u16",
+        &lo,
+        "0xffff",
+        "at",
+        "-4",
+    ]);
+    let mut out = Vec::new();
+    for (n, cidr) in interface.addresses.iter().enumerate() {
+        let ip = cidr.split('/').next().unwrap_or_default();
+        let ip4: std::net::Ipv4Addr = ip
+            .parse()
+            .map_err(|_| Error::Backend(format!("pod address {cidr:?}")))?;
+        // u32 keys sit on 4-byte boundaries: the sender address (at 14) is two halves.
+        let ip_hi = format!("0x{:04x}", u32::from(ip4) >> 16);
+        let ip_lo = format!("0x{:04x}", u32::from(ip4) & 0xffff);
+        let mut ipv4 = m(&["match", "ip", "src", &format!("{ip}/32")]);
+        ipv4.extend(eth_src.clone());
+        // ARP: sender hardware address at 8, sender protocol address at 14.
+        let mut arp = m(&[
+            "match",
+            "u16",
+            &ip_hi,
+            "0xffff",
+            "at",
+            "14",
+            "match",
+            "u16",
+            &ip_lo,
+            "0xffff",
+            "at",
+            "16",
+            "match",
+            "u32",
+            &hi,
+            "0xffffffff",
+            "at",
+            "8",
+            "match",
+            "u16",
+            &lo,
+            "0xffff",
+            "at",
+            "12",
+        ]);
+        arp.extend(eth_src.clone());
+        out.push(((10 + 2 * n).to_string(), "ip", ipv4));
+        out.push(((11 + 2 * n).to_string(), "arp", arp));
+    }
+    Ok(out)
 }
 
 /// A network namespace of the runtime's own, bind-mounted at `path`: for specs that ask
@@ -259,6 +357,7 @@ pub fn detach(net: &PodNetwork, exits: &Exits) {
             if let Some(dev) = dev {
                 let _ = tc(&exits, &["qdisc", "del", "dev", &dev, "ingress"]);
             }
+            let _ = tc(&exits, &["qdisc", "del", "dev", TAP_NAME, "ingress"]);
             let _ = ip(&exits, &["link", "del", TAP_NAME]);
             Ok(())
         });
@@ -319,5 +418,45 @@ mod tests {
             parse_interface(r#"[{"ifname":"lo","link_type":"loopback","addr_info":[]}]"#),
             None
         );
+    }
+
+    #[test]
+    fn only_the_guests_own_mac_and_addresses_leave_the_tap() {
+        let i = Interface {
+            name: "eth0".into(),
+            mac: "02:42:ac:11:00:02".into(),
+            mtu: 1500,
+            addresses: vec!["172.17.0.2/16".into()],
+        };
+        let f = guest_frames(&i).unwrap();
+        assert_eq!(f.len(), 2);
+        let ipv4 = f[0].2.join(" ");
+        assert_eq!(f[0].1, "ip");
+        assert!(ipv4.contains("match ip src 172.17.0.2/32"), "{ipv4}");
+        assert!(
+            ipv4.contains("match u32 0x0242ac11 0xffffffff at -8"),
+            "{ipv4}"
+        );
+        assert!(ipv4.contains("match u16 0x0002 0xffff at -4"), "{ipv4}");
+        let arp = f[1].2.join(" ");
+        assert_eq!(f[1].1, "arp");
+        assert!(
+            arp.contains("match u16 0xac11 0xffff at 14 match u16 0x0002 0xffff at 16"),
+            "{arp}"
+        );
+        assert!(
+            arp.contains("match u32 0x0242ac11 0xffffffff at 8"),
+            "{arp}"
+        );
+        let args = mirror_filter("stk-tap0", "eth0", &f[0].0, f[0].1, &f[0].2).join(" ");
+        assert!(args.starts_with(
+            "filter add dev stk-tap0 parent ffff: prio 10 protocol ip u32 match ip src"
+        ));
+        assert!(args.ends_with("action mirred egress redirect dev eth0"));
+        let bad = Interface {
+            mac: "nope".into(),
+            ..i
+        };
+        assert!(guest_frames(&bad).is_err());
     }
 }
