@@ -10,6 +10,7 @@
 //! this binary, Stockade's hardening, cgroups v2 inside the guest). Its libcontainer
 //! helper is this binary re-executed with the helper argument.
 
+mod fwcfg;
 #[cfg(feature = "hostile")]
 mod hostile;
 mod init;
@@ -21,7 +22,7 @@ mod stdio;
 use std::sync::Arc;
 
 use stockade_agent_protocol::asynchronous::agent_ttrpc::create_agent;
-use stockade_agent_protocol::{AGENT_PORT, STDIO_PORT};
+use stockade_agent_protocol::{AGENT_PORT, SECRET_FW_CFG, SECRET_LEN, STDIO_PORT};
 use stockade_runtime::exits::Exits;
 use stockade_runtime::linux::helper;
 
@@ -55,12 +56,21 @@ fn main() {
         .enable_all()
         .build()
         .unwrap_or_else(|e| init::fatal(&format!("tokio runtime: {e}")));
-    rt.block_on(serve(exits, loaded));
+    // The host's proof of identity, out of every other local user's sight (fwcfg.rs).
+    let secret: Arc<[u8]> = match fwcfg::read_file(SECRET_FW_CFG) {
+        Ok(s) if s.len() == SECRET_LEN => s.into(),
+        Ok(s) => init::fatal(&format!(
+            "the VM's secret has {} bytes, not {SECRET_LEN}",
+            s.len()
+        )),
+        Err(e) => init::fatal(&format!("no VM secret from the host: {e}")),
+    };
+    rt.block_on(serve(exits, loaded, secret));
 }
 
-async fn serve(exits: Exits, loaded: Vec<String>) {
-    let svc = Arc::new(service::AgentService::new(exits, loaded));
-    if let Err(e) = stdio::listen(STDIO_PORT) {
+async fn serve(exits: Exits, loaded: Vec<String>, secret: Arc<[u8]>) {
+    let svc = Arc::new(service::AgentService::new(exits, loaded, secret.clone()));
+    if let Err(e) = stdio::listen(STDIO_PORT, secret) {
         init::fatal(&format!(
             "cannot listen for stdio on vsock port {STDIO_PORT}: {e}"
         ));

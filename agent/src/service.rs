@@ -13,7 +13,9 @@ use stockade_agent_protocol::asynchronous::agent::{
     StatsResponse, Stdio, UpdateRequest, VersionRequest, VersionResponse, guest_event::Kind,
 };
 use stockade_agent_protocol::asynchronous::agent_ttrpc::Agent;
-use stockade_agent_protocol::{GUEST_SHARE_DIR, PROTOCOL_VERSION, capabilities, valid_id};
+use stockade_agent_protocol::{
+    AUTH_METADATA, GUEST_SHARE_DIR, PROTOCOL_VERSION, capabilities, secret_matches, valid_id,
+};
 use stockade_runtime::config::{Config, ConfigSource, Mode};
 use stockade_runtime::exits::Exits;
 use stockade_runtime::linux::stats::CgroupVersion;
@@ -37,6 +39,8 @@ pub struct AgentService {
     /// The guest's configuration (TOML), from CreateSandbox.
     config: Mutex<Option<String>>,
     events: Arc<EventQueue>,
+    /// The VM's secret: every call must carry it (see `AUTH_METADATA`).
+    secret: Arc<[u8]>,
     #[cfg(feature = "hostile")]
     hostile: Arc<crate::hostile::Hostile>,
 }
@@ -153,7 +157,7 @@ fn want(s: &Stdio) -> [bool; 3] {
 }
 
 impl AgentService {
-    pub fn new(exits: Exits, modules: Vec<String>) -> AgentService {
+    pub fn new(exits: Exits, modules: Vec<String>, secret: Arc<[u8]>) -> AgentService {
         // The agent's binary lives on the read-only root (see init::switch_root_to_tmpfs):
         // a container cannot overwrite it through /proc/self/exe, so no sealed copy.
         let (runtime, mut rx) =
@@ -198,9 +202,28 @@ impl AgentService {
             runtime,
             config: Mutex::new(None),
             events,
+            secret,
             #[cfg(feature = "hostile")]
             hostile,
         }
+    }
+
+    /// Every call carries the VM's secret, or is refused before anything is done.
+    fn authorize(&self, ctx: &TtrpcContext) -> ttrpc::Result<()> {
+        let presented = ctx
+            .metadata
+            .get(AUTH_METADATA)
+            .and_then(|v| v.first())
+            .map(String::as_bytes)
+            .unwrap_or_default();
+        if secret_matches(presented, &self.secret) {
+            return Ok(());
+        }
+        log::warn!("call refused: the VM's secret is missing or wrong");
+        Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+            ttrpc::Code::PERMISSION_DENIED,
+            "the VM's secret is missing or wrong",
+        )))
     }
 
     fn config_source(&self) -> Result<ConfigSource> {
@@ -345,9 +368,10 @@ impl AgentService {
 impl Agent for AgentService {
     async fn version(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: VersionRequest,
     ) -> ttrpc::Result<VersionResponse> {
+        self.authorize(ctx)?;
         if req.host_protocol != PROTOCOL_VERSION {
             return Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
                 ttrpc::Code::FAILED_PRECONDITION,
@@ -373,7 +397,8 @@ impl Agent for AgentService {
         })
     }
 
-    async fn health(&self, _ctx: &TtrpcContext, _req: Empty) -> ttrpc::Result<HealthResponse> {
+    async fn health(&self, ctx: &TtrpcContext, _req: Empty) -> ttrpc::Result<HealthResponse> {
+        self.authorize(ctx)?;
         Ok(HealthResponse {
             serving: true,
             ..Default::default()
@@ -382,9 +407,10 @@ impl Agent for AgentService {
 
     async fn guest_details(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         _req: Empty,
     ) -> ttrpc::Result<GuestDetailsResponse> {
+        self.authorize(ctx)?;
         let uts = nix::sys::utsname::uname().map_err(|e| ttrpc::Error::Others(e.to_string()))?;
         Ok(GuestDetailsResponse {
             kernel_release: uts.release().to_string_lossy().into_owned(),
@@ -400,9 +426,10 @@ impl Agent for AgentService {
 
     async fn create_sandbox(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: CreateSandboxRequest,
     ) -> ttrpc::Result<Empty> {
+        self.authorize(ctx)?;
         AgentService::create_sandbox(self, req)
             .await
             .map_err(status)?;
@@ -411,9 +438,10 @@ impl Agent for AgentService {
 
     async fn create_container(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: CreateContainerRequest,
     ) -> ttrpc::Result<PidResponse> {
+        self.authorize(ctx)?;
         let pid = AgentService::create_container(self, req)
             .await
             .map_err(status)?;
@@ -425,9 +453,10 @@ impl Agent for AgentService {
 
     async fn start_process(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: ProcessRef,
     ) -> ttrpc::Result<PidResponse> {
+        self.authorize(ctx)?;
         let pid = self
             .runtime
             .start(&req.container_id, &req.exec_id)
@@ -439,12 +468,14 @@ impl Agent for AgentService {
         })
     }
 
-    async fn exec(&self, _ctx: &TtrpcContext, req: ExecRequest) -> ttrpc::Result<Empty> {
+    async fn exec(&self, ctx: &TtrpcContext, req: ExecRequest) -> ttrpc::Result<Empty> {
+        self.authorize(ctx)?;
         AgentService::exec(self, req).await.map_err(status)?;
         Ok(Empty::default())
     }
 
-    async fn signal(&self, _ctx: &TtrpcContext, req: SignalRequest) -> ttrpc::Result<Empty> {
+    async fn signal(&self, ctx: &TtrpcContext, req: SignalRequest) -> ttrpc::Result<Empty> {
+        self.authorize(ctx)?;
         #[cfg(feature = "hostile")]
         if self.hostile.ignores_kill(&req.container_id) {
             return Ok(Empty::default());
@@ -456,7 +487,8 @@ impl Agent for AgentService {
         Ok(Empty::default())
     }
 
-    async fn wait(&self, _ctx: &TtrpcContext, req: ProcessRef) -> ttrpc::Result<ExitResponse> {
+    async fn wait(&self, ctx: &TtrpcContext, req: ProcessRef) -> ttrpc::Result<ExitResponse> {
+        self.authorize(ctx)?;
         let info = self
             .runtime
             .wait(&req.container_id, &req.exec_id)
@@ -465,12 +497,14 @@ impl Agent for AgentService {
         Ok(exit_response(info))
     }
 
-    async fn delete(&self, _ctx: &TtrpcContext, req: ProcessRef) -> ttrpc::Result<ExitResponse> {
+    async fn delete(&self, ctx: &TtrpcContext, req: ProcessRef) -> ttrpc::Result<ExitResponse> {
+        self.authorize(ctx)?;
         let info = AgentService::delete(self, req).await.map_err(status)?;
         Ok(exit_response(info))
     }
 
-    async fn stats(&self, _ctx: &TtrpcContext, req: ContainerRef) -> ttrpc::Result<StatsResponse> {
+    async fn stats(&self, ctx: &TtrpcContext, req: ContainerRef) -> ttrpc::Result<StatsResponse> {
+        self.authorize(ctx)?;
         let (version, metrics) = self
             .runtime
             .stats(&req.container_id)
@@ -493,9 +527,10 @@ impl Agent for AgentService {
 
     async fn update_resources(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: UpdateRequest,
     ) -> ttrpc::Result<Empty> {
+        self.authorize(ctx)?;
         self.runtime
             .update(&req.container_id, &req.resources_json)
             .await
@@ -503,7 +538,8 @@ impl Agent for AgentService {
         Ok(Empty::default())
     }
 
-    async fn set_paused(&self, _ctx: &TtrpcContext, req: PauseRequest) -> ttrpc::Result<Empty> {
+    async fn set_paused(&self, ctx: &TtrpcContext, req: PauseRequest) -> ttrpc::Result<Empty> {
+        self.authorize(ctx)?;
         self.runtime
             .set_paused(&req.container_id, req.paused)
             .await
@@ -511,7 +547,8 @@ impl Agent for AgentService {
         Ok(Empty::default())
     }
 
-    async fn resize_tty(&self, _ctx: &TtrpcContext, req: ResizeRequest) -> ttrpc::Result<Empty> {
+    async fn resize_tty(&self, ctx: &TtrpcContext, req: ResizeRequest) -> ttrpc::Result<Empty> {
+        self.authorize(ctx)?;
         self.runtime
             .resize_pty(&req.container_id, &req.exec_id, req.width, req.height)
             .await
@@ -519,7 +556,8 @@ impl Agent for AgentService {
         Ok(Empty::default())
     }
 
-    async fn close_stdin(&self, _ctx: &TtrpcContext, req: ProcessRef) -> ttrpc::Result<Empty> {
+    async fn close_stdin(&self, ctx: &TtrpcContext, req: ProcessRef) -> ttrpc::Result<Empty> {
+        self.authorize(ctx)?;
         self.runtime
             .close_io(&req.container_id, &req.exec_id)
             .map_err(status)?;
@@ -528,9 +566,10 @@ impl Agent for AgentService {
 
     async fn list_processes(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: ContainerRef,
     ) -> ttrpc::Result<ProcessList> {
+        self.authorize(ctx)?;
         let pids = self.runtime.pids(&req.container_id).await.map_err(status)?;
         Ok(ProcessList {
             processes: pids
@@ -547,9 +586,10 @@ impl Agent for AgentService {
 
     async fn events(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: EventsRequest,
     ) -> ttrpc::Result<EventsResponse> {
+        self.authorize(ctx)?;
         let events = self
             .events
             .poll(req.acked, Duration::from_millis(req.wait_millis.into()))
@@ -560,7 +600,8 @@ impl Agent for AgentService {
         })
     }
 
-    async fn shutdown(&self, _ctx: &TtrpcContext, _req: Empty) -> ttrpc::Result<Empty> {
+    async fn shutdown(&self, ctx: &TtrpcContext, _req: Empty) -> ttrpc::Result<Empty> {
+        self.authorize(ctx)?;
         // Answer first; power off a moment later so the reply reaches the host.
         std::thread::spawn(|| {
             std::thread::sleep(Duration::from_millis(50));

@@ -80,7 +80,7 @@ pub fn remove_container(container_id: &str) {
 }
 
 /// Listen on the stdio port; a thread accepts and one thread per stream copies.
-pub fn listen(port: u32) -> nix::Result<()> {
+pub fn listen(port: u32, secret: std::sync::Arc<[u8]>) -> nix::Result<()> {
     let fd = socket(
         AddressFamily::Vsock,
         SockType::Stream,
@@ -95,7 +95,8 @@ pub fn listen(port: u32) -> nix::Result<()> {
                 Ok(conn) => {
                     // SAFETY: accept4 returned a new fd that nothing else owns.
                     let conn = unsafe { OwnedFd::from_raw_fd(conn) };
-                    std::thread::spawn(move || serve_stream(conn));
+                    let secret = secret.clone();
+                    std::thread::spawn(move || serve_stream(conn, &secret));
                 }
                 Err(e) => {
                     log::warn!(error:% = e; "stdio accept failed");
@@ -120,12 +121,20 @@ fn read_header(conn: &mut File) -> Option<String> {
     None
 }
 
-fn serve_stream(conn: OwnedFd) {
+fn serve_stream(conn: OwnedFd, secret: &[u8]) {
     let raw = conn.as_raw_fd();
     let mut conn = File::from(conn);
-    let Some((id, exec, stream)) = read_header(&mut conn).and_then(|h| parse_stdio_header(&h))
-    else {
-        log::warn!("stdio stream with a bad header; closed");
+    // Whoever connected has a moment to name the stream and prove who it is.
+    let limit = nix::sys::time::TimeVal::new(10, 0);
+    let _ = nix::sys::socket::setsockopt(&conn, nix::sys::socket::sockopt::ReceiveTimeout, &limit);
+    let header = read_header(&mut conn);
+    let _ = nix::sys::socket::setsockopt(
+        &conn,
+        nix::sys::socket::sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::new(0, 0),
+    );
+    let Some((id, exec, stream)) = header.and_then(|h| parse_stdio_header(&h, secret)) else {
+        log::warn!("stdio stream with a bad header or a wrong secret; closed");
         return;
     };
     let fifo = process_dir(&id, &exec).join(&stream);

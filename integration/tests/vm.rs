@@ -145,6 +145,75 @@ async fn silent_guest_times_out_cleanly(state: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Another local user reaching the guest's vsock ports (with kernel vhost-vsock, any
+/// user can; here through the hybrid socket, as root): without the VM's secret every
+/// call and every stdio stream is refused. The secret is on no command line and its
+/// file is gone once the guest answered.
+async fn agent_demands_the_secret(state: &Path) -> Result<()> {
+    use stockade_agent_protocol::asynchronous::agent::Empty;
+    use stockade_agent_protocol::asynchronous::agent_ttrpc::AgentClient as Raw;
+    use stockade_agent_protocol::{AGENT_PORT, AUTH_METADATA, STDIO_PORT, stdio_header};
+    use stockade_runtime::vm::vsock::Transport;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cfg = guest_config();
+    let dir = state.join("vm3");
+    let vm = MicroVm::boot(&cfg, &dir, None, None).await?;
+    let result = async {
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", vm.qemu_pid()))?;
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        ensure!(args.iter().any(|a| a == "-fw_cfg"), "no fw_cfg: {args:?}");
+        let hex_run = |a: &str| {
+            a.as_bytes()
+                .split(|b| !b.is_ascii_hexdigit())
+                .any(|w| w.len() >= 32)
+        };
+        ensure!(
+            !args.iter().any(|a| hex_run(a)),
+            "a secret on the command line: {args:?}"
+        );
+        ensure!(
+            !dir.join("agent.secret").exists(),
+            "the secret's file outlived the boot"
+        );
+        let transport = Transport::Hybrid {
+            uds: dir.join("vsock.sock"),
+        };
+        let limit = Duration::from_secs(10);
+        let wrong = "a".repeat(64);
+        for presented in [None, Some(wrong.as_str())] {
+            let stream = transport.connect(AGENT_PORT, limit).await?;
+            let raw = Raw::new(ttrpc::asynchronous::Client::new(
+                ttrpc::asynchronous::transport::Socket::new(stream),
+            ));
+            let mut ctx = ttrpc::context::with_timeout(limit.as_nanos() as i64);
+            if let Some(p) = presented {
+                ctx.add(AUTH_METADATA.to_string(), p.to_string());
+            }
+            match raw.health(ctx, &Empty::default()).await {
+                Err(ttrpc::Error::RpcStatus(s)) if s.code() == ttrpc::Code::PERMISSION_DENIED => {}
+                other => bail!("a call with secret {presented:?} got {other:?}"),
+            }
+        }
+        let mut s = transport.connect(STDIO_PORT, limit).await?;
+        s.write_all(stdio_header(&wrong, "c1", "", "stdout").as_bytes())
+            .await?;
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(limit, s.read(&mut buf)).await??;
+        ensure!(n == 0, "a stdio stream with a wrong secret was served");
+        ensure!(
+            vm.agent.health().await?,
+            "the host's own calls stopped working"
+        );
+        Ok(())
+    }
+    .await;
+    vm.shutdown().await?;
+    result
+}
+
 /// One async test case over the suite's state dir.
 type Case = fn(&Path) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + '_>>;
 
@@ -171,7 +240,10 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let cases: [(&str, Case); 2] = [
+    let cases: [(&str, Case); 3] = [
+        ("vm_agent_demands_the_secret", |p| {
+            Box::pin(agent_demands_the_secret(p))
+        }),
         ("vm_boots_and_agent_answers", |p| {
             Box::pin(boots_and_answers(p))
         }),

@@ -1278,7 +1278,8 @@ fn hostile_spoofing(s: &Suite) -> Result<()> {
         }
         println!("    spoofing guest: the host received {got:?}");
         // What the guest says it sent: the test proves nothing if it sent no spoof.
-        let console = std::fs::read_to_string(hostile::sandbox_dir(&s.ctd)?.join("vm/console.log"))?;
+        let console =
+            std::fs::read_to_string(hostile::sandbox_dir(&s.ctd)?.join("vm/console.log"))?;
         let said: Vec<&str> = console.lines().filter(|l| l.contains("spoof")).collect();
         println!("    the guest: {said:?}");
         ensure!(

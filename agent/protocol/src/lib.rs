@@ -10,13 +10,40 @@
 )]
 
 /// Negotiated by the first call on every connection; bumped on incompatible changes.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: every call and every stdio stream carries the VM's secret.
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// The per-VM secret that proves a caller is the host that booted the VM (any local
+/// user can reach a guest's vsock ports over kernel vhost-vsock). The host hands it to
+/// the guest out of other users' sight (QEMU: a fw_cfg file, read by the agent through
+/// the fw_cfg I/O ports; the command line shows only a root-only path) and sends it
+/// with every call, as this ttrpc metadata key, and in every stdio header.
+pub const AUTH_METADATA: &str = "stockade-auth";
+
+/// The fw_cfg file name of the secret.
+pub const SECRET_FW_CFG: &str = "opt/io.stockade/agent-secret";
+
+/// The secret's length: 32 random bytes as lowercase hex.
+pub const SECRET_LEN: usize = 64;
+
+/// Compare a presented secret with the VM's, in time independent of where they differ.
+pub fn secret_matches(presented: &[u8], secret: &[u8]) -> bool {
+    if presented.len() != secret.len() || secret.len() != SECRET_LEN {
+        return false;
+    }
+    presented
+        .iter()
+        .zip(secret)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
+}
 
 /// The vsock port the agent listens on.
 pub const AGENT_PORT: u32 = 1024;
 
 /// The vsock port for process stdio. The host opens one stream per process stream and
-/// first writes one header line: `STDIO <container-id> <exec-id or -> <stdin|stdout|stderr>\n`.
+/// first writes one header line:
+/// `STDIO <secret> <container-id> <exec-id or -> <stdin|stdout|stderr>\n`.
 /// The rest of the stream is the raw bytes; for stdin, the host's end of file (a
 /// half-close) is the process's end of file.
 pub const STDIO_PORT: u32 = 1025;
@@ -29,15 +56,16 @@ pub const SHARE_TAG: &str = "stockade-share";
 pub const GUEST_SHARE_DIR: &str = "/run/stockade/share";
 
 /// The stdio header line for one stream.
-pub fn stdio_header(container_id: &str, exec_id: &str, stream: &str) -> String {
+pub fn stdio_header(secret: &str, container_id: &str, exec_id: &str, stream: &str) -> String {
     let exec = if exec_id.is_empty() { "-" } else { exec_id };
-    format!("STDIO {container_id} {exec} {stream}\n")
+    format!("STDIO {secret} {container_id} {exec} {stream}\n")
 }
 
-/// Parse a header line (without its newline): (container id, exec id, stream).
-pub fn parse_stdio_header(line: &str) -> Option<(String, String, String)> {
+/// Parse a header line (without its newline) against the VM's secret: (container id,
+/// exec id, stream). None for a malformed line or a wrong secret.
+pub fn parse_stdio_header(line: &str, secret: &[u8]) -> Option<(String, String, String)> {
     let mut parts = line.split(' ');
-    if parts.next()? != "STDIO" {
+    if parts.next()? != "STDIO" || !secret_matches(parts.next()?.as_bytes(), secret) {
         return None;
     }
     let (id, exec, stream) = (parts.next()?, parts.next()?, parts.next()?);
@@ -75,32 +103,49 @@ pub mod capabilities {
 mod tests {
     use super::*;
 
+    const S: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
     #[test]
     fn stdio_headers_round_trip() {
-        let h = stdio_header("c1", "", "stdout");
+        let h = stdio_header(S, "c1", "", "stdout");
         assert_eq!(
-            parse_stdio_header(h.trim_end()),
+            parse_stdio_header(h.trim_end(), S.as_bytes()),
             Some(("c1".into(), "".into(), "stdout".into()))
         );
-        let h = stdio_header("c1", "e-2", "stdin");
+        let h = stdio_header(S, "c1", "e-2", "stdin");
         assert_eq!(
-            parse_stdio_header(h.trim_end()).unwrap().1,
+            parse_stdio_header(h.trim_end(), S.as_bytes()).unwrap().1,
             "e-2".to_string()
         );
     }
 
     #[test]
     fn hostile_headers_are_refused() {
+        let wrong = S.replace('0', "1");
         for bad in [
-            "STDIO ../x - stdout",
-            "STDIO c1 - /etc/passwd",
-            "STDIO c1 a/b stdin",
-            "STDIO c1 - stdout extra",
-            "HELLO c1 - stdout",
-            "STDIO  - stdout",
+            format!("STDIO {S} ../x - stdout"),
+            format!("STDIO {S} c1 - /etc/passwd"),
+            format!("STDIO {S} c1 a/b stdin"),
+            format!("STDIO {S} c1 - stdout extra"),
+            format!("HELLO {S} c1 - stdout"),
+            format!("STDIO {S}  - stdout"),
+            format!("STDIO {wrong} c1 - stdout"),
+            "STDIO c1 - stdout".to_string(),
+            "STDIO  c1 - stdout".to_string(),
         ] {
-            assert_eq!(parse_stdio_header(bad), None, "{bad}");
+            assert_eq!(parse_stdio_header(&bad, S.as_bytes()), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn secrets_match_only_in_full() {
+        assert!(secret_matches(S.as_bytes(), S.as_bytes()));
+        assert!(!secret_matches(&S.as_bytes()[..63], S.as_bytes()));
+        assert!(!secret_matches(b"", b""));
+        assert!(!secret_matches(
+            S.replace('f', "e").as_bytes(),
+            S.as_bytes()
+        ));
     }
 }
 

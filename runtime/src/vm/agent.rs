@@ -9,7 +9,9 @@ use stockade_agent_protocol::asynchronous::agent::{
     SignalRequest, StatsResponse, Stdio, UpdateRequest, VersionRequest, VersionResponse,
 };
 use stockade_agent_protocol::asynchronous::agent_ttrpc::AgentClient as RawClient;
-use stockade_agent_protocol::{AGENT_PORT, PROTOCOL_VERSION, STDIO_PORT, stdio_header};
+use stockade_agent_protocol::{
+    AGENT_PORT, AUTH_METADATA, PROTOCOL_VERSION, STDIO_PORT, stdio_header,
+};
 use tokio::io::AsyncWriteExt;
 use ttrpc::asynchronous::Client;
 use ttrpc::asynchronous::transport::Socket;
@@ -28,6 +30,8 @@ const MAX_EVENTS: usize = 256;
 pub struct AgentClient {
     raw: RawClient,
     transport: Transport,
+    /// The VM's secret, sent with every call and stdio stream.
+    secret: String,
     pub version: VersionResponse,
 }
 
@@ -35,8 +39,11 @@ pub struct AgentClient {
 /// behind a guest that stopped reading, so every call is also bounded here.
 const DEADLINE_SLACK: Duration = Duration::from_secs(1);
 
-fn ctx(limit: Duration) -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(limit.as_nanos() as i64)
+/// A call's context: its deadline, and the VM's secret the agent checks first.
+fn ctx(limit: Duration, secret: &str) -> ttrpc::context::Context {
+    let mut c = ttrpc::context::with_timeout(limit.as_nanos() as i64);
+    c.add(AUTH_METADATA.to_string(), secret.to_string());
+    c
 }
 
 /// One agent call, `limit` for the guest's answer and a hard bound on the whole call
@@ -44,12 +51,13 @@ fn ctx(limit: Duration) -> ttrpc::context::Context {
 async fn call<T, F>(
     name: &str,
     limit: Duration,
+    secret: &str,
     f: impl FnOnce(ttrpc::context::Context) -> F,
 ) -> Result<T>
 where
     F: std::future::Future<Output = ttrpc::Result<T>>,
 {
-    match tokio::time::timeout(limit + DEADLINE_SLACK, f(ctx(limit))).await {
+    match tokio::time::timeout(limit + DEADLINE_SLACK, f(ctx(limit, secret))).await {
         Ok(r) => r.map_err(rpc_err(name)),
         Err(_) => Err(Error::Backend(format!("agent {name}: no answer in time"))),
     }
@@ -91,14 +99,18 @@ pub fn stdio_msg(want: [bool; 3], terminal: bool) -> Stdio {
 
 impl AgentClient {
     /// Connect to the agent's port and negotiate the protocol version.
-    pub async fn connect(transport: &Transport, limit: Duration) -> Result<AgentClient> {
+    pub async fn connect(
+        transport: &Transport,
+        secret: &str,
+        limit: Duration,
+    ) -> Result<AgentClient> {
         let stream = transport.connect(AGENT_PORT, limit).await?;
         let raw = RawClient::new(Client::new(Socket::new(stream)));
         let req = VersionRequest {
             host_protocol: PROTOCOL_VERSION,
             ..Default::default()
         };
-        let version = call("version", limit, |c| raw.version(c, &req)).await?;
+        let version = call("version", limit, secret, |c| raw.version(c, &req)).await?;
         if version.protocol != PROTOCOL_VERSION {
             return Err(Error::Backend(format!(
                 "agent speaks protocol {}, host speaks {PROTOCOL_VERSION}",
@@ -108,20 +120,23 @@ impl AgentClient {
         Ok(AgentClient {
             raw,
             transport: transport.clone(),
+            secret: secret.to_string(),
             version,
         })
     }
 
     pub async fn health(&self) -> Result<bool> {
         let req = Empty::default();
-        Ok(call("health", CALL_TIMEOUT, |c| self.raw.health(c, &req))
-            .await?
-            .serving)
+        Ok(call("health", CALL_TIMEOUT, &self.secret, |c| {
+            self.raw.health(c, &req)
+        })
+        .await?
+        .serving)
     }
 
     pub async fn guest_details(&self) -> Result<GuestDetailsResponse> {
         let req = Empty::default();
-        call("guest details", CALL_TIMEOUT, |c| {
+        call("guest details", CALL_TIMEOUT, &self.secret, |c| {
             self.raw.guest_details(c, &req)
         })
         .await
@@ -129,7 +144,10 @@ impl AgentClient {
 
     pub async fn shutdown(&self) -> Result<()> {
         let req = Empty::default();
-        call("shutdown", CALL_TIMEOUT, |c| self.raw.shutdown(c, &req)).await?;
+        call("shutdown", CALL_TIMEOUT, &self.secret, |c| {
+            self.raw.shutdown(c, &req)
+        })
+        .await?;
         Ok(())
     }
 
@@ -164,7 +182,7 @@ impl AgentClient {
             network: network.into(),
             ..Default::default()
         };
-        call("create sandbox", CALL_TIMEOUT, |c| {
+        call("create sandbox", CALL_TIMEOUT, &self.secret, |c| {
             self.raw.create_sandbox(c, &req)
         })
         .await?;
@@ -183,7 +201,7 @@ impl AgentClient {
             stdio: Some(stdio).into(),
             ..Default::default()
         };
-        Ok(call("create container", CREATE_TIMEOUT, |c| {
+        Ok(call("create container", CREATE_TIMEOUT, &self.secret, |c| {
             self.raw.create_container(c, &req)
         })
         .await?
@@ -192,11 +210,11 @@ impl AgentClient {
 
     pub async fn start(&self, id: &str, exec_id: &str) -> Result<u32> {
         let req = process_ref(id, exec_id);
-        Ok(
-            call("start", CREATE_TIMEOUT, |c| self.raw.start_process(c, &req))
-                .await?
-                .pid,
-        )
+        Ok(call("start", CREATE_TIMEOUT, &self.secret, |c| {
+            self.raw.start_process(c, &req)
+        })
+        .await?
+        .pid)
     }
 
     pub async fn exec(
@@ -213,7 +231,10 @@ impl AgentClient {
             stdio: Some(stdio).into(),
             ..Default::default()
         };
-        call("exec", CALL_TIMEOUT, |c| self.raw.exec(c, &req)).await?;
+        call("exec", CALL_TIMEOUT, &self.secret, |c| {
+            self.raw.exec(c, &req)
+        })
+        .await?;
         Ok(())
     }
 
@@ -225,13 +246,19 @@ impl AgentClient {
             all,
             ..Default::default()
         };
-        call("signal", CALL_TIMEOUT, |c| self.raw.signal(c, &req)).await?;
+        call("signal", CALL_TIMEOUT, &self.secret, |c| {
+            self.raw.signal(c, &req)
+        })
+        .await?;
         Ok(())
     }
 
     pub async fn delete(&self, id: &str, exec_id: &str) -> Result<ExitResponse> {
         let req = process_ref(id, exec_id);
-        call("delete", CREATE_TIMEOUT, |c| self.raw.delete(c, &req)).await
+        call("delete", CREATE_TIMEOUT, &self.secret, |c| {
+            self.raw.delete(c, &req)
+        })
+        .await
     }
 
     pub async fn stats(&self, id: &str) -> Result<StatsResponse> {
@@ -239,7 +266,10 @@ impl AgentClient {
             container_id: id.into(),
             ..Default::default()
         };
-        call("stats", CALL_TIMEOUT, |c| self.raw.stats(c, &req)).await
+        call("stats", CALL_TIMEOUT, &self.secret, |c| {
+            self.raw.stats(c, &req)
+        })
+        .await
     }
 
     pub async fn update(&self, id: &str, resources_json: Vec<u8>) -> Result<()> {
@@ -248,7 +278,7 @@ impl AgentClient {
             resources_json,
             ..Default::default()
         };
-        call("update", CALL_TIMEOUT, |c| {
+        call("update", CALL_TIMEOUT, &self.secret, |c| {
             self.raw.update_resources(c, &req)
         })
         .await?;
@@ -261,7 +291,10 @@ impl AgentClient {
             paused,
             ..Default::default()
         };
-        call("pause", CALL_TIMEOUT, |c| self.raw.set_paused(c, &req)).await?;
+        call("pause", CALL_TIMEOUT, &self.secret, |c| {
+            self.raw.set_paused(c, &req)
+        })
+        .await?;
         Ok(())
     }
 
@@ -273,13 +306,16 @@ impl AgentClient {
             height,
             ..Default::default()
         };
-        call("resize", CALL_TIMEOUT, |c| self.raw.resize_tty(c, &req)).await?;
+        call("resize", CALL_TIMEOUT, &self.secret, |c| {
+            self.raw.resize_tty(c, &req)
+        })
+        .await?;
         Ok(())
     }
 
     pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
         let req = process_ref(id, exec_id);
-        call("close stdin", CALL_TIMEOUT, |c| {
+        call("close stdin", CALL_TIMEOUT, &self.secret, |c| {
             self.raw.close_stdin(c, &req)
         })
         .await?;
@@ -291,7 +327,7 @@ impl AgentClient {
             container_id: id.into(),
             ..Default::default()
         };
-        let list = call("list processes", CALL_TIMEOUT, |c| {
+        let list = call("list processes", CALL_TIMEOUT, &self.secret, |c| {
             self.raw.list_processes(c, &req)
         })
         .await?;
@@ -309,7 +345,7 @@ impl AgentClient {
             wait_millis: EVENTS_WAIT.as_millis() as u32,
             ..Default::default()
         };
-        let mut events = call("events", EVENTS_WAIT + EVENTS_MARGIN, |c| {
+        let mut events = call("events", EVENTS_WAIT + EVENTS_MARGIN, &self.secret, |c| {
             self.raw.events(c, &req)
         })
         .await?
@@ -321,7 +357,7 @@ impl AgentClient {
     /// Open one stdio stream of a process and name it; the stream then carries its bytes.
     pub async fn stdio_stream(&self, id: &str, exec_id: &str, stream: &str) -> Result<GuestStream> {
         let mut s = self.transport.connect(STDIO_PORT, CALL_TIMEOUT).await?;
-        let header = stdio_header(id, exec_id, stream);
+        let header = stdio_header(&self.secret, id, exec_id, stream);
         tokio::time::timeout(CALL_TIMEOUT, s.write_all(header.as_bytes()))
             .await
             .map_err(|_| Error::Backend("agent stdio: no answer in time".into()))?

@@ -34,6 +34,9 @@ pub struct BootSpec<'a> {
     pub nic: Option<&'a Nic>,
     /// When the VMM and its device backends must be up.
     pub deadline: Instant,
+    /// The VM's secret (`stockade_agent_protocol::AUTH_METADATA`): the VMM hands it to
+    /// the guest where no other local user can read it (never on its command line).
+    pub secret: &'a str,
 }
 
 #[async_trait]
@@ -43,6 +46,9 @@ pub trait Hypervisor: Send + Sync {
     async fn boot(spec: &BootSpec<'_>) -> Result<Self>
     where
         Self: Sized;
+
+    /// The agent answered: drop what only the boot needed (the secret's file).
+    fn guest_answered(&mut self) {}
 
     /// The host processes the VM runs, named: the VMM first, then its device backends.
     fn processes(&self) -> Vec<(&'static str, u32)>;

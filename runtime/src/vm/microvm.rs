@@ -40,12 +40,14 @@ impl MicroVm {
             }
         }
         std::fs::create_dir_all(dir).map_err(Error::io(format!("create {}", dir.display())))?;
+        let secret = new_secret()?;
         let spec = BootSpec {
             config: cfg,
             dir,
             share,
             nic,
             deadline: Instant::now() + Duration::from_secs(cfg.boot_timeout_secs),
+            secret: &secret,
         };
         let result = Self::boot_with::<Qemu>(&spec).await;
         if result.is_err() {
@@ -57,11 +59,14 @@ impl MicroVm {
     async fn boot_with<H: Hypervisor + 'static>(spec: &BootSpec<'_>) -> Result<MicroVm> {
         let mut vmm = H::boot(spec).await?;
         match handshake(&mut vmm, spec).await {
-            Ok(agent) => Ok(MicroVm {
-                dir: spec.dir.to_path_buf(),
-                agent: Arc::new(agent),
-                vmm: Box::new(vmm),
-            }),
+            Ok(agent) => {
+                vmm.guest_answered();
+                Ok(MicroVm {
+                    dir: spec.dir.to_path_buf(),
+                    agent: Arc::new(agent),
+                    vmm: Box::new(vmm),
+                })
+            }
             Err(e) => {
                 vmm.kill().await;
                 Err(e)
@@ -145,11 +150,22 @@ async fn handshake(vmm: &mut impl Hypervisor, spec: &BootSpec<'_>) -> Result<Age
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         }
-        match AgentClient::connect(vmm.transport(), left.min(Duration::from_secs(2))).await {
+        let limit = left.min(Duration::from_secs(2));
+        match AgentClient::connect(vmm.transport(), spec.secret, limit).await {
             Ok(a) => return Ok(a),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
+}
+
+/// A new VM secret: 32 random bytes as hex.
+fn new_secret() -> Result<String> {
+    use std::io::Read;
+    let mut b = [0u8; stockade_agent_protocol::SECRET_LEN / 2];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(Error::io("read /dev/urandom"))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 /// Whether the guest console shows the agent's "serving" line.

@@ -67,6 +67,24 @@ fn cid_from(r: u32) -> u32 {
 const TAP_FD: i32 = 3;
 const CONSOLE_FD: i32 = 4;
 
+/// Where QEMU finds the VM's secret at start (see `BootSpec::secret`).
+fn secret_file(dir: &Path) -> PathBuf {
+    dir.join("agent.secret")
+}
+
+fn write_secret(path: &Path, secret: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(secret.as_bytes()))
+        .map_err(Error::io("write the VM secret"))
+}
+
 /// The virtio-fs socket QEMU connects to (virtiofsd serves it).
 fn virtiofs_socket(dir: &Path) -> PathBuf {
     dir.join("virtiofs.sock")
@@ -189,6 +207,12 @@ pub fn qemu_args(
         cfg.initrd.display().to_string(),
         "-append".into(),
         kernel_cmdline(cfg.accel),
+        "-fw_cfg".into(),
+        format!(
+            "name={},file={}",
+            stockade_agent_protocol::SECRET_FW_CFG,
+            secret_file(dir).display()
+        ),
     ];
     match transport {
         Transport::Kernel { cid } => a.extend([
@@ -238,6 +262,7 @@ impl Hypervisor for Qemu {
             share,
             nic,
             deadline,
+            secret,
         } = *spec;
         if !cfg.qemu.exists() {
             return Err(Error::FailedPrecondition(format!(
@@ -300,6 +325,12 @@ impl Hypervisor for Qemu {
                 }
             }
         }
+        // QEMU reads the secret's file when it starts (a fw_cfg file for the agent);
+        // root-only, and removed once the guest has answered.
+        if let Err(e) = write_secret(&secret_file(dir), secret) {
+            kill_all(&mut helpers).await;
+            return Err(e);
+        }
         let qemu_log = std::fs::File::create(dir.join("qemu.log")).map_err(Error::io("qemu log"));
         let console = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| Error::Backend(format!("console pipe: {e}")))
@@ -342,6 +373,10 @@ impl Hypervisor for Qemu {
                 Err(e)
             }
         }
+    }
+
+    fn guest_answered(&mut self) {
+        let _ = std::fs::remove_file(secret_file(&self.dir));
     }
 
     fn processes(&self) -> Vec<(&'static str, u32)> {
