@@ -18,6 +18,8 @@ echo "== clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 # The guest agent alone: the runtime without its VM backend (cargo feature `vm`).
 cargo clippy --locked -p stockade-agent --all-targets -- -D warnings
+# The test-only hostile agent (agent/src/hostile.rs) is code too.
+cargo clippy --locked -p stockade-agent --features hostile --all-targets -- -D warnings
 if cargo tree --locked -p stockade-agent -e features -i stockade-runtime | grep -q 'feature "vm"'; then
   echo "the agent must build without the runtime's VM backend" >&2; exit 1
 fi

@@ -262,6 +262,10 @@ state = "{state}"
                 found.push(format!("process {line}"));
             }
         }
+        // The vsock backend names its sockets relative to its dir: found by its cwd.
+        for pid in crate::vm::helpers_working_in(&self.stockade_state, "vhost-device-vsock") {
+            found.push(format!("process {pid} (vhost-device-vsock)"));
+        }
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         for line in mounts.lines() {
             if line.contains(&format!("{}/vm/", state)) {

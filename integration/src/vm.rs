@@ -41,3 +41,29 @@ pub fn guest_config() -> stockade_runtime::config::HypervisorConfig {
         ..Default::default()
     }
 }
+
+/// The pids of processes named `name` (their command's file name) working in `dir` or
+/// below it: their command line names it, or their current directory is in it.
+pub fn helpers_working_in(dir: &std::path::Path, name: &str) -> Vec<String> {
+    let needle = dir.display().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        let exe = cmd.split(' ').next().unwrap_or("");
+        if !exe.ends_with(name) {
+            continue;
+        }
+        let cwd_in = std::fs::read_link(e.path().join("cwd")).is_ok_and(|c| c.starts_with(dir));
+        if cmd.contains(&needle) || cwd_in {
+            out.push(pid);
+        }
+    }
+    out
+}

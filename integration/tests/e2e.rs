@@ -973,6 +973,69 @@ fn privileged_and_notify_refused(s: &Suite) -> Result<()> {
 
 type Case = stockade_integration::Case<Suite>;
 
+/// Every process's command line is readable by every local user: a container's spec
+/// (its environment, often with secrets) must never be on one. While a container is
+/// created, started and exec'd into, every process's arguments are watched for a value
+/// only its environment holds (`ctr`'s own, the user's command, are not the runtime's),
+/// and the libcontainer helper's for any JSON (its requests travel in root-only files).
+fn specs_never_reach_a_command_line(s: &Suite) -> Result<()> {
+    use stockade_runtime::linux::helper::HELPER_ARG;
+    let mark = format!("stk-secret-{}", std::process::id());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (stop, mark) = (stop.clone(), mark.clone());
+        std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            let mut scans = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                scans += 1;
+                for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                    let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                        continue;
+                    };
+                    let text = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                    let json_to_helper = text.contains(HELPER_ARG) && text.contains('{');
+                    if json_to_helper || (text.contains(&mark) && !text.starts_with("/usr/bin/ctr"))
+                    {
+                        seen.insert(text);
+                    }
+                }
+            }
+            (seen, scans)
+        })
+    };
+    let env = format!("STK_TOKEN={mark}");
+    let run_out = s.ctd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--env",
+        &env,
+        IMAGE,
+        "argv1",
+        "sleep",
+        "100",
+    ]);
+    let exec = s.ctd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "x1",
+        "--env",
+        &env,
+        "argv1",
+        "true",
+    ]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (seen, scans) = watcher.join().expect("watcher");
+    s.ctd.remove("argv1");
+    ensure!(run_out.ok() && exec.ok(), "run: {run_out:?} exec: {exec:?}");
+    ensure!(scans > 10, "the watcher only scanned {scans} times");
+    ensure!(seen.is_empty(), "a spec reached a command line: {seen:?}");
+    Ok(())
+}
+
 fn main() {
     if let Some(why) = skip_reason() {
         println!("SKIPPED e2e: {why}");
@@ -1007,6 +1070,10 @@ fn main() {
             privileged_and_notify_refused,
         ),
         ("bad_input_fails_cleanly", bad_input_fails_cleanly),
+        (
+            "specs_never_reach_a_command_line",
+            specs_never_reach_a_command_line,
+        ),
         (
             "malicious_image_symlinks_fail_cleanly",
             malicious_image_symlinks_fail_cleanly,

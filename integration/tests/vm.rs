@@ -179,7 +179,7 @@ async fn agent_demands_the_secret(state: &Path) -> Result<()> {
             "the secret's file outlived the boot"
         );
         let transport = Transport::Hybrid {
-            uds: dir.join("vsock.sock"),
+            uds: dir.join("vsock/vsock.sock"),
         };
         let limit = Duration::from_secs(10);
         let wrong = "a".repeat(64);

@@ -933,6 +933,10 @@ fn main() {
         ),
         ("vm_hostile_share_tricks", hostile_share_tricks),
         ("vm_hostile_spoofing", hostile_spoofing),
+        (
+            "vm_helpers_run_with_least_privilege",
+            helpers_run_with_least_privilege,
+        ),
     ];
     let (passed, failed) = stockade_integration::run_cases(&suite, cases, |s| s.ctd.log());
     drop(suite);
@@ -1303,5 +1307,117 @@ fn hostile_spoofing(s: &Suite) -> Result<()> {
     let _ = sh(&format!("ip netns del {ns}; ip link del stk-sp0"));
     result?;
     removed?;
+    expect_clean(s, id)
+}
+
+/// One line of `/proc/<pid>/status`, its value trimmed.
+fn status_field(pid: &str, field: &str) -> Result<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.trim().to_string())
+        .with_context(|| format!("no {field} for {pid}"))
+}
+
+/// The pids of `name` processes working in this suite's state dir.
+fn helper_pids(s: &Suite, name: &str) -> Vec<String> {
+    stockade_integration::vm::helpers_working_in(&s.ctd.stockade_state, name)
+}
+
+/// Each helper keeps only what it needs (SECURITY.md, "Helpers"): QEMU and the vsock
+/// backend as host uids of their own with no capability, QEMU chrooted into an empty
+/// dir under seccomp; virtiofsd in its own namespaces with neither CAP_MKNOD nor
+/// CAP_SETFCAP nor CAP_SYS_ADMIN; the state dirs only root can walk.
+fn helpers_run_with_least_privilege(s: &Suite) -> Result<()> {
+    let id = "vhelpers";
+    s.ctd.run_detached(id, &["sleep", "1000"])?;
+    let result = (|| -> Result<()> {
+        let unprivileged = |pid: &str, what: &str| -> Result<u32> {
+            let uids: Vec<u32> = status_field(pid, "Uid")?
+                .split_whitespace()
+                .map(|u| u.parse().unwrap_or(0))
+                .collect();
+            ensure!(
+                uids.len() == 4 && uids.iter().all(|u| *u == uids[0] && *u != 0),
+                "{what} runs as {uids:?}"
+            );
+            for f in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+                let v = status_field(pid, f)?;
+                ensure!(v.trim_start_matches('0').is_empty(), "{what} {f} {v}");
+            }
+            ensure!(
+                status_field(pid, "NoNewPrivs")? == "1",
+                "{what} may gain privileges"
+            );
+            Ok(uids[0])
+        };
+        let qemu = helper_pids(s, "qemu-system-x86_64");
+        let [qemu] = qemu.as_slice() else {
+            bail!("qemu: {qemu:?}")
+        };
+        let qemu_uid = unprivileged(qemu, "qemu")?;
+        ensure!(
+            status_field(qemu, "Seccomp")? == "2",
+            "qemu without seccomp"
+        );
+        let root = std::fs::read_link(format!("/proc/{qemu}/root"))?;
+        ensure!(
+            root.ends_with("vm/jail"),
+            "qemu's root is {}",
+            root.display()
+        );
+        ensure!(
+            std::fs::read_dir(&root)?.next().is_none(),
+            "qemu's root is not empty"
+        );
+        let vsock = helper_pids(s, "vhost-device-vsock");
+        let [vsock] = vsock.as_slice() else {
+            bail!("vsock backend: {vsock:?}")
+        };
+        let vsock_uid = unprivileged(vsock, "the vsock backend")?;
+        ensure!(
+            vsock_uid != qemu_uid,
+            "qemu and the vsock backend share uid {qemu_uid}"
+        );
+        // virtiofsd's serving process: the child of its namespace supervisor.
+        let fs = helper_pids(s, "virtiofsd");
+        let serving: Vec<&String> = fs
+            .iter()
+            .filter(|p| status_field(p, "PPid").is_ok_and(|pp| fs.contains(&pp)))
+            .collect();
+        let [serving] = serving.as_slice() else {
+            bail!("virtiofsd: {fs:?}")
+        };
+        let caps = u64::from_str_radix(&status_field(serving, "CapEff")?, 16)?;
+        for (bit, name) in [
+            (27, "MKNOD"),
+            (31, "SETFCAP"),
+            (21, "SYS_ADMIN"),
+            (17, "SYS_RAWIO"),
+        ] {
+            ensure!(
+                caps & (1 << bit) == 0,
+                "virtiofsd keeps CAP_{name} ({caps:x})"
+            );
+        }
+        ensure!(
+            status_field(serving, "Seccomp")? == "2",
+            "virtiofsd without seccomp"
+        );
+        let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/mnt")).ok();
+        ensure!(
+            ns(serving) != ns("self"),
+            "virtiofsd shares the host's mount namespace"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        for dir in [s.ctd.stockade_state.clone(), hostile::sandbox_dir(&s.ctd)?] {
+            let mode = std::fs::metadata(&dir)?.permissions().mode() & 0o777;
+            ensure!(mode == 0o700, "{} is {mode:o}", dir.display());
+        }
+        Ok(())
+    })();
+    cleanup(s, id);
+    result?;
     expect_clean(s, id)
 }

@@ -122,7 +122,15 @@ pub struct HypervisorConfig {
     /// namespace; when false, Create and Exec refuse it. `[container] allow_privileged`
     /// does not apply in VM mode.
     pub allow_privileged: bool,
+    /// The first of the host uids (and gids) the VMs' helpers run as: QEMU and the
+    /// vsock backend of each VM get a pair of their own from
+    /// [`HELPER_IDS`](crate::config::HELPER_IDS) ids starting here, none of them a
+    /// user of the host. Pick a range no host user or subuid range uses.
+    pub helper_id_base: u32,
 }
+
+/// How many host ids VM helpers may take, from `[hypervisor] helper_id_base`.
+pub const HELPER_IDS: u32 = 1 << 20;
 
 impl Default for HypervisorConfig {
     fn default() -> Self {
@@ -140,6 +148,7 @@ impl Default for HypervisorConfig {
             max_memory_mib: 0,
             boot_timeout_secs: 30,
             allow_privileged: false,
+            helper_id_base: 1_900_000_000,
         }
     }
 }

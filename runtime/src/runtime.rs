@@ -31,6 +31,8 @@ use crate::stdio::StdioPaths;
 
 const OUTPUT_GRACE: Duration = Duration::from_secs(5);
 const EXIT_GRACE: Duration = Duration::from_secs(10);
+/// The shortest time between two OOM events of one container.
+const OOM_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -128,7 +130,10 @@ impl Runtime {
         let inner = Arc::new_cyclic(|me: &std::sync::Weak<Inner>| {
             // An OOM kill is published only for a container of this pod: a guest may
             // name any id.
+            // At most one a second per container: a flood of reports for its own
+            // containers costs the guest, not containerd.
             let me = me.clone();
+            let last: Mutex<HashMap<String, std::time::Instant>> = Mutex::default();
             let oom: backend::OomSink = Arc::new(move |id: String| {
                 let Some(inner) = me.upgrade() else { return };
                 let ours = inner
@@ -136,11 +141,20 @@ impl Runtime {
                     .lock()
                     .expect("containers lock")
                     .contains_key(&id);
-                if ours {
-                    let _ = inner.events.send(Event::Oom { id });
-                } else {
+                if !ours {
                     log::warn!(id = id.as_str(); "OOM report for a container not in this pod ignored");
+                    return;
                 }
+                let now = std::time::Instant::now();
+                let mut last = last.lock().expect("oom lock");
+                if last
+                    .get(&id)
+                    .is_some_and(|at| now.duration_since(*at) < OOM_EVERY)
+                {
+                    return;
+                }
+                last.insert(id.clone(), now);
+                let _ = inner.events.send(Event::Oom { id });
             });
             Inner {
                 host: Host::new(namespace, exits, seal_exe, kernel, oom),
@@ -633,7 +647,11 @@ impl Runtime {
 fn prepare(req: &CreateRequest, dirs: &ContainerDirs, mounted: &mut Option<PathBuf>) -> Result<()> {
     std::fs::create_dir_all(&dirs.bundle)
         .map_err(Error::io(format!("create {}", dirs.bundle.display())))?;
-    set_mode(&dirs.state, 0o700);
+    // Root alone walks the state dirs (`<state_dir>/<namespace>/<id>`): what is in them
+    // (specs, option files, sockets) is nobody else's business.
+    for dir in dirs.state.ancestors().take(3) {
+        set_mode(dir, 0o700);
+    }
     if req.rootfs.is_empty() {
         return Ok(());
     }

@@ -412,4 +412,9 @@ async fn oom_is_published_only_for_the_pods_own_containers() {
     oom("c1".into());
     p.expect(&["oom c1"]).await;
     assert!(p.events.try_recv().is_err(), "a foreign OOM was published");
+    // A flood for its own container: one event a second at most.
+    for _ in 0..10_000 {
+        oom("c1".into());
+    }
+    assert!(p.events.try_recv().is_err(), "an OOM flood was published");
 }

@@ -104,16 +104,31 @@ pub async fn run(
     stdio: [Option<OwnedFd>; 3],
 ) -> Result<Response> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    let resp_path = scratch.join(format!(
-        "helper-{}-{}.json",
+    let name = format!(
+        "helper-{}-{}",
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let json = serde_json::to_string(req).map_err(|e| Error::Backend(e.to_string()))?;
+    );
+    let resp_path = scratch.join(format!("{name}.json"));
+    // The request (a spec or a process, environment included) goes through a file only
+    // root can read, never the command line every local user can.
+    let req_path = scratch.join(format!("{name}.req.json"));
+    let json = serde_json::to_vec(req).map_err(|e| Error::Backend(e.to_string()))?;
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&req_path)
+            .and_then(|mut f| f.write_all(&json))
+            .map_err(Error::io("write the helper request"))?;
+    }
     let raw: [i32; 3] = [0, 1, 2].map(|i| stdio[i].as_ref().map_or(-1, |f| f.as_raw_fd()));
     let mut cmd = Command::new(exe.path());
     cmd.arg(HELPER_ARG)
-        .arg(&json)
+        .arg(&req_path)
         .arg(&resp_path)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -130,14 +145,20 @@ pub async fn run(
             Ok(())
         });
     }
-    let child = cmd
-        .spawn()
-        .map_err(Error::io("spawn libcontainer helper"))?;
+    let child = cmd.spawn();
+    let child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = std::fs::remove_file(&req_path);
+            return Err(Error::io("spawn libcontainer helper")(e));
+        }
+    };
     // Our copies of the container's stdio must close, or readers never see EOF.
     drop(stdio);
     let code = exits.wait(child.id() as i32).await;
     let text = std::fs::read_to_string(&resp_path).unwrap_or_default();
     let _ = std::fs::remove_file(&resp_path);
+    let _ = std::fs::remove_file(&req_path);
     let resp: Response = serde_json::from_str(&text).unwrap_or_else(|_| Response {
         pid: None,
         error: Some(format!(
@@ -152,11 +173,12 @@ pub async fn run(
 
 /// The helper's own `main` (helper side). Returns the process exit code.
 pub fn main(args: &[String]) -> i32 {
-    let (Some(json), Some(resp_path)) = (args.first(), args.get(1)) else {
-        eprintln!("usage: {HELPER_ARG} <request> <response-file>");
+    let (Some(req_path), Some(resp_path)) = (args.first(), args.get(1)) else {
+        eprintln!("usage: {HELPER_ARG} <request-file> <response-file>");
         return 2;
     };
-    let resp = match serde_json::from_str::<Request>(json) {
+    let json = std::fs::read(req_path).unwrap_or_default();
+    let resp = match serde_json::from_slice::<Request>(&json) {
         Ok(req) => match handle(req) {
             Ok(pid) => Response { pid, error: None },
             Err(e) => Response {

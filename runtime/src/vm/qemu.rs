@@ -43,9 +43,47 @@ pub fn choose_transport(cfg: &HypervisorConfig, dir: &Path, have_vhost_vsock: bo
         Transport::Kernel { cid: random_cid() }
     } else {
         Transport::Hybrid {
-            uds: dir.join("vsock.sock"),
+            uds: vsock_dir(dir).join("vsock.sock"),
         }
     }
+}
+
+/// The vhost-user vsock backend's own dir (its sockets), owned by its uid.
+fn vsock_dir(dir: &Path) -> PathBuf {
+    dir.join("vsock")
+}
+
+/// The empty dir QEMU chroots into once it has opened everything it needs.
+fn jail_dir(dir: &Path) -> PathBuf {
+    dir.join("jail")
+}
+
+/// The host uids (= gids) a VM's helpers run as: a pair per VM out of
+/// [`HELPER_IDS`](crate::config::HELPER_IDS) from `[hypervisor] helper_id_base`, chosen
+/// by the VM's state dir, so no two running VMs are likely to share one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HelperIds {
+    pub qemu: u32,
+    pub vsock: u32,
+}
+
+pub fn helper_ids(cfg: &HypervisorConfig, dir: &Path) -> Result<HelperIds> {
+    use std::hash::{Hash, Hasher};
+    let pairs = crate::config::HELPER_IDS / 2;
+    if cfg.helper_id_base == 0 || cfg.helper_id_base > u32::MAX - crate::config::HELPER_IDS {
+        return Err(Error::InvalidArgument(format!(
+            "[hypervisor] helper_id_base {}: needs 1 to {}",
+            cfg.helper_id_base,
+            u32::MAX - crate::config::HELPER_IDS
+        )));
+    }
+    let mut h = std::hash::DefaultHasher::new();
+    dir.hash(&mut h);
+    let qemu = cfg.helper_id_base + 2 * (h.finish() % pairs as u64) as u32;
+    Ok(HelperIds {
+        qemu,
+        vsock: qemu + 1,
+    })
 }
 
 /// A guest CID for kernel vhost-vsock: unique on the host, so random over the valid
@@ -92,24 +130,38 @@ fn virtiofs_socket(dir: &Path) -> PathBuf {
 
 /// Spawn a helper that dies with the shim: PR_SET_PDEATHSIG fires when the spawning
 /// thread exits, and these are spawned from the runtime's long-lived worker threads.
-fn spawn_helper(cmd: &mut Command, what: &str) -> Result<std::process::Child> {
-    spawn_helper_with_fds(cmd, what, [None, None], None)
+fn spawn_helper(cmd: &mut Command, what: &str, user: Option<u32>) -> Result<std::process::Child> {
+    spawn_helper_with_fds(cmd, what, [None, None], None, user)
 }
 
 /// As [`spawn_helper`], with each `(fd, number)` of `fds` (open in the parent until
 /// spawn returns) given to the child as that number, and in network namespace `netns`.
+/// With `user`, the child runs as that uid and gid, with no supplementary group, no
+/// capability and no-new-privileges.
 fn spawn_helper_with_fds(
     cmd: &mut Command,
     what: &str,
     fds: [Option<(std::os::fd::RawFd, i32)>; 2],
     netns: Option<std::os::fd::RawFd>,
+    user: Option<u32>,
 ) -> Result<std::process::Child> {
     use std::os::unix::process::CommandExt;
     let mut moved = [-1; 2];
-    // SAFETY: prctl, fcntl, dup2 and setns are async-signal-safe and touch only the
-    // child; nothing is allocated.
+    // SAFETY: prctl, fcntl, dup2, setns, setgroups, setgid and setuid are
+    // async-signal-safe and touch only the child; nothing is allocated.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(id) = user {
+                // Leaving root drops every capability (no keep-caps, no ambient set).
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(id) != 0
+                    || libc::setuid(id) != 0
+                    || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // After the uid change, which clears it.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -173,6 +225,7 @@ pub fn qemu_args(
     share: bool,
     transport: &Transport,
     mac: Option<&str>,
+    ids: HelperIds,
 ) -> Vec<String> {
     // TCG's translation cache defaults to 1 GiB of host memory, most of it touched
     // over time: cap it, it is host overhead outside the guest's RAM.
@@ -196,8 +249,10 @@ pub fn qemu_args(
         "-no-user-config".into(),
         "-nographic".into(),
         "-no-reboot".into(),
+        // set*id stays allowed: QEMU drops to its own uid (-runas below) after the
+        // filter is in, and with no capability left those calls elevate nothing.
         "-sandbox".into(),
-        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
+        "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny".into(),
         // A pipe the shim drains into a capped console.log (console.rs).
         "-serial".into(),
         format!("file:/proc/self/fd/{CONSOLE_FD}"),
@@ -213,6 +268,11 @@ pub fn qemu_args(
             stockade_agent_protocol::SECRET_FW_CFG,
             secret_file(dir).display()
         ),
+        // Once everything is open: an empty root, its own uid, no capability.
+        "-chroot".into(),
+        jail_dir(dir).display().to_string(),
+        "-runas".into(),
+        format!("{}:{}", ids.qemu, ids.qemu),
     ];
     match transport {
         Transport::Kernel { cid } => a.extend([
@@ -223,7 +283,7 @@ pub fn qemu_args(
             "-chardev".into(),
             format!(
                 "socket,id=vsock0,path={}",
-                dir.join("vsock.vhost").display()
+                vsock_dir(dir).join("vsock.vhost").display()
             ),
             "-device".into(),
             "vhost-user-vsock-device,chardev=vsock0".into(),
@@ -271,28 +331,39 @@ impl Hypervisor for Qemu {
             )));
         }
         let transport = choose_transport(cfg, dir, Path::new("/dev/vhost-vsock").exists());
+        let ids = helper_ids(cfg, dir)?;
+        std::fs::create_dir_all(jail_dir(dir)).map_err(Error::io("create QEMU's jail"))?;
         let mut helpers = Vec::new();
         if let Transport::Hybrid { uds } = &transport {
+            let own = vsock_dir(dir);
+            std::fs::create_dir_all(&own)
+                .and_then(|()| std::os::unix::fs::chown(&own, Some(ids.vsock), Some(ids.vsock)))
+                .map_err(Error::io("create the vsock backend's dir"))?;
             if !cfg.vsock_backend.exists() {
                 return Err(Error::FailedPrecondition(format!(
                     "VM vsock backend {} does not exist (run packaging/setup.sh)",
                     cfg.vsock_backend.display()
                 )));
             }
-            let vhost = dir.join("vsock.vhost");
+            let vhost = vsock_dir(dir).join("vsock.vhost");
             helpers.push(
                 start_helper(
                     "vhost-device-vsock",
+                    // Its own uid cannot walk the root-only state dirs down to its
+                    // sockets: it starts in their dir (entered as root) and names them
+                    // relative to it.
                     Command::new(&cfg.vsock_backend)
+                        .current_dir(&own)
                         .arg("--guest-cid")
                         .arg(GUEST_CID.to_string())
                         .arg("--socket")
-                        .arg(&vhost)
+                        .arg(vhost.file_name().expect("a file name"))
                         .arg("--uds-path")
-                        .arg(uds),
+                        .arg(uds.file_name().expect("a file name")),
                     &dir.join("vsock.log"),
                     &vhost,
                     deadline,
+                    Some(ids.vsock),
                 )
                 .await?,
             );
@@ -310,11 +381,12 @@ impl Hypervisor for Qemu {
                     .args(["--sandbox", "namespace", "--cache", "auto"])
                     // No device nodes made for the guest: a node it made would open the
                     // host's device through virtiofsd.
-                    .arg("--modcaps=-mknod")
+                    .arg("--modcaps=-mknod:-setfcap")
                     .args(["--log-level", "warn"]),
                 &dir.join("virtiofsd.log"),
                 &sock,
                 deadline,
+                None,
             )
             .await;
             match started {
@@ -348,6 +420,7 @@ impl Hypervisor for Qemu {
                                 share.is_some(),
                                 &transport,
                                 nic.map(|n| n.mac.as_str()),
+                                ids,
                             ))
                             .stdin(Stdio::null())
                             .stdout(Stdio::null())
@@ -358,6 +431,7 @@ impl Hypervisor for Qemu {
                             Some((console.as_raw_fd(), CONSOLE_FD)),
                         ],
                         nic.and_then(|n| n.netns),
+                        None,
                     )
                 });
         let qemu = child.and_then(|c| Watched::new("qemu", c));
@@ -423,12 +497,13 @@ async fn start_helper(
     log: &Path,
     socket: &Path,
     deadline: Instant,
+    user: Option<u32>,
 ) -> Result<Watched> {
     let log_file = std::fs::File::create(log).map_err(Error::io(format!("{name} log")))?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file);
-    let mut w = Watched::new(name, spawn_helper(cmd, name)?)?;
+    let mut w = Watched::new(name, spawn_helper(cmd, name, user)?)?;
     while !socket.exists() {
         if w.has_exited() || Instant::now() > deadline {
             w.kill().await;
@@ -455,7 +530,8 @@ mod tests {
             panic!("auto with /dev/vhost-vsock must pick the kernel transport")
         };
         assert!((3..u32::MAX - 1).contains(&cid));
-        let args = qemu_args(&cfg, dir, false, &t, None);
+        let ids = helper_ids(&cfg, dir).unwrap();
+        let args = qemu_args(&cfg, dir, false, &t, None, ids);
         assert!(args.contains(&format!("vhost-vsock-device,guest-cid={cid}")));
         assert!(!args.iter().any(|a| a.contains("vhost-user-vsock")));
         assert!(matches!(
@@ -472,6 +548,31 @@ mod tests {
             choose_transport(&cfg, dir, false),
             Transport::Kernel { .. }
         ));
+    }
+
+    #[test]
+    fn helpers_get_ids_of_their_own_in_the_range() {
+        let cfg = HypervisorConfig::default();
+        let a = helper_ids(&cfg, Path::new("/run/stockade/vm/a")).unwrap();
+        let b = helper_ids(&cfg, Path::new("/run/stockade/vm/b")).unwrap();
+        assert_ne!(a, b);
+        for ids in [a, b] {
+            assert_eq!(ids.vsock, ids.qemu + 1);
+            assert!(ids.qemu >= cfg.helper_id_base);
+            assert!(ids.vsock < cfg.helper_id_base + crate::config::HELPER_IDS);
+        }
+        let t = choose_transport(&cfg, Path::new("/x"), false);
+        let args = qemu_args(&cfg, Path::new("/x"), false, &t, None, a);
+        let runas = args.iter().position(|x| x == "-runas").unwrap();
+        assert_eq!(args[runas + 1], format!("{}:{}", a.qemu, a.qemu));
+        assert!(args.iter().any(|x| x == "/x/jail"));
+        for bad in [0, u32::MAX - 5] {
+            let cfg = HypervisorConfig {
+                helper_id_base: bad,
+                ..HypervisorConfig::default()
+            };
+            assert!(helper_ids(&cfg, Path::new("/x")).is_err());
+        }
     }
 
     #[test]
@@ -503,6 +604,7 @@ mod tests {
             true,
             &hybrid,
             Some("02:00:00:00:00:01"),
+            helper_ids(&HypervisorConfig::default(), Path::new("/x")).unwrap(),
         );
         assert!(
             args.iter()

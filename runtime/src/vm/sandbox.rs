@@ -529,33 +529,36 @@ pub fn list(state_dir: &Path) -> Vec<SandboxInfo> {
     out
 }
 
+/// Whether process `pid` is one of `dir`'s helpers: it names the dir on its command
+/// line, or works in it (the vsock backend, which names its sockets relative to its own
+/// dir). So a recycled pid is never taken for a helper.
+fn works_in(pid: i32, dir: &Path) -> bool {
+    let needle = dir.to_string_lossy();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&cmdline).contains(needle.as_ref())
+        || std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
+}
+
 /// The shim's `delete` after a crash: kill the helpers a sandbox dir names (only if
-/// they still run with that dir on their command line, so a recycled pid is safe),
-/// unmount its share, remove it.
+/// they still work in that dir, so a recycled pid is safe), unmount its share, remove
+/// it.
 pub fn cleanup_dir(dir: &Path) -> Result<()> {
-    let pids = std::fs::read_to_string(dir.join(PIDS_FILE)).unwrap_or_default();
-    let needle = dir.to_string_lossy().into_owned();
-    for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(&needle) {
+    let pids: Vec<i32> = std::fs::read_to_string(dir.join(PIDS_FILE))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    for pid in &pids {
+        if works_in(*pid, dir) {
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
+                nix::unistd::Pid::from_raw(*pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
     }
     // Give the kernel a moment to tear the killed processes' mounts and fds down.
     for _ in 0..50 {
-        let alive = pids
-            .lines()
-            .filter_map(|l| l.trim().parse::<i32>().ok())
-            .any(|p| {
-                std::fs::read(format!("/proc/{p}/cmdline"))
-                    .map(|c| String::from_utf8_lossy(&c).contains(&needle))
-                    .unwrap_or(false)
-            });
-        if !alive {
+        if !pids.iter().any(|p| works_in(*p, dir)) {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
