@@ -4,6 +4,7 @@
 //! metrics, bad input, the isolation boundary, and the faults (qemu killed, agent
 //! silent). Every case checks that nothing is left behind.
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -1380,6 +1381,25 @@ fn helpers_run_with_least_privilege(s: &Suite) -> Result<()> {
             vsock_uid != qemu_uid,
             "qemu and the vsock backend share uid {qemu_uid}"
         );
+        // Its jail: a mount namespace of its own whose read-only root holds its binary,
+        // the libraries and its sockets' dir, and nothing else of the host.
+        let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/mnt")).ok();
+        ensure!(
+            ns(vsock) != ns("self"),
+            "the vsock backend shares the host's mounts"
+        );
+        let jail = PathBuf::from(format!("/proc/{vsock}/root"));
+        let mut seen: Vec<String> = std::fs::read_dir(&jail)?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        seen.sort();
+        ensure!(
+            seen == ["etc", "helper", "lib", "lib64", "usr", "work"],
+            "the vsock backend sees {seen:?}"
+        );
+        let w = std::fs::write(jail.join("planted"), "x");
+        ensure!(w.is_err(), "the vsock backend's root is writable");
         // virtiofsd's serving process: the child of its namespace supervisor.
         let fs = helper_pids(s, "virtiofsd");
         let serving: Vec<&String> = fs

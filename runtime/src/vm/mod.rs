@@ -13,6 +13,7 @@ pub mod agent;
 pub mod cgroup;
 pub mod console;
 pub mod hypervisor;
+pub mod jail;
 pub mod microvm;
 pub mod network;
 pub mod pod;

@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 use crate::config::{Accel, HypervisorConfig, VsockMode};
 use crate::error::{Error, Result};
 use crate::vm::hypervisor::{BootSpec, ExitFuture, Hypervisor};
+use crate::vm::jail::{self, Jail};
 use crate::vm::vsock::Transport;
 use crate::vm::watched::Watched;
+use std::os::unix::process::CommandExt as _;
 use stockade_agent_protocol::SHARE_TAG;
 
 /// The guest CID; each VM has its own vsock backend, so every guest can use the same.
@@ -130,20 +132,26 @@ fn virtiofs_socket(dir: &Path) -> PathBuf {
 
 /// Spawn a helper that dies with the shim: PR_SET_PDEATHSIG fires when the spawning
 /// thread exits, and these are spawned from the runtime's long-lived worker threads.
-fn spawn_helper(cmd: &mut Command, what: &str, user: Option<u32>) -> Result<std::process::Child> {
-    spawn_helper_with_fds(cmd, what, [None, None], None, user)
+fn spawn_helper(
+    cmd: &mut Command,
+    what: &str,
+    user: Option<u32>,
+    jail: Option<Jail>,
+) -> Result<std::process::Child> {
+    spawn_helper_with_fds(cmd, what, [None, None], None, user, jail)
 }
 
 /// As [`spawn_helper`], with each `(fd, number)` of `fds` (open in the parent until
 /// spawn returns) given to the child as that number, and in network namespace `netns`.
 /// With `user`, the child runs as that uid and gid, with no supplementary group, no
-/// capability and no-new-privileges.
+/// capability and no-new-privileges; with `jail`, in that jail (entered as root first).
 fn spawn_helper_with_fds(
     cmd: &mut Command,
     what: &str,
     fds: [Option<(std::os::fd::RawFd, i32)>; 2],
     netns: Option<std::os::fd::RawFd>,
     user: Option<u32>,
+    jail: Option<Jail>,
 ) -> Result<std::process::Child> {
     use std::os::unix::process::CommandExt;
     let mut moved = [-1; 2];
@@ -151,6 +159,9 @@ fn spawn_helper_with_fds(
     // async-signal-safe and touch only the child; nothing is allocated.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(jail) = &jail {
+                jail.enter()?;
+            }
             if let Some(id) = user {
                 // Leaving root drops every capability (no keep-caps, no ambient set).
                 if libc::setgroups(0, std::ptr::null()) != 0
@@ -349,11 +360,11 @@ impl Hypervisor for Qemu {
             helpers.push(
                 start_helper(
                     "vhost-device-vsock",
-                    // Its own uid cannot walk the root-only state dirs down to its
-                    // sockets: it starts in their dir (entered as root) and names them
-                    // relative to it.
-                    Command::new(&cfg.vsock_backend)
-                        .current_dir(&own)
+                    // In a jail holding its binary, its libraries and its sockets' dir
+                    // (at /work), as its own uid; argv[0] names the VM's dir, so it is
+                    // found as one of the VM's helpers.
+                    Command::new(jail::BINARY)
+                        .arg0(own.join("vhost-device-vsock"))
                         .arg("--guest-cid")
                         .arg(GUEST_CID.to_string())
                         .arg("--socket")
@@ -364,6 +375,11 @@ impl Hypervisor for Qemu {
                     &vhost,
                     deadline,
                     Some(ids.vsock),
+                    Some(Jail::new(
+                        &dir.join("vsock-jail"),
+                        &cfg.vsock_backend,
+                        &own,
+                    )?),
                 )
                 .await?,
             );
@@ -386,6 +402,7 @@ impl Hypervisor for Qemu {
                 &dir.join("virtiofsd.log"),
                 &sock,
                 deadline,
+                None,
                 None,
             )
             .await;
@@ -431,6 +448,7 @@ impl Hypervisor for Qemu {
                             Some((console.as_raw_fd(), CONSOLE_FD)),
                         ],
                         nic.and_then(|n| n.netns),
+                        None,
                         None,
                     )
                 });
@@ -498,12 +516,13 @@ async fn start_helper(
     socket: &Path,
     deadline: Instant,
     user: Option<u32>,
+    jail: Option<Jail>,
 ) -> Result<Watched> {
     let log_file = std::fs::File::create(log).map_err(Error::io(format!("{name} log")))?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file);
-    let mut w = Watched::new(name, spawn_helper(cmd, name, user)?)?;
+    let mut w = Watched::new(name, spawn_helper(cmd, name, user, jail)?)?;
     while !socket.exists() {
         if w.has_exited() || Instant::now() > deadline {
             w.kill().await;
