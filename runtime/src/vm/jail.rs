@@ -77,8 +77,8 @@ impl Jail {
     pub unsafe fn enter(&self) -> std::io::Result<()> {
         let err = || Err(std::io::Error::last_os_error());
         let null = std::ptr::null::<libc::c_char>();
-        // SAFETY (for every call below): plain syscalls on NUL-terminated paths prepared
-        // before the fork, alive for the child's life.
+        // SAFETY: plain syscalls (async-signal-safe) on NUL-terminated paths prepared
+        // before the fork, alive for the child's life; no memory is written.
         unsafe {
             if libc::unshare(libc::CLONE_NEWNS) != 0
                 || libc::mount(
