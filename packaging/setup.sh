@@ -25,7 +25,7 @@ BOOKWORM_PKGS=(
   build-essential pkg-config protobuf-compiler
   libseccomp-dev libelf-dev libcap-ng-dev
   containernetworking-plugins
-  qemu-system-x86 cpio xz-utils
+  qemu-system-x86 cpio xz-utils kmod
 )
 
 need_apt=0

@@ -15,6 +15,7 @@ mod fwcfg;
 mod hostile;
 mod init;
 mod logger;
+mod modprobe;
 mod net;
 mod service;
 mod stdio;
@@ -32,6 +33,10 @@ fn main() {
     if args.get(1).map(String::as_str) == Some(helper::HELPER_ARG) {
         std::process::exit(helper::main(&args[2..]));
     }
+    // The kernel's usermode modprobe (modprobe.rs): `/init -q -- <module or alias>`.
+    if modprobe::called_as_modprobe(&args) {
+        std::process::exit(modprobe::main(&args));
+    }
     if std::process::id() != 1 {
         eprintln!(
             "stockade-agent {}: this is the guest's init; it runs as PID 1 inside a Stockade VM, \
@@ -43,7 +48,8 @@ fn main() {
     init::switch_root_to_tmpfs();
     init::early_mounts();
     logger::init();
-    let loaded = init::load_modules(std::path::Path::new("/lib/modules/stockade"));
+    let loaded = init::load_modules(std::path::Path::new(modprobe::DIR));
+    modprobe::install();
     init::enable_cgroup_controllers();
     init::set_hostname("stockade");
     net::loopback_up();

@@ -534,6 +534,91 @@ fn pod_sizing(s: &Suite) -> Result<()> {
     expect_back_to(s, &before, "the sized pod")
 }
 
+/// A pod granted CAP_NET_ADMIN builds a bridge and a veth pair in its own network
+/// namespace; in VM mode the guest kernel loads the modules on demand (they show in
+/// the guest's /proc/modules). Both backends.
+fn net_admin_pod_makes_a_bridge(s: &Suite) -> Result<()> {
+    let env = &s.env;
+    let before = fresh(s);
+    let pc = env.pod_config(&format!("netadm-{}", s.tag), None);
+    let pod = env.run_pod(&pc, HANDLER)?;
+    let mut cc = sleeper(s, "na");
+    if let Some(sc) = cc.linux.as_mut().and_then(|l| l.security_context.as_mut()) {
+        sc.capabilities = Some(cri::Capability {
+            add_capabilities: vec!["NET_ADMIN".into()],
+            ..Default::default()
+        });
+    }
+    let c = env.start_container(&pod, &pc, cc)?;
+    let out = env.sh(
+        &c,
+        "ip link add br0 type bridge && ip link add v0 type veth peer name v1 && \
+         ip link set v0 master br0 && ip link set br0 up && ip -o link",
+    )?;
+    ensure!(
+        out.contains("br0:")
+            && out
+                .lines()
+                .any(|l| l.contains("v0") && l.contains("master br0")),
+        "bridge and veth in a NET_ADMIN pod: {out}"
+    );
+    if s.vm {
+        let mods = env.sh(&c, "cut -d' ' -f1 /proc/modules")?;
+        for m in ["bridge", "veth"] {
+            ensure!(
+                mods.lines().any(|l| l == m),
+                "{m} not loaded in the guest: {mods}"
+            );
+        }
+    }
+    env.remove_pod(&pod)?;
+    expect_back_to(s, &before, "the NET_ADMIN pod")
+}
+
+/// A pod asking for the host's network (`hostNetwork: true`): the container backend
+/// gives it the host's namespace; VM mode refuses it through CRI, naming the field,
+/// and leaves nothing behind (never a VM with its own network instead).
+fn host_network_pod(s: &Suite) -> Result<()> {
+    let env = &s.env;
+    let before = fresh(s);
+    let mut pc = env.pod_config(&format!("hostnet-{}", s.tag), None);
+    if let Some(o) = pc
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|c| c.namespace_options.as_mut())
+    {
+        o.network = cri::NamespaceMode::Node as i32;
+    }
+    let pod = env.run_pod(&pc, HANDLER);
+    if s.vm {
+        let err = match pod {
+            Ok(id) => {
+                let _ = env.remove_pod(&id);
+                bail!("a hostNetwork pod started in VM mode")
+            }
+            Err(e) => format!("{e:#}"),
+        };
+        ensure!(
+            err.contains("hostNetwork"),
+            "the refusal does not name the field: {err}"
+        );
+        ensure!(qemu_pids(s).is_empty(), "a VM is left: {:?}", qemu_pids(s));
+    } else {
+        let pod = pod?;
+        let c = env.start_container(&pod, &pc, sleeper(s, "hn"))?;
+        let inside = env.sh(&c, "readlink /proc/self/ns/net")?;
+        let host = std::fs::read_link("/proc/self/ns/net")?;
+        ensure!(
+            inside.trim() == host.display().to_string(),
+            "hostNetwork container in {inside}, host in {}",
+            host.display()
+        );
+        env.remove_pod(&pod)?;
+    }
+    expect_back_to(s, &before, "the hostNetwork pod")
+}
+
 /// SECURITY 18 (CVE-2020-2026's pattern): a guest can write into the pod's share, so it
 /// can plant symlinks there that point at host paths. The host must never follow them:
 /// removing a container's part of the share, and the share itself at teardown, removes
@@ -767,6 +852,8 @@ fn run_suite(mode: &'static str, extra: &str, base_port: i32) -> (usize, usize) 
         ("pod_sizing", pod_sizing),
         ("shim_killed", shim_killed),
         ("create_remove_cycles", create_remove_cycles),
+        ("host_network_pod", host_network_pod),
+        ("net_admin_pod_makes_a_bridge", net_admin_pod_makes_a_bridge),
     ];
     if suite.vm {
         cases.push((

@@ -938,6 +938,7 @@ fn main() {
             "vm_helpers_run_with_least_privilege",
             helpers_run_with_least_privilege,
         ),
+        ("vm_host_namespace_pods", host_namespace_pods),
     ];
     let (passed, failed) = stockade_integration::run_cases(&suite, cases, |s| s.ctd.log());
     drop(suite);
@@ -1440,4 +1441,75 @@ fn helpers_run_with_least_privilege(s: &Suite) -> Result<()> {
     cleanup(s, id);
     result?;
     expect_clean(s, id)
+}
+
+/// A container asking for the host's namespaces (`ctr run --net-host`, Docker's
+/// `--network host`, `--pid host`) is refused in VM mode, naming what it asked for; with
+/// `[hypervisor] host_namespace_pods = "container"` it runs with the container backend
+/// (the host's kernel), never silently in a VM with namespaces of its own.
+fn host_namespace_pods(s: &Suite) -> Result<()> {
+    let out = s.ctd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--net-host",
+        IMAGE,
+        "vhostns1",
+        "true",
+    ]);
+    ensure!(
+        !out.ok() && out.stderr.contains("hostNetwork (Docker: --network host)"),
+        "--net-host in VM mode: {out:?}"
+    );
+    let _ = s.ctd.ctr(&["container", "delete", "vhostns1"]);
+    expect_clean(s, "vhostns1")?;
+    let cfg = s.ctd.dir.path().join("hostns.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[runtime]\nmode = \"vm\"\nstate_dir = \"{}\"\n{}host_namespace_pods = \"container\"\n",
+            s.ctd.stockade_state.display(),
+            hypervisor_toml(&guest_config())
+        ),
+    )?;
+    let out = s.ctd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        &cfg.display().to_string(),
+        "--net-host",
+        IMAGE,
+        "vhostns2",
+        "uname",
+        "-r",
+    ]);
+    expect_code(&out, 0, "--net-host with host_namespace_pods = container")?;
+    ensure!(
+        out.stdout.trim() == host_release(),
+        "ran in {} rather than the host's kernel",
+        out.stdout.trim()
+    );
+    expect_clean(s, "vhostns2")?;
+    let Ok(d) = docker_of(s) else { return Ok(()) };
+    for flag in [["--network", "host"], ["--pid", "host"]] {
+        let out = d.docker(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            flag[0],
+            flag[1],
+            IMAGE,
+            "true",
+        ]);
+        let want = format!("{} {}", flag[0], flag[1]);
+        ensure!(
+            !out.ok() && out.stderr.contains(&want),
+            "docker {want} in VM mode: {out:?}"
+        );
+    }
+    expect_no_vm_leaks(s)
 }

@@ -69,6 +69,62 @@ for m in "${modules[@]}"; do
   fi
   echo "$name" >>"$work/lib/modules/stockade/order"
 done
+
+# What a pod may use of its own VM's kernel beyond the boot set, loaded on demand: the
+# kernel asks for a module by name or alias (`ip link add … type bridge` asks for
+# rtnl-link-bridge) through /proc/sys/kernel/modprobe, which the agent points at itself
+# (agent/src/modprobe.rs). Shipped with their dependencies and two tables: the kernel's
+# aliases of these modules, and each module's dependencies in load order.
+features=(
+  bridge br_netfilter veth tun macvlan ipvlan vxlan dummy
+  nf_tables nft_chain_nat nft_ct nft_nat nft_masq nft_compat nft_reject_inet nft_fib_inet
+  ip_tables iptable_filter iptable_nat iptable_mangle iptable_raw
+  ip6_tables ip6table_filter ip6table_nat ip6table_mangle
+  xt_MASQUERADE xt_conntrack xt_addrtype xt_nat xt_comment xt_mark xt_multiport xt_tcpudp
+  xt_REDIRECT xt_state
+)
+kmods=$KROOT/lib/modules/$kver
+depmod -b "$KROOT" "$kver"
+declare -A modpath moddeps
+while IFS= read -r line; do
+  path=${line%%:*}
+  name=$(basename "$path"); name=${name%.xz}; name=${name%.ko}; name=${name//-/_}
+  modpath[$name]=$path
+  deps=""
+  for d in ${line#*:}; do
+    dn=$(basename "$d"); dn=${dn%.xz}; dn=${dn%.ko}; deps="$deps ${dn//-/_}"
+  done
+  moddeps[$name]=$deps
+done <"$kmods/modules.dep"
+declare -A shipped
+load_order() { # name -> the names it needs, deepest first, then itself
+  local m=$1 d
+  for d in ${moddeps[$m]:-}; do load_order "$d"; done
+  echo "$m"
+}
+: >"$work/lib/modules/stockade/modules.dep"
+for f in "${features[@]}"; do
+  f=${f//-/_}
+  [ -n "${modpath[$f]:-}" ] || { echo "guest module $f: not in $kver, skipped" >&2; continue; }
+  order=$(load_order "$f" | awk '!seen[$0]++')
+  for m in $order; do
+    [ -n "${shipped[$m]:-}" ] && continue
+    shipped[$m]=1
+    src=$kmods/${modpath[$m]}
+    dst=$work/lib/modules/stockade/$m.ko
+    [ -e "$dst" ] && continue
+    case "$src" in
+      *.xz) xz -dc "$src" >"$dst" ;;
+      *) cp "$src" "$dst" ;;
+    esac
+  done
+done
+for m in "${!shipped[@]}"; do
+  echo "$m: $(load_order "$m" | awk '!seen[$0]++' | grep -vx "$m" | tr '\n' ' ')"
+done | sort >"$work/lib/modules/stockade/modules.dep"
+awk 'NR==FNR { ok[$1] = 1; next } $1 == "alias" { m = $3; gsub("-", "_", m); if (m in ok) print $2, m }' \
+  <(printf '%s\n' "${!shipped[@]}") "$kmods/modules.alias" >"$work/lib/modules/stockade/modules.alias"
+
 mkdir -p "$OUT"
 (cd "$work" && find . -print0 | sort -z | cpio --null -o -H newc --quiet --owner=0:0) | gzip -6 >"$OUT/initrd.img.tmp"
 mv "$OUT/initrd.img.tmp" "$OUT/initrd.img"

@@ -82,6 +82,19 @@ impl Default for RuntimeConfig {
     }
 }
 
+/// What VM mode does with a pod that asks for one of the host's namespaces (network,
+/// IPC, PID, UTS: Kubernetes' hostNetwork, hostIPC, hostPID; Docker's `--network host`,
+/// `--ipc host`, `--pid host`, `--uts host`), which a VM cannot give it.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostNamespacePods {
+    /// Refuse it at RunPodSandbox / Create, naming the field.
+    Refuse,
+    /// Run it with the container backend (shares the host kernel: the weaker tier),
+    /// with a log line saying why.
+    Container,
+}
+
 /// The host side of the guest's vsock device.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -127,6 +140,9 @@ pub struct HypervisorConfig {
     /// [`HELPER_IDS`](crate::config::HELPER_IDS) ids starting here, none of them a
     /// user of the host. Pick a range no host user or subuid range uses.
     pub helper_id_base: u32,
+    /// Pods asking for the host's network, IPC, PID or UTS namespace: refused, or run
+    /// with the container backend. Never given the VM's namespaces silently.
+    pub host_namespace_pods: HostNamespacePods,
 }
 
 /// How many host ids VM helpers may take, from `[hypervisor] helper_id_base`.
@@ -149,6 +165,7 @@ impl Default for HypervisorConfig {
             boot_timeout_secs: 30,
             allow_privileged: false,
             helper_id_base: 1_900_000_000,
+            host_namespace_pods: HostNamespacePods::Refuse,
         }
     }
 }

@@ -272,7 +272,8 @@ impl Runtime {
             return Ok(b.clone());
         }
         let annotations = spec.annotations().clone().unwrap_or_default();
-        let selection = select(config, &annotations, || probe_kvm(&RealHost))?;
+        let host_ns = crate::select::host_namespaces(spec);
+        let selection = select(config, &annotations, &host_ns, || probe_kvm(&RealHost))?;
         log::info!(id, backend:? = selection.backend, reason = selection.reason.as_str(); "backend selected");
         let b = backend::for_pod(selection.backend, &self.inner.host)?;
         *slot = Some(b.clone());

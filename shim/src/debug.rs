@@ -56,7 +56,7 @@ fn check() -> Result<()> {
         }
     );
     println!("mode: {}", config.runtime.mode);
-    match select(&config, &Default::default(), || probe.clone()) {
+    match select(&config, &Default::default(), &[], || probe.clone()) {
         Ok(sel) => {
             let backend = match sel.backend {
                 Backend::Container => "container (shares the host kernel: the weaker tier)".into(),
