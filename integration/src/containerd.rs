@@ -167,6 +167,26 @@ state = "{state}"
         self.ctr(&a)
     }
 
+    /// `ctr run --rm --runtime stockade [--runtime-config-path CONFIG] EXTRA... IMAGE ID
+    /// ARGS...`
+    pub fn run_rm_with(
+        &self,
+        config: Option<&Path>,
+        extra: &[&str],
+        id: &str,
+        args: &[&str],
+    ) -> Out {
+        let config = config.map(|c| c.display().to_string());
+        let mut a = vec!["run", "--rm", "--runtime", RUNTIME];
+        if let Some(c) = &config {
+            a.extend(["--runtime-config-path", c.as_str()]);
+        }
+        a.extend_from_slice(extra);
+        a.extend([IMAGE, id]);
+        a.extend_from_slice(args);
+        self.ctr(&a)
+    }
+
     /// `ctr run -d --runtime stockade IMAGE ID ARGS...`
     pub fn run_detached(&self, id: &str, args: &[&str]) -> Result<()> {
         let mut a = vec!["run", "-d", "--runtime", RUNTIME, IMAGE, id];

@@ -1448,16 +1448,9 @@ fn helpers_run_with_least_privilege(s: &Suite) -> Result<()> {
 /// `[hypervisor] host_namespace_pods = "container"` it runs with the container backend
 /// (the host's kernel), never silently in a VM with namespaces of its own.
 fn host_namespace_pods(s: &Suite) -> Result<()> {
-    let out = s.ctd.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        "--net-host",
-        IMAGE,
-        "vhostns1",
-        "true",
-    ]);
+    let out = s
+        .ctd
+        .run_rm_with(None, &["--net-host"], "vhostns1", &["true"]);
     ensure!(
         !out.ok() && out.stderr.contains("hostNetwork (Docker: --network host)"),
         "--net-host in VM mode: {out:?}"
@@ -1473,19 +1466,9 @@ fn host_namespace_pods(s: &Suite) -> Result<()> {
             hypervisor_toml(&guest_config())
         ),
     )?;
-    let out = s.ctd.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        "--runtime-config-path",
-        &cfg.display().to_string(),
-        "--net-host",
-        IMAGE,
-        "vhostns2",
-        "uname",
-        "-r",
-    ]);
+    let out = s
+        .ctd
+        .run_rm_with(Some(&cfg), &["--net-host"], "vhostns2", &["uname", "-r"]);
     expect_code(&out, 0, "--net-host with host_namespace_pods = container")?;
     ensure!(
         out.stdout.trim() == host_release(),
