@@ -590,6 +590,8 @@ fn host_network_pod(s: &Suite) -> Result<()> {
     {
         o.network = cri::NamespaceMode::Node as i32;
     }
+    // As kubelet sends it: a hostNetwork pod has the node's hostname, so none is set.
+    pc.hostname = String::new();
     let pod = env.run_pod(&pc, HANDLER);
     if s.vm {
         let err = match pod {

@@ -1017,16 +1017,9 @@ fn specs_never_reach_a_command_line(s: &Suite) -> Result<()> {
         "sleep",
         "100",
     ]);
-    let exec = s.ctd.ctr(&[
-        "task",
-        "exec",
-        "--exec-id",
-        "x1",
-        "--env",
-        &env,
-        "argv1",
-        "true",
-    ]);
+    let exec = s
+        .ctd
+        .ctr(&["task", "exec", "--exec-id", "x1", "argv1", "true"]);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (seen, scans) = watcher.join().expect("watcher");
     s.ctd.remove("argv1");
