@@ -58,7 +58,8 @@ pub fn report_sandbox_memory(state: &str, shim_pattern: &str, guest_mib: u32) ->
     for (name, pattern) in [
         ("qemu", format!("qemu-system.*{state}")),
         ("virtiofsd", format!("virtiofsd.*{state}")),
-        ("vhost-device-vsock", format!("vhost-device-vsock.*{state}")),
+        // Its argv[0] names its dir, before its name.
+        ("vhost-device-vsock", format!("{state}.*vhost-device-vsock")),
         ("shim", shim_pattern.to_string()),
     ] {
         let mut kib = 0;
