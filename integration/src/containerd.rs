@@ -209,6 +209,21 @@ state = "{state}"
             .with_context(|| format!("no pid for {id} in: {}", ls.stdout))
     }
 
+    /// `ctr events` running in the background into `<dir>/<name>`, from now on.
+    pub fn events(&self, name: &str) -> Result<EventLog> {
+        let path = self.dir.path().join(name);
+        let child = self
+            .ctr_cmd()
+            .arg("events")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&path)?)
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        // Let it subscribe before anything happens.
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(EventLog { child, path })
+    }
+
     /// Kill a container's task, then delete it and the container (best effort).
     pub fn remove(&self, id: &str) {
         let _ = self.ctr(&["task", "kill", "--signal", "SIGKILL", id]);
@@ -304,6 +319,21 @@ state = "{state}"
             .filter(|l| l.contains(&addr))
             .map(String::from)
             .collect()
+    }
+}
+
+/// A background `ctr events` ([`TestContainerd::events`]).
+pub struct EventLog {
+    child: std::process::Child,
+    path: PathBuf,
+}
+
+impl EventLog {
+    /// Stop it; what it printed.
+    pub fn stop(mut self) -> Result<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        Ok(std::fs::read_to_string(&self.path)?)
     }
 }
 

@@ -139,34 +139,6 @@ pub fn remove_within(ctd: &TestContainerd, id: &str, limit: Duration) -> Result<
     Ok(took)
 }
 
-/// `ctr events` running in the background, into a file.
-pub struct EventLog {
-    child: std::process::Child,
-    path: PathBuf,
-}
-
-impl EventLog {
-    pub fn start(ctd: &TestContainerd, name: &str) -> Result<EventLog> {
-        let path = ctd.dir.path().join(name);
-        let child = ctd
-            .ctr_cmd()
-            .arg("events")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::fs::File::create(&path)?)
-            .stderr(std::process::Stdio::null())
-            .spawn()?;
-        std::thread::sleep(Duration::from_millis(300));
-        Ok(EventLog { child, path })
-    }
-
-    pub fn stop(mut self) -> Result<String> {
-        std::thread::sleep(Duration::from_millis(300));
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        Ok(std::fs::read_to_string(&self.path)?)
-    }
-}
-
 /// Mount points whose path contains `needle` (mountinfo's escapes decoded enough for
 /// the names the tests use).
 pub fn mounts_containing(needle: &str) -> Vec<String> {

@@ -717,16 +717,7 @@ fn docker_bad_input(s: &Suite) -> Result<()> {
 }
 
 fn events_are_ordered_and_oom_reported(s: &Suite) -> Result<()> {
-    let log = s.ctd.dir.path().join("events.log");
-    let mut events = s
-        .ctd
-        .ctr_cmd()
-        .arg("events")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::fs::File::create(&log)?)
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    std::thread::sleep(Duration::from_millis(300));
+    let events = s.ctd.events("events.log")?;
     let out = s.ctd.run_rm("ev1", &["echo", "hi"]);
     s.ctd.run_detached("ev2", &["sleep", "1000"])?;
     let exec = s
@@ -750,11 +741,9 @@ fn events_are_ordered_and_oom_reported(s: &Suite) -> Result<()> {
         "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo ${#x}",
     ]);
     std::thread::sleep(Duration::from_millis(500));
-    let _ = events.kill();
-    let _ = events.wait();
+    let text = events.stop()?;
     expect_code(&out, 0, "ev1")?;
     expect_code(&oom, 137, "OOM-killed container")?;
-    let text = std::fs::read_to_string(&log)?;
     let topics: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("\"ev1\""))

@@ -417,16 +417,7 @@ fn exec_ps_metrics_pause_kill(s: &Suite) -> Result<()> {
 /// Events of a VM container arrive in containerd's order, and an OOM kill inside the
 /// guest (memory limit enforced by the guest's cgroup) is reported as TaskOOM.
 fn events_are_ordered_and_oom_reported(s: &Suite) -> Result<()> {
-    let log = s.ctd.dir.path().join("vm-events.log");
-    let mut events = s
-        .ctd
-        .ctr_cmd()
-        .arg("events")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::fs::File::create(&log)?)
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    std::thread::sleep(Duration::from_millis(300));
+    let events = s.ctd.events("vm-events.log")?;
     let out = s.ctd.run_rm("vev1", &["echo", "hi"]);
     let oom = s.ctd.ctr(&[
         "run",
@@ -444,11 +435,9 @@ fn events_are_ordered_and_oom_reported(s: &Suite) -> Result<()> {
         "count=1",
     ]);
     std::thread::sleep(Duration::from_millis(500));
-    let _ = events.kill();
-    let _ = events.wait();
+    let text = events.stop()?;
     expect_code(&out, 0, "vev1")?;
     expect_code(&oom, 137, "OOM-killed container in the VM")?;
-    let text = std::fs::read_to_string(&log)?;
     let topics: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("\"vev1\""))
@@ -958,7 +947,7 @@ fn hostile_reports(s: &Suite) -> Result<()> {
     let (victim, id) = ("hvictim", "hreport");
     s.ctd.run_detached(victim, &["sleep", "1000"])?;
     let result = (|| -> Result<()> {
-        let events = hostile::EventLog::start(&s.ctd, "hostile-events.log")?;
+        let events = s.ctd.events("hostile-events.log")?;
         hostile::run_hostile(&s.ctd, id, &format!("oom={victim},flood=200000"), &[])?;
         let before = hostile::shim_rss_kib(&s.ctd, id)?;
         // The flood takes the guest about 5 s to send; the host keeps polling.
@@ -973,6 +962,7 @@ fn hostile_reports(s: &Suite) -> Result<()> {
             "the pod stopped answering after the flood: {}",
             ps.stderr
         );
+        std::thread::sleep(Duration::from_millis(300));
         let text = events.stop()?;
         ensure!(
             !text
@@ -1188,17 +1178,7 @@ fn namespace_paths_outside_the_pod_are_refused(s: &Suite) -> Result<()> {
         .enumerate()
         {
             let id = format!("vns{n}");
-            let out = s.ctd.ctr(&[
-                "run",
-                "--rm",
-                "--runtime",
-                RUNTIME,
-                "--with-ns",
-                ns,
-                IMAGE,
-                &id,
-                "true",
-            ]);
+            let out = s.ctd.run_rm_with(None, &["--with-ns", ns], &id, &["true"]);
             ensure!(
                 !out.ok() && out.stderr.contains(want),
                 "{ns}: want a refusal naming {want:?}: {out:?}"

@@ -9,6 +9,7 @@ pub mod error;
 pub mod exits;
 pub mod linux;
 pub mod mounts;
+mod private;
 pub mod probe;
 mod process;
 pub mod runtime;

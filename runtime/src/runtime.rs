@@ -651,7 +651,7 @@ fn prepare(req: &CreateRequest, dirs: &ContainerDirs, mounted: &mut Option<PathB
     // Root alone walks the state dirs (`<state_dir>/<namespace>/<id>`): what is in them
     // (specs, option files, sockets) is nobody else's business.
     for dir in dirs.state.ancestors().take(3) {
-        set_mode(dir, 0o700);
+        crate::private::restrict_dir(dir);
     }
     if req.rootfs.is_empty() {
         return Ok(());
@@ -661,11 +661,6 @@ fn prepare(req: &CreateRequest, dirs: &ContainerDirs, mounted: &mut Option<PathB
     mounts::mount_all(&req.rootfs, &target)?;
     *mounted = Some(target);
     Ok(())
-}
-
-fn set_mode(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
 }
 
 /// The state machine and the order of events, through a fake backend.

@@ -114,17 +114,7 @@ pub async fn run(
     // root can read, never the command line every local user can.
     let req_path = scratch.join(format!("{name}.req.json"));
     let json = serde_json::to_vec(req).map_err(|e| Error::Backend(e.to_string()))?;
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&req_path)
-            .and_then(|mut f| f.write_all(&json))
-            .map_err(Error::io("write the helper request"))?;
-    }
+    crate::private::write_new(&req_path, &json).map_err(Error::io("write the helper request"))?;
     let raw: [i32; 3] = [0, 1, 2].map(|i| stdio[i].as_ref().map_or(-1, |f| f.as_raw_fd()));
     let mut cmd = Command::new(exe.path());
     cmd.arg(HELPER_ARG)

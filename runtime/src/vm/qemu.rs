@@ -113,16 +113,8 @@ fn secret_file(dir: &Path) -> PathBuf {
 }
 
 fn write_secret(path: &Path, secret: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let _ = std::fs::remove_file(path);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut f| f.write_all(secret.as_bytes()))
-        .map_err(Error::io("write the VM secret"))
+    crate::private::write_new(path, secret.as_bytes()).map_err(Error::io("write the VM secret"))
 }
 
 /// The virtio-fs socket QEMU connects to (virtiofsd serves it).

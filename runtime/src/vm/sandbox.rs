@@ -94,7 +94,7 @@ impl Sandbox {
             cleanup_dir(&dir)?;
         }
         std::fs::create_dir_all(&dir).map_err(Error::io(format!("create {}", dir.display())))?;
-        set_private(&dir);
+        crate::private::restrict_dir(&dir);
         let _ = std::fs::write(dir.join(ID_FILE), format!("{namespace}\n{id}\n"));
         let share = match Share::create(&dir.join("share")) {
             Ok(s) => s,
@@ -339,6 +339,12 @@ impl Sandbox {
     /// [`teardown`](Self::teardown).
     pub async fn stop_guest(&self, why: &str) {
         log::error!(sandbox = self.id.as_str(), why; "stopping the VM: the guest did not cooperate");
+        self.mark_dead().await;
+    }
+
+    /// The VM is gone or must go: mark it dead, kill what is left of it, and report
+    /// every process of the pod exited with [`VM_DIED_EXIT`].
+    async fn mark_dead(&self) {
         self.dead.send_replace(true);
         if let Some(vm) = self.vm.lock().await.as_mut() {
             vm.kill().await;
@@ -441,11 +447,6 @@ fn guest_config(config: &Config) -> Result<String> {
     toml::to_string(&Guest { container }).map_err(|e| Error::Backend(format!("guest config: {e}")))
 }
 
-fn set_private(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-}
-
 /// Guest exits and OOM kills into host events; when qemu dies, every process of the
 /// VM exits with [`VM_DIED_EXIT`] and the helpers are stopped.
 async fn pump(
@@ -485,11 +486,7 @@ async fn pump(
     }
     let Some(sb) = sandbox.upgrade() else { return };
     log::error!(sandbox = sb.id.as_str(), console:% = sb.console_log().display(); "the VM died; every process of the sandbox is reported exited");
-    sb.dead.send_replace(true);
-    sb.exits.close(VM_DIED_EXIT);
-    if let Some(vm) = sb.vm.lock().await.as_mut() {
-        vm.kill().await;
-    }
+    sb.mark_dead().await;
 }
 
 /// A running sandbox as the debugging CLI lists it.

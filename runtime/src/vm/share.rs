@@ -323,30 +323,18 @@ impl Share {
             root: root.to_path_buf(),
             mounts: Mutex::new(HashMap::new()),
         };
-        let made = nix::mount::mount(
-            Some(root),
-            root,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .and_then(|()| {
-            nix::mount::mount(
-                None::<&str>,
-                root,
-                None::<&str>,
+        // A bind of itself, then nosuid and nodev on it, then shared.
+        let made = [
+            (Some(root), MsFlags::MS_BIND),
+            (
+                None,
                 MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                None::<&str>,
-            )
-        })
-        .and_then(|()| {
-            nix::mount::mount(
-                None::<&str>,
-                root,
-                None::<&str>,
-                MsFlags::MS_SHARED,
-                None::<&str>,
-            )
+            ),
+            (None, MsFlags::MS_SHARED),
+        ]
+        .into_iter()
+        .try_for_each(|(source, flags)| {
+            nix::mount::mount(source, root, None::<&str>, flags, None::<&str>)
         });
         if let Err(e) = made {
             let _ = share.destroy();
