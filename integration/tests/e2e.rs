@@ -384,7 +384,25 @@ fn bad_input_fails_cleanly(s: &Suite) -> Result<()> {
         "missing binary: {out:?}"
     );
     expect_clean(s, NAMESPACE, "bad4")?;
-    for id in ["bad1", "bad2", "bad3", "bad4"] {
+
+    // A failure inside the container's init names its cause, not only the step.
+    let out = s.ctd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--mount",
+        "type=bind,src=/nonexistent/bind-source,dst=/mnt,options=rbind",
+        IMAGE,
+        "bad5",
+        "true",
+    ]);
+    ensure!(
+        !out.ok() && out.stderr.contains("/nonexistent/bind-source"),
+        "missing bind source: {out:?}"
+    );
+    expect_clean(s, NAMESPACE, "bad5")?;
+    for id in ["bad1", "bad2", "bad3", "bad4", "bad5"] {
         let _ = s.ctd.ctr(&["container", "delete", id]);
     }
     Ok(())

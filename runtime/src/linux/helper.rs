@@ -149,6 +149,7 @@ pub async fn run(
     let text = std::fs::read_to_string(&resp_path).unwrap_or_default();
     let _ = std::fs::remove_file(&resp_path);
     let _ = std::fs::remove_file(&req_path);
+    let _ = std::fs::remove_file(scratch.join(format!("{name}.json.trace")));
     let resp: Response = serde_json::from_str(&text).unwrap_or_else(|_| Response {
         pid: None,
         error: Some(format!(
@@ -168,12 +169,14 @@ pub fn main(args: &[String]) -> i32 {
         return 2;
     };
     let json = std::fs::read(req_path).unwrap_or_default();
+    let trace = PathBuf::from(format!("{resp_path}.trace"));
+    crate::linux::trace::catch(&trace);
     let resp = match serde_json::from_slice::<Request>(&json) {
         Ok(req) => match handle(req) {
             Ok(pid) => Response { pid, error: None },
             Err(e) => Response {
                 pid: None,
-                error: Some(e),
+                error: Some(crate::linux::trace::explain(e, &trace)),
             },
         },
         Err(e) => Response {
@@ -181,6 +184,7 @@ pub fn main(args: &[String]) -> i32 {
             error: Some(format!("bad helper request: {e}")),
         },
     };
+    let _ = std::fs::remove_file(&trace);
     let ok = resp.error.is_none();
     let text = serde_json::to_string(&resp).unwrap_or_default();
     if std::fs::write(resp_path, text).is_err() {

@@ -8,6 +8,7 @@ pub mod oom;
 pub mod sealed;
 pub mod seccomp;
 pub mod stats;
+pub mod trace;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
