@@ -2,14 +2,16 @@
 //!
 //! Boot: mount /proc, /sys, /dev, /run and the cgroup2 hierarchy, load the kernel
 //! modules shipped beside it (in the order `/lib/modules/stockade/order` lists), set
-//! the hostname, then serve the agent protocol with ttrpc on vsock port 1024 and the
-//! process stdio streams on port 1025, while a thread reaps every child.
+//! the hostname, then serve the agent protocol with ttrpc on vsock port 1024, the
+//! process stdio streams on port 1025 and forwarded connections on port 1026, while a
+//! thread reaps every child.
 //!
 //! Containers run through the same runtime the host's container backend uses
 //! (`stockade_runtime::Runtime` in container mode: libcontainer from a sealed copy of
 //! this binary, Stockade's hardening, cgroups v2 inside the guest). Its libcontainer
 //! helper is this binary re-executed with the helper argument.
 
+mod forward;
 mod fwcfg;
 #[cfg(feature = "hostile")]
 mod hostile;
@@ -23,7 +25,7 @@ mod stdio;
 use std::sync::Arc;
 
 use stockade_agent_protocol::asynchronous::agent_ttrpc::create_agent;
-use stockade_agent_protocol::{AGENT_PORT, SECRET_FW_CFG, SECRET_LEN, STDIO_PORT};
+use stockade_agent_protocol::{AGENT_PORT, FORWARD_PORT, SECRET_FW_CFG, SECRET_LEN, STDIO_PORT};
 use stockade_runtime::exits::Exits;
 use stockade_runtime::linux::helper;
 
@@ -76,10 +78,15 @@ fn main() {
 
 async fn serve(exits: Exits, loaded: Vec<String>, secret: Arc<[u8]>) {
     let svc = Arc::new(service::AgentService::new(exits, loaded, secret.clone()));
-    if let Err(e) = stdio::listen(STDIO_PORT, secret) {
-        init::fatal(&format!(
-            "cannot listen for stdio on vsock port {STDIO_PORT}: {e}"
-        ));
+    for (port, what, serve) in [
+        (STDIO_PORT, "stdio", stdio::serve_stream as fn(_, &[u8])),
+        (FORWARD_PORT, "port forwarding", forward::serve),
+    ] {
+        if let Err(e) = stdio::listen(port, secret.clone(), serve) {
+            init::fatal(&format!(
+                "cannot listen for {what} on vsock port {port}: {e}"
+            ));
+        }
     }
     let addr = format!("vsock://-1:{AGENT_PORT}");
     let server = ttrpc::asynchronous::Server::new()

@@ -390,6 +390,7 @@ impl Agent for AgentService {
                 capabilities::SHUTDOWN,
                 capabilities::CONTAINERS,
                 capabilities::VIRTIOFS,
+                capabilities::PORT_FORWARD,
             ]
             .map(String::from)
             .to_vec(),

@@ -79,8 +79,13 @@ pub fn remove_container(container_id: &str) {
     let _ = std::fs::remove_dir_all(Path::new(IO_DIR).join(container_id));
 }
 
-/// Listen on the stdio port; a thread accepts and one thread per stream copies.
-pub fn listen(port: u32, secret: std::sync::Arc<[u8]>) -> nix::Result<()> {
+/// Listen on a vsock stream port (stdio, port forwarding); a thread accepts and one
+/// thread per stream runs `serve` on it.
+pub fn listen(
+    port: u32,
+    secret: std::sync::Arc<[u8]>,
+    serve: fn(OwnedFd, &[u8]),
+) -> nix::Result<()> {
     let fd = socket(
         AddressFamily::Vsock,
         SockType::Stream,
@@ -96,10 +101,10 @@ pub fn listen(port: u32, secret: std::sync::Arc<[u8]>) -> nix::Result<()> {
                     // SAFETY: accept4 returned a new fd that nothing else owns.
                     let conn = unsafe { OwnedFd::from_raw_fd(conn) };
                     let secret = secret.clone();
-                    std::thread::spawn(move || serve_stream(conn, &secret));
+                    std::thread::spawn(move || serve(conn, &secret));
                 }
                 Err(e) => {
-                    log::warn!(error:% = e; "stdio accept failed");
+                    log::warn!(port, error:% = e; "vsock accept failed");
                     std::thread::sleep(std::time::Duration::from_millis(100));
                 }
             }
@@ -108,7 +113,21 @@ pub fn listen(port: u32, secret: std::sync::Arc<[u8]>) -> nix::Result<()> {
     Ok(())
 }
 
-fn read_header(conn: &mut File) -> Option<String> {
+/// The stream's header line, read within a bounded time: whoever connected has a moment
+/// to name the stream and prove who it is.
+pub fn read_header(conn: &mut File) -> Option<String> {
+    let limit = nix::sys::time::TimeVal::new(10, 0);
+    let _ = nix::sys::socket::setsockopt(&*conn, nix::sys::socket::sockopt::ReceiveTimeout, &limit);
+    let header = read_line(conn);
+    let _ = nix::sys::socket::setsockopt(
+        &*conn,
+        nix::sys::socket::sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::new(0, 0),
+    );
+    header
+}
+
+fn read_line(conn: &mut File) -> Option<String> {
     let mut line = Vec::with_capacity(64);
     let mut byte = [0u8; 1];
     while line.len() <= MAX_STDIO_HEADER {
@@ -121,18 +140,10 @@ fn read_header(conn: &mut File) -> Option<String> {
     None
 }
 
-fn serve_stream(conn: OwnedFd, secret: &[u8]) {
+pub fn serve_stream(conn: OwnedFd, secret: &[u8]) {
     let raw = conn.as_raw_fd();
     let mut conn = File::from(conn);
-    // Whoever connected has a moment to name the stream and prove who it is.
-    let limit = nix::sys::time::TimeVal::new(10, 0);
-    let _ = nix::sys::socket::setsockopt(&conn, nix::sys::socket::sockopt::ReceiveTimeout, &limit);
     let header = read_header(&mut conn);
-    let _ = nix::sys::socket::setsockopt(
-        &conn,
-        nix::sys::socket::sockopt::ReceiveTimeout,
-        &nix::sys::time::TimeVal::new(0, 0),
-    );
     let Some((id, exec, stream)) = header.and_then(|h| parse_stdio_header(&h, secret)) else {
         log::warn!("stdio stream with a bad header or a wrong secret; closed");
         return;

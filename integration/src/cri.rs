@@ -407,6 +407,48 @@ impl CriEnv {
         })
     }
 
+    /// Port-forward through the CRI streaming server, as kubectl does: the URL from
+    /// PortForward, then a WebSocket session on `v4.channel.k8s.io`, the portforward
+    /// protocol's WebSocket flavour (kubectl's SPDY flavour ends in the same dial inside
+    /// the pod's network namespace). One session and connection per request, all at once:
+    /// `requests[i]` is sent on connection i; with `close_after_send` the client then
+    /// closes (an upload), else it reads until the server closes. The error channel's
+    /// text, if any, is the result's error.
+    pub fn port_forward(
+        &self,
+        pod: &str,
+        port: u16,
+        requests: Vec<Vec<u8>>,
+        close_after_send: bool,
+    ) -> Vec<Result<Vec<u8>>> {
+        let runtime = self.runtime.clone();
+        let pod = pod.to_string();
+        self.rt.block_on(async move {
+            let sessions = requests.into_iter().map(|request| {
+                let mut c = runtime.clone();
+                let req = cri::PortForwardRequest {
+                    pod_sandbox_id: pod.clone(),
+                    port: vec![i32::from(port)],
+                };
+                async move {
+                    let url = c
+                        .port_forward(req)
+                        .await
+                        .map_err(|s| anyhow::anyhow!("CRI PortForward: {}", s.message()))?
+                        .into_inner()
+                        .url;
+                    tokio::time::timeout(
+                        Duration::from_secs(120),
+                        forward_session(&url, request, close_after_send),
+                    )
+                    .await
+                    .context("port-forward session: no end within 120 s")?
+                }
+            });
+            futures_util::future::join_all(sessions).await
+        })
+    }
+
     pub fn pod_status(&self, pod: &str) -> Result<cri::PodSandboxStatus> {
         let req = cri::PodSandboxStatusRequest {
             pod_sandbox_id: pod.into(),
@@ -600,4 +642,61 @@ pub fn http_get_retry(addr: &str, port: u16, timeout: Duration) -> Result<String
             Err(e) => return Err(e),
         }
     }
+}
+
+/// One port-forward session (see [`CriEnv::port_forward`]): channel 0 carries the data,
+/// channel 1 the errors; each first announces the port in two little-endian bytes.
+async fn forward_session(url: &str, request: Vec<u8>, close_after_send: bool) -> Result<Vec<u8>> {
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let ws_url = url.replacen("http://", "ws://", 1);
+    let mut req = ws_url.as_str().into_client_request()?;
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "v4.channel.k8s.io".parse()?);
+    let (ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .with_context(|| format!("port-forward: connect {ws_url}"))?;
+    let (mut tx, mut rx) = ws.split();
+    // Sent while the answer is read: a large request must not wait for the reader.
+    let send = async move {
+        for chunk in request.chunks(32 * 1024) {
+            let mut frame = vec![0u8];
+            frame.extend_from_slice(chunk);
+            tx.send(Message::Binary(frame.into())).await?;
+        }
+        if close_after_send {
+            tx.send(Message::Close(None)).await?;
+        }
+        Ok::<_, anyhow::Error>(tx)
+    };
+    let receive = async move {
+        let (mut data, mut errors) = (Vec::new(), Vec::new());
+        while let Some(msg) = rx.next().await {
+            let bytes = match msg {
+                Ok(Message::Binary(b)) => b.to_vec(),
+                Ok(Message::Close(_)) => break,
+                Ok(_) => continue,
+                // The server may drop the connection without a close frame.
+                Err(_) => break,
+            };
+            match bytes.split_first() {
+                Some((0, rest)) => data.extend_from_slice(rest),
+                Some((1, rest)) => errors.extend_from_slice(rest),
+                _ => {}
+            }
+        }
+        (data, errors)
+    };
+    let (sent, (data, errors)) = tokio::join!(send, receive);
+    drop(sent?);
+    // The port announcements.
+    let strip = |mut v: Vec<u8>| {
+        v.drain(..v.len().min(2));
+        v
+    };
+    let (data, errors) = (strip(data), strip(errors));
+    if !errors.is_empty() {
+        bail!("port-forward: {}", String::from_utf8_lossy(&errors));
+    }
+    Ok(data)
 }

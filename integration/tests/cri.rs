@@ -575,6 +575,128 @@ fn net_admin_pod_makes_a_bridge(s: &Suite) -> Result<()> {
     expect_back_to(s, &before, "the NET_ADMIN pod")
 }
 
+/// Poll `ok` until it holds or `limit` passes.
+fn wait_for(limit: Duration, mut ok: impl FnMut() -> bool) -> Result<()> {
+    let end = std::time::Instant::now() + limit;
+    while !ok() {
+        ensure!(std::time::Instant::now() < end, "not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+/// `kubectl port-forward`, through the CRI streaming server: HTTP answers, many
+/// connections at once, a large download and a large upload arrive whole, a port nothing
+/// listens on is an error, and every connection closes (the shim keeps no socket).
+fn port_forward(s: &Suite) -> Result<()> {
+    let env = &s.env;
+    let before = fresh(s);
+    let pc = env.pod_config(&format!("pf-{}", s.tag), None);
+    let pod = env.run_pod(&pc, HANDLER)?;
+    let args = [
+        "sh",
+        "-c",
+        "mkdir -p /www && echo pf-answers > /www/index.html && seq 1 1000000 > /www/big && \
+         (nc -l -p 9000 > /tmp/upload &) && echo ready && exec httpd -f -p 8080 -h /www",
+    ];
+    let c = env.start_container(&pod, &pc, env.container_config("pf", &args))?;
+    wait_for(Duration::from_secs(60), || {
+        env.sh(
+            &c,
+            "netstat -ltn | grep -q ':9000 ' && netstat -ltn | grep -q ':8080 '",
+        )
+        .is_ok()
+    })
+    .context("the servers never listened")?;
+    let sockets = || -> usize {
+        env.ctd
+            .shims()
+            .iter()
+            .filter_map(|l| l.split_whitespace().next().map(String::from))
+            .map(|pid| {
+                std::fs::read_dir(format!("/proc/{pid}/fd"))
+                    .map(|d| {
+                        d.flatten()
+                            .filter(|e| {
+                                std::fs::read_link(e.path())
+                                    .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+                            })
+                            .count()
+                    })
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    let shim_sockets = sockets();
+    let get = |path: &str| format!("GET {path} HTTP/1.0\r\n\r\n").into_bytes();
+    let body = |answer: &[u8]| -> Vec<u8> {
+        let at = answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(answer.len(), |i| i + 4);
+        answer[at..].to_vec()
+    };
+
+    // 24 connections at once: 23 small answers and one of 6.9 MB.
+    let mut requests = vec![get("/index.html"); 23];
+    requests.push(get("/big"));
+    let answers = env.port_forward(&pod, 8080, requests, false);
+    let expected_big: String = (1..=1_000_000).map(|i| format!("{i}\n")).collect();
+    for (i, a) in answers.into_iter().enumerate() {
+        let a = a.with_context(|| format!("connection {i}"))?;
+        if i < 23 {
+            ensure!(
+                body(&a) == b"pf-answers\n",
+                "connection {i}: {:?}",
+                String::from_utf8_lossy(&a)
+            );
+        } else {
+            let b = body(&a);
+            ensure!(
+                b == expected_big.as_bytes(),
+                "the large answer: {} bytes, expected {}",
+                b.len(),
+                expected_big.len()
+            );
+        }
+    }
+
+    // An upload: the client closes when it has sent everything; the server sees its end
+    // of file and keeps every byte.
+    let upload: String = (1..=600_000).map(|i| format!("{i}\n")).collect();
+    let sent = env.port_forward(&pod, 9000, vec![upload.into_bytes()], true);
+    for r in sent {
+        r.context("upload")?;
+    }
+    wait_for(Duration::from_secs(30), || {
+        env.sh(&c, "! pidof nc && seq 1 600000 | cmp - /tmp/upload")
+            .is_ok()
+    })
+    .with_context(|| {
+        format!(
+            "the upload did not arrive whole: {:?}",
+            env.sh(&c, "ls -l /tmp/upload; pidof nc")
+        )
+    })?;
+
+    // Nothing listens on 9999: an error, as with runc, not an empty success.
+    let refused = env.port_forward(&pod, 9999, vec![get("/")], false);
+    match refused.into_iter().next() {
+        Some(Err(_)) => {}
+        other => bail!("port-forward to a closed port: {other:?}"),
+    }
+
+    // Every forwarded connection is gone from the shim.
+    wait_for(Duration::from_secs(15), || sockets() <= shim_sockets).with_context(|| {
+        format!(
+            "the shim holds {} sockets after port-forward, {shim_sockets} before",
+            sockets()
+        )
+    })?;
+    env.remove_pod(&pod)?;
+    expect_back_to(s, &before, "the port-forward pod")
+}
+
 /// A pod asking for the host's network (`hostNetwork: true`): the container backend
 /// gives it the host's namespace; VM mode refuses it through CRI, naming the field,
 /// and leaves nothing behind (never a VM with its own network instead).
@@ -855,6 +977,7 @@ fn run_suite(mode: &'static str, extra: &str, base_port: i32) -> (usize, usize) 
         ("shim_killed", shim_killed),
         ("create_remove_cycles", create_remove_cycles),
         ("host_network_pod", host_network_pod),
+        ("port_forward", port_forward),
         ("net_admin_pod_makes_a_bridge", net_admin_pod_makes_a_bridge),
     ];
     if suite.vm {

@@ -11,7 +11,8 @@
 
 /// Negotiated by the first call on every connection; bumped on incompatible changes.
 /// 3: every call and every stdio stream carries the VM's secret.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: port forwarding ([`FORWARD_PORT`]).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The per-VM secret that proves a caller is the host that booted the VM (any local
 /// user can reach a guest's vsock ports over kernel vhost-vsock). The host hands it to
@@ -48,6 +49,34 @@ pub const AGENT_PORT: u32 = 1024;
 /// half-close) is the process's end of file.
 pub const STDIO_PORT: u32 = 1025;
 
+/// The vsock port for port forwarding (the CRI's PortForward): the host opens one stream
+/// per forwarded connection and first writes `FORWARD <secret> <tcp port>\n`; the agent
+/// connects to `127.0.0.1:<tcp port>` in the guest (the pod's network) and answers
+/// `OK\n`, or `ERR <reason>\n` and closes. The rest of the stream is the connection's
+/// bytes both ways, in frames: a 4-byte big-endian length, then that many bytes (at most
+/// [`MAX_FORWARD_FRAME`]); a frame of length 0 ends that direction (a TCP half-close).
+/// Frames, because a hybrid vsock backend turns a half-close into a full one.
+/// The stream closes when both directions have ended, or at once on an error.
+pub const FORWARD_PORT: u32 = 1026;
+
+/// The largest forward frame's payload.
+pub const MAX_FORWARD_FRAME: usize = 64 * 1024;
+
+/// A forward frame's header for `len` bytes of payload (0: end of this direction).
+pub fn forward_frame_header(len: usize) -> [u8; 4] {
+    debug_assert!(len <= MAX_FORWARD_FRAME);
+    (len as u32).to_be_bytes()
+}
+
+/// The payload length a frame header announces; None past [`MAX_FORWARD_FRAME`].
+pub fn forward_frame_len(header: [u8; 4]) -> Option<usize> {
+    let len = u32::from_be_bytes(header) as usize;
+    (len <= MAX_FORWARD_FRAME).then_some(len)
+}
+
+/// The longest answer line to a FORWARD header.
+pub const MAX_FORWARD_ANSWER: usize = 128;
+
 /// The longest header line the agent reads.
 pub const MAX_STDIO_HEADER: usize = 512;
 
@@ -79,6 +108,25 @@ pub fn parse_stdio_header(line: &str, secret: &[u8]) -> Option<(String, String, 
     Some((id.into(), exec.into(), stream.into()))
 }
 
+/// The forward header line for one connection.
+pub fn forward_header(secret: &str, port: u16) -> String {
+    format!("FORWARD {secret} {port}\n")
+}
+
+/// Parse a forward header line (without its newline) against the VM's secret: the TCP
+/// port. None for a malformed line, port 0 or a wrong secret.
+pub fn parse_forward_header(line: &str, secret: &[u8]) -> Option<u16> {
+    let mut parts = line.split(' ');
+    if parts.next()? != "FORWARD" || !secret_matches(parts.next()?.as_bytes(), secret) {
+        return None;
+    }
+    let port = parts.next()?;
+    if parts.next().is_some() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    port.parse::<u16>().ok().filter(|p| *p != 0)
+}
+
 /// containerd's id rule: letters, digits, `_ . -`, at most 76 bytes, not starting
 /// with a separator. Ids become path components on both sides, so both sides check.
 pub fn valid_id(id: &str) -> bool {
@@ -95,6 +143,7 @@ pub mod capabilities {
     pub const HEALTH: &str = "health";
     pub const GUEST_DETAILS: &str = "guest-details";
     pub const SHUTDOWN: &str = "shutdown";
+    pub const PORT_FORWARD: &str = "port-forward";
     pub const CONTAINERS: &str = "containers";
     pub const VIRTIOFS: &str = "virtiofs";
 }
@@ -134,6 +183,24 @@ mod tests {
             "STDIO  c1 - stdout".to_string(),
         ] {
             assert_eq!(parse_stdio_header(&bad, S.as_bytes()), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn forward_headers_round_trip_and_refuse_the_rest() {
+        let h = forward_header(S, 8080);
+        assert_eq!(parse_forward_header(h.trim_end(), S.as_bytes()), Some(8080));
+        let wrong = S.replace('0', "1");
+        for bad in [
+            format!("FORWARD {S} 0"),
+            format!("FORWARD {S} 65536"),
+            format!("FORWARD {S} +80"),
+            format!("FORWARD {S} 80 x"),
+            format!("FORWARD {S}"),
+            format!("FORWARD {wrong} 80"),
+            format!("STDIO {S} 80"),
+        ] {
+            assert_eq!(parse_forward_header(&bad, S.as_bytes()), None, "{bad}");
         }
     }
 

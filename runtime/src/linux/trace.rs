@@ -98,7 +98,11 @@ mod tests {
     fn an_error_carries_the_caught_cause() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("trace");
-        std::fs::write(&path, "failed to mount err=EBUSY\nfailed to mount err=EBUSY\n").unwrap();
+        std::fs::write(
+            &path,
+            "failed to mount err=EBUSY\nfailed to mount err=EBUSY\n",
+        )
+        .unwrap();
         assert_eq!(
             explain("failed to prepare rootfs".into(), &path),
             "failed to prepare rootfs (failed to mount err=EBUSY)"

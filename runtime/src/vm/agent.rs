@@ -10,9 +10,10 @@ use stockade_agent_protocol::asynchronous::agent::{
 };
 use stockade_agent_protocol::asynchronous::agent_ttrpc::AgentClient as RawClient;
 use stockade_agent_protocol::{
-    AGENT_PORT, AUTH_METADATA, PROTOCOL_VERSION, STDIO_PORT, stdio_header,
+    AGENT_PORT, AUTH_METADATA, FORWARD_PORT, MAX_FORWARD_ANSWER, PROTOCOL_VERSION, STDIO_PORT,
+    forward_header, stdio_header,
 };
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ttrpc::asynchronous::Client;
 use ttrpc::asynchronous::transport::Socket;
 
@@ -363,5 +364,44 @@ impl AgentClient {
             .map_err(|_| Error::Backend("agent stdio: no answer in time".into()))?
             .map_err(Error::io("stdio header"))?;
         Ok(s)
+    }
+
+    /// Open a stream to TCP `port` on the guest's loopback (port forwarding). Once the
+    /// agent has connected, the stream carries forward frames (see
+    /// [`FORWARD_PORT`](stockade_agent_protocol::FORWARD_PORT)).
+    pub async fn forward_stream(&self, port: u16) -> Result<GuestStream> {
+        let mut s = self.transport.connect(FORWARD_PORT, CALL_TIMEOUT).await?;
+        let header = forward_header(&self.secret, port);
+        let answer = async {
+            s.write_all(header.as_bytes())
+                .await
+                .map_err(Error::io("forward header"))?;
+            let mut line = Vec::with_capacity(16);
+            let mut byte = [0u8; 1];
+            while line.len() < MAX_FORWARD_ANSWER {
+                match s.read(&mut byte).await {
+                    Ok(1) if byte[0] == b'\n' => return Ok(line),
+                    Ok(1) => line.push(byte[0]),
+                    Ok(_) => break,
+                    Err(e) => return Err(Error::io("forward answer")(e)),
+                }
+            }
+            Err(Error::Backend(format!(
+                "guest port {port}: no answer from the agent"
+            )))
+        };
+        let line = tokio::time::timeout(CALL_TIMEOUT, answer)
+            .await
+            .map_err(|_| Error::Backend(format!("guest port {port}: no answer in time")))??;
+        match line.strip_prefix(b"ERR ") {
+            _ if line == b"OK" => Ok(s),
+            Some(why) => Err(Error::Backend(format!(
+                "guest port {port}: {}",
+                crate::vm::console::printable(&String::from_utf8_lossy(why))
+            ))),
+            None => Err(Error::Backend(format!(
+                "guest port {port}: unexpected answer from the agent"
+            ))),
+        }
     }
 }

@@ -12,6 +12,7 @@
 pub mod agent;
 pub mod cgroup;
 pub mod console;
+pub mod forward;
 pub mod hypervisor;
 pub mod jail;
 pub mod microvm;

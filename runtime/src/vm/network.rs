@@ -348,6 +348,62 @@ pub fn remove_netns(path: &Path) {
     let _ = std::fs::remove_file(path);
 }
 
+/// The `iptables` rule that sends the namespace's loopback TCP (to 127.0.0.1, any port)
+/// to `to_port`: how a dial of `localhost:<port>` there (the CRI's PortForward) reaches
+/// the port forwarder.
+fn redirect_rule(action: &str, to_port: u16) -> Vec<String> {
+    let to = to_port.to_string();
+    [
+        "-w",
+        "5",
+        "-t",
+        "nat",
+        action,
+        "OUTPUT",
+        "-o",
+        "lo",
+        "-p",
+        "tcp",
+        "-d",
+        "127.0.0.1",
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        &to,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// In the namespace at `netns`: a listener on 127.0.0.1 (a port the kernel picks) that
+/// every TCP connection to 127.0.0.1 in the namespace is redirected to.
+pub fn listen_loopback(netns: &Path, exits: &Exits) -> Result<std::net::TcpListener> {
+    let exits = exits.clone();
+    in_netns(netns, move || {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(Error::io(
+            "listen on 127.0.0.1 in the pod's network namespace",
+        ))?;
+        let port = listener
+            .local_addr()
+            .map_err(Error::io("port forwarder address"))?
+            .port();
+        let args = redirect_rule("-A", port);
+        run_tool(&exits, Command::new("iptables").args(&args), "")?;
+        Ok(listener)
+    })
+}
+
+/// Remove [`listen_loopback`]'s rule, where the namespace still exists.
+pub fn remove_loopback_redirect(netns: &Path, port: u16, exits: &Exits) {
+    if netns.exists() {
+        let exits = exits.clone();
+        let _ = in_netns(netns, move || {
+            let args = redirect_rule("-D", port);
+            run_tool(&exits, Command::new("iptables").args(&args), "").map(|_| ())
+        });
+    }
+}
+
 /// Undo `attach` where the namespace still exists (the tap goes with its last fd).
 pub fn detach(net: &PodNetwork, exits: &Exits) {
     if net.netns.exists() {

@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::exits::Exits;
 use crate::vm::agent::AgentClient;
 use crate::vm::cgroup::PodCgroup;
+use crate::vm::forward::PortForwarder;
 use crate::vm::hypervisor::Nic;
 use crate::vm::microvm::MicroVm;
 use crate::vm::network::{self, PodNetwork};
@@ -41,6 +42,8 @@ pub struct Sandbox {
     cgroup: Option<PodCgroup>,
     /// The pod network wired to the VM, and the registry its `ip`/`tc` exits go to.
     network: Option<(PodNetwork, Exits)>,
+    /// Port forwarding from the pod's network namespace (CRI pods).
+    forwarder: Mutex<Option<PortForwarder>>,
     dead: watch::Sender<bool>,
     pump: Mutex<Option<JoinHandle<()>>>,
 }
@@ -149,6 +152,7 @@ impl Sandbox {
             vm: tokio::sync::Mutex::new(Some(vm)),
             cgroup,
             network: net.map(|n| (n, host_exits.clone())),
+            forwarder: Mutex::new(None),
             dead: watch::channel(false).0,
             pump: Mutex::new(None),
         });
@@ -175,6 +179,16 @@ impl Sandbox {
                 return Err(e);
             }
         };
+        // A namespace the spec names (CNI's) is where containerd dials for PortForward.
+        // Without the forwarder the pod still runs; only port-forward is refused.
+        if let Some((net, exits)) = sandbox.network.as_ref().filter(|(n, _)| !n.owned) {
+            match PortForwarder::start(id, &net.netns, agent.clone(), exits).await {
+                Ok(f) => *sandbox.forwarder.lock().expect("forwarder lock") = Some(f),
+                Err(e) => {
+                    log::warn!(sandbox = id, error:% = e; "no port forwarding into this pod")
+                }
+            }
+        }
         let pump = tokio::spawn(pump(Arc::downgrade(&sandbox), qemu_exit, on_oom));
         *sandbox.pump.lock().expect("pump lock") = Some(pump);
         log::info!(sandbox = id, dir:% = dir.display(); "VM sandbox ready");
@@ -369,6 +383,9 @@ impl Sandbox {
             }
         }
         if let Some((net, exits)) = &self.network {
+            if let Some(f) = self.forwarder.lock().expect("forwarder lock").take() {
+                f.stop(exits);
+            }
             network::detach(net, exits);
         }
         self.exits.close(VM_DIED_EXIT);
