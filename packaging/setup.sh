@@ -22,7 +22,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 BOOKWORM_PKGS=(
   runc iproute2 busybox-static ca-certificates curl procps bc bsdutils
-  build-essential pkg-config protobuf-compiler
+  build-essential pkg-config protobuf-compiler flex bison
   libseccomp-dev libelf-dev libcap-ng-dev
   containernetworking-plugins
   qemu-system-x86 cpio xz-utils kmod
@@ -96,8 +96,13 @@ if [ ! -x /usr/local/bin/virtiofsd ]; then
   log "building virtiofsd (crates.io)"
   cargo install --locked --quiet virtiofsd --root /usr/local
 fi
+# The guest kernel is the Stockade kernel (packaging/guest/kernel/: built from Debian's
+# linux-source once, about 5 minutes on 2 cores, then cached by the hash of its inputs),
+# or Debian's cloud kernel when it cannot be built. The cloud kernel's assets also go to
+# /usr/share/stockade/cloud, for the kernel benchmark and the test that keeps it working.
 log "building the guest assets into /usr/share/stockade"
 bash "$ROOT/packaging/guest/build.sh" /usr/share/stockade
+bash "$ROOT/packaging/guest/build.sh" --kernel cloud /usr/share/stockade/cloud
 
 [ "$MODE" = "--deps" ] && { log "dependencies ready"; exit 0; }
 

@@ -128,14 +128,31 @@ pub fn early_mounts() {
     }
 }
 
+/// A module's parameters from the kernel command line (`<module>.<param>=<value>`), as
+/// modprobe passes them: the kernel applies them only to what is built in. QEMU's microvm
+/// names its virtio-mmio devices this way (`virtio_mmio.device=…`).
+pub fn module_params(cmdline: &str, module: &str) -> String {
+    let module = module.replace('-', "_");
+    cmdline
+        .split_whitespace()
+        .filter_map(|arg| {
+            let (m, param) = arg.split_once('.')?;
+            (m.replace('-', "_") == module && param.contains('=')).then_some(param)
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Load every module `dir/order` lists, in that order. Returns the names loaded.
 pub fn load_modules(dir: &Path) -> Vec<String> {
     let Ok(order) = std::fs::read_to_string(dir.join("order")) else {
         return Vec::new();
     };
-    let params = CString::default();
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let mut loaded = Vec::new();
     for name in order.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let params =
+            CString::new(module_params(&cmdline, name.trim_end_matches(".ko"))).unwrap_or_default();
         let path = dir.join(name);
         let file = match std::fs::File::open(&path) {
             Ok(f) => f,
@@ -238,4 +255,20 @@ fn is_mountpoint(p: &Path) -> bool {
     mounts
         .lines()
         .any(|l| l.split_whitespace().nth(4) == Some(p.as_ref()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_parameters_come_from_the_command_line_as_modprobe_reads_them() {
+        let cmdline = "console=ttyS0 virtio_mmio.device=512@0xfeb00e00:12 \
+                       virtio-mmio.device=512@0xfeb00c00:11 virtio_mmiox.device=1 vsock.x";
+        assert_eq!(
+            module_params(cmdline, "virtio_mmio"),
+            "device=512@0xfeb00e00:12 device=512@0xfeb00c00:11"
+        );
+        assert_eq!(module_params(cmdline, "overlay"), "");
+    }
 }

@@ -92,7 +92,12 @@ pub fn load(dir: &Path, name: &str) -> std::io::Result<()> {
 
 /// Point the kernel's usermode modprobe at the agent.
 pub fn install() {
-    if let Err(e) = std::fs::write("/proc/sys/kernel/modprobe", "/init") {
+    let knob = std::path::Path::new("/proc/sys/kernel/modprobe");
+    // A kernel without module support (the Stockade kernel) has everything built in.
+    if !knob.exists() {
+        return;
+    }
+    if let Err(e) = std::fs::write(knob, "/init") {
         eprintln!("stockade-agent: cannot set the kernel's modprobe: {e}");
     }
 }

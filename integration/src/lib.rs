@@ -42,7 +42,7 @@ pub use image::{build_image, build_image_as};
 pub use paths::{shim_dir, workspace_root};
 pub use pss::{pids, pss_kib, report_sandbox_memory};
 pub use suite::{Case, run_cases, skip_reason, start_suite};
-pub use vm::{guest_assets, guest_config, hypervisor_toml};
+pub use vm::{cloud_guest_assets, guest_assets, guest_config, guest_config_at, hypervisor_toml};
 
 pub const RUNTIME: &str = "io.containerd.stockade.v2";
 pub const NAMESPACE: &str = "stockade-test";

@@ -23,12 +23,22 @@ pub fn hypervisor_toml(cfg: &stockade_runtime::config::HypervisorConfig) -> Stri
     )
 }
 
+/// Debian's cloud kernel's guest assets, which setup builds beside the default ones (the
+/// Stockade kernel's) for the tests and the kernel benchmark: `<guest assets>/cloud`.
+pub fn cloud_guest_assets() -> PathBuf {
+    guest_assets().join("cloud")
+}
+
 /// The hypervisor config the VM tests and benchmarks boot with: the installed guest
 /// assets, KVM where the probe passes, TCG elsewhere.
 pub fn guest_config() -> stockade_runtime::config::HypervisorConfig {
+    guest_config_at(&guest_assets())
+}
+
+/// [`guest_config`] with the guest assets in `assets`.
+pub fn guest_config_at(assets: &std::path::Path) -> stockade_runtime::config::HypervisorConfig {
     use stockade_runtime::config::{Accel, HypervisorConfig};
     use stockade_runtime::probe::{RealHost, probe_kvm};
-    let assets = guest_assets();
     HypervisorConfig {
         accel: if probe_kvm(&RealHost).is_usable() {
             Accel::Kvm

@@ -534,9 +534,10 @@ fn pod_sizing(s: &Suite) -> Result<()> {
     expect_back_to(s, &before, "the sized pod")
 }
 
-/// A pod granted CAP_NET_ADMIN builds a bridge and a veth pair in its own network
-/// namespace; in VM mode the guest kernel loads the modules on demand (they show in
-/// the guest's /proc/modules). Both backends.
+/// A pod granted CAP_NET_ADMIN builds a bridge, a veth pair and a VXLAN device in its
+/// own network namespace; in VM mode the Stockade kernel has them built in, and Debian's
+/// cloud kernel loads the modules on demand (they show in the guest's /proc/modules).
+/// Both backends.
 fn net_admin_pod_makes_a_bridge(s: &Suite) -> Result<()> {
     let env = &s.env;
     let before = fresh(s);
@@ -553,7 +554,8 @@ fn net_admin_pod_makes_a_bridge(s: &Suite) -> Result<()> {
     let out = env.sh(
         &c,
         "ip link add br0 type bridge && ip link add v0 type veth peer name v1 && \
-         ip link set v0 master br0 && ip link set br0 up && ip -o link",
+         ip link set v0 master br0 && ip link set br0 up && \
+         ip link add vx0 type vxlan id 42 && ip -o link",
     )?;
     ensure!(
         out.contains("br0:")
@@ -562,9 +564,13 @@ fn net_admin_pod_makes_a_bridge(s: &Suite) -> Result<()> {
                 .any(|l| l.contains("v0") && l.contains("master br0")),
         "bridge and veth in a NET_ADMIN pod: {out}"
     );
-    if s.vm {
+    ensure!(out.contains("vx0:"), "vxlan in a NET_ADMIN pod: {out}");
+    // Debian's cloud kernel loads them on demand; the Stockade kernel has them built in.
+    let kind = std::fs::read_to_string(stockade_integration::guest_assets().join("guest-kernel"))
+        .unwrap_or_default();
+    if s.vm && kind.trim() == "cloud" {
         let mods = env.sh(&c, "cut -d' ' -f1 /proc/modules")?;
-        for m in ["bridge", "veth"] {
+        for m in ["bridge", "veth", "vxlan"] {
             ensure!(
                 mods.lines().any(|l| l == m),
                 "{m} not loaded in the guest: {mods}"

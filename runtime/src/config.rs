@@ -107,6 +107,18 @@ pub enum VsockMode {
     VhostUser,
 }
 
+/// Whether the guest gets ACPI tables (QEMU microvm's `acpi=`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AcpiMode {
+    /// Off for the Stockade kernel (the assets' `guest-kernel` file next to `kernel`
+    /// says `stockade`): it takes its devices from the command line and its CPUs from
+    /// an MP table, and boots faster without ACPI. On for any other kernel.
+    Auto,
+    On,
+    Off,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct HypervisorConfig {
@@ -114,6 +126,8 @@ pub struct HypervisorConfig {
     pub qemu: PathBuf,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
+    /// ACPI for the guest; see [`AcpiMode`] and [`HypervisorConfig::acpi_enabled`].
+    pub acpi: AcpiMode,
     pub vsock: VsockMode,
     /// vhost-user vsock backend, used when the kernel transport is not.
     pub vsock_backend: PathBuf,
@@ -145,6 +159,26 @@ pub struct HypervisorConfig {
     pub host_namespace_pods: HostNamespacePods,
 }
 
+impl HypervisorConfig {
+    /// Which guest kernel `kernel` is, from the `guest-kernel` file the guest assets'
+    /// build writes next to it (`stockade` or `cloud`); None for a kernel from elsewhere.
+    pub fn kernel_kind(&self) -> Option<String> {
+        let marker = self.kernel.parent()?.join("guest-kernel");
+        let kind = std::fs::read_to_string(marker).ok()?;
+        Some(kind.trim().to_string()).filter(|k| !k.is_empty())
+    }
+
+    /// Whether the guest gets ACPI tables: `acpi`, or for `auto` off exactly for the
+    /// Stockade kernel.
+    pub fn acpi_enabled(&self) -> bool {
+        match self.acpi {
+            AcpiMode::On => true,
+            AcpiMode::Off => false,
+            AcpiMode::Auto => self.kernel_kind().as_deref() != Some("stockade"),
+        }
+    }
+}
+
 /// How many host ids VM helpers may take, from `[hypervisor] helper_id_base`.
 pub const HELPER_IDS: u32 = 1 << 20;
 
@@ -155,6 +189,7 @@ impl Default for HypervisorConfig {
             qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
             kernel: PathBuf::from("/usr/share/stockade/vmlinuz"),
             initrd: PathBuf::from("/usr/share/stockade/initrd.img"),
+            acpi: AcpiMode::Auto,
             vsock: VsockMode::Auto,
             vsock_backend: PathBuf::from("/usr/local/bin/vhost-device-vsock"),
             virtiofsd: PathBuf::from("/usr/local/bin/virtiofsd"),

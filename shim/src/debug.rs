@@ -77,6 +77,22 @@ fn check() -> Result<()> {
         let state = if path.exists() { "ok" } else { "MISSING" };
         println!("{what}: {} ({state})", path.display());
     }
+    let release = hv
+        .kernel
+        .parent()
+        .and_then(|d| std::fs::read_to_string(d.join("guest-kernel-release")).ok())
+        .map(|r| format!(" {}", r.trim()))
+        .unwrap_or_default();
+    let kernel = match hv.kernel_kind().as_deref() {
+        Some("stockade") => format!("the Stockade kernel{release} (built in, no modules)"),
+        Some("cloud") => format!("Debian's cloud kernel{release}"),
+        Some(other) => format!("{other}{release}"),
+        None => "not from Stockade's guest build (no guest-kernel file beside it)".into(),
+    };
+    println!(
+        "guest kernel: {kernel}; ACPI {}",
+        if hv.acpi_enabled() { "on" } else { "off" }
+    );
     Ok(())
 }
 

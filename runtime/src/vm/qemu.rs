@@ -238,8 +238,13 @@ pub fn qemu_args(
     };
     let mem = format!("{}M", cfg.memory_mib);
     let mut a: Vec<String> = vec![
+        // Without ACPI, QEMU names the virtio-mmio devices on the kernel's command line
+        // and the CPUs in an MP table (the Stockade kernel; see AcpiMode).
         "-M".into(),
-        "microvm,memory-backend=mem".into(),
+        format!(
+            "microvm,memory-backend=mem,acpi={}",
+            if cfg.acpi_enabled() { "on" } else { "off" }
+        ),
         "-accel".into(),
         accel,
         "-m".into(),
