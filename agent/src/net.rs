@@ -77,13 +77,19 @@ pub fn loopback_up() {
     }
 }
 
-/// The guest's one NIC (virtio-net), if QEMU gave it one.
+/// The guest's one NIC (virtio-net), if QEMU gave it one: the interface a virtio_net
+/// driver backs, never a virtual one (a kernel with dummy built in makes `dummy0`).
 fn nic_name() -> Option<String> {
-    std::fs::read_dir("/sys/class/net")
+    let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
         .ok()?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .find(|n| n != "lo")
+        .collect();
+    names.sort();
+    names.into_iter().find(|n| {
+        std::fs::read_link(format!("/sys/class/net/{n}/device/driver"))
+            .is_ok_and(|d| d.file_name().is_some_and(|f| f == "virtio_net"))
+    })
 }
 
 fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u32)> {

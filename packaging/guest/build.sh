@@ -158,7 +158,11 @@ if [ "$KIND" = cloud ]; then
 fi
 
 mkdir -p "$OUT"
-(cd "$work" && find . -print0 | sort -z | cpio --null -o -H newc --quiet --owner=0:0) | gzip -6 >"$OUT/initrd.img.tmp"
+# The Stockade kernel's initramfs is the agent alone: left uncompressed, the kernel
+# copies it instead of inflating it (QEMU loads it either way).
+compress="gzip -6"
+[ "$KIND" = stockade ] && compress=cat
+(cd "$work" && find . -print0 | sort -z | cpio --null -o -H newc --quiet --owner=0:0) | $compress >"$OUT/initrd.img.tmp"
 mv "$OUT/initrd.img.tmp" "$OUT/initrd.img"
 if [ "$KIND" = cloud ]; then
   install -m 0644 "$KROOT/boot/vmlinuz-$kver" "$OUT/vmlinuz.tmp"

@@ -199,13 +199,28 @@ fn spawn_helper_with_fds(
 /// Under TCG the guest's TSC ticks at the host's rate, but the kernel's calibration
 /// against the emulated PIT fails now and then ("could not calculate TSC khz"), and the
 /// guest then hangs before its first console line. Telling it the rate avoids that.
-fn kernel_cmdline(accel: Accel) -> String {
-    let mut cmdline = String::from("console=ttyS0 quiet panic=-1");
-    if accel == Accel::Tcg
-        && let Some(khz) =
+///
+/// Also under TCG, which has no TSC-deadline timer: `no_timer_check` spares the kernel
+/// its IO-APIC timer test, and, without ACPI (the Stockade kernel), `nolapic_timer` its
+/// local APIC timer calibration (about 260 ms of waiting on emulated timers; under KVM
+/// the TSC-deadline timer skips it anyway), the PIT then driving the clock events. With
+/// ACPI (Debian's cloud kernel) `nolapic_timer` made the agent's first answer about six
+/// times slower when measured, so that kernel keeps its APIC timer.
+///
+/// `dummy.numdummies=0`: a kernel with the dummy driver built in (the Stockade kernel)
+/// would otherwise make a `dummy0` in the pod's network.
+fn kernel_cmdline(accel: Accel, acpi: bool) -> String {
+    let mut cmdline = String::from("console=ttyS0 quiet panic=-1 dummy.numdummies=0");
+    if accel == Accel::Tcg {
+        cmdline.push_str(" no_timer_check");
+        if !acpi {
+            cmdline.push_str(" nolapic_timer");
+        }
+        if let Some(khz) =
             host_tsc_khz(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default())
-    {
-        cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+        {
+            cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+        }
     }
     cmdline
 }
@@ -232,6 +247,7 @@ pub fn qemu_args(
 ) -> Vec<String> {
     // TCG's translation cache defaults to 1 GiB of host memory, most of it touched
     // over time: cap it, it is host overhead outside the guest's RAM.
+    let acpi = cfg.acpi_enabled();
     let accel = match cfg.accel {
         Accel::Kvm => "kvm".to_string(),
         Accel::Tcg => format!("tcg,tb-size={TCG_TB_MIB}"),
@@ -243,7 +259,7 @@ pub fn qemu_args(
         "-M".into(),
         format!(
             "microvm,memory-backend=mem,acpi={}",
-            if cfg.acpi_enabled() { "on" } else { "off" }
+            if acpi { "on" } else { "off" }
         ),
         "-accel".into(),
         accel,
@@ -269,7 +285,7 @@ pub fn qemu_args(
         "-initrd".into(),
         cfg.initrd.display().to_string(),
         "-append".into(),
-        kernel_cmdline(cfg.accel),
+        kernel_cmdline(cfg.accel, acpi),
         "-fw_cfg".into(),
         format!(
             "name={},file={}",
@@ -609,8 +625,13 @@ mod tests {
     }
 
     #[test]
-    fn only_tcg_gets_a_tsc_rate() {
-        assert!(!kernel_cmdline(Accel::Kvm).contains("tsc_early_khz"));
+    fn only_tcg_gets_a_tsc_rate_and_only_without_acpi_loses_the_apic_timer() {
+        for acpi in [true, false] {
+            let kvm = kernel_cmdline(Accel::Kvm, acpi);
+            assert!(!kvm.contains("tsc_early_khz") && !kvm.contains("nolapic_timer"));
+        }
+        assert!(kernel_cmdline(Accel::Tcg, false).contains("nolapic_timer"));
+        assert!(!kernel_cmdline(Accel::Tcg, true).contains("nolapic_timer"));
         let hybrid = Transport::Hybrid {
             uds: "/x/vsock.sock".into(),
         };
