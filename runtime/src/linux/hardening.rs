@@ -137,6 +137,10 @@ pub fn harden(
 ) -> Result<Hardened> {
     check_root(spec, bundle)?;
     check_mounts(spec)?;
+    let v1 = crate::linux::stats::cgroup_version() == crate::linux::stats::CgroupVersion::V1;
+    if drop_v1_cgroup_mount_in_joined_pid_ns(spec, v1) {
+        log::debug!("cgroup v1 and a joined PID namespace: no cgroup mount in the container");
+    }
 
     let reasons = privileged_reasons(spec, kernel);
     if !cfg.allow_privileged {
@@ -192,6 +196,34 @@ pub fn harden(
         filters,
         drop_sys_admin,
     })
+}
+
+/// On a cgroup v1 (or hybrid) host, libcontainer 0.7 builds a container's `cgroup` mount
+/// from `/proc/<its own pid>`, read as a pid of the host's procfs. In a PID namespace the
+/// container joins (a pod sharing its process namespace) that pid is the namespace's, so
+/// the mount fails when no host process has that number, or takes another process's
+/// cgroups when one does. Such a container gets no cgroup mount: on hosts with the v2
+/// hierarchy beside v1 libcontainer mounts an empty one anyway (README, Known gaps).
+/// Returns whether a mount was dropped.
+pub fn drop_v1_cgroup_mount_in_joined_pid_ns(spec: &mut Spec, cgroup_v1: bool) -> bool {
+    use oci_spec::runtime::LinuxNamespaceType;
+    let joins_pid_ns = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_some())
+        });
+    if !cgroup_v1 || !joins_pid_ns {
+        return false;
+    }
+    let Some(mounts) = spec.mounts_mut() else {
+        return false;
+    };
+    let before = mounts.len();
+    mounts.retain(|m| m.typ().as_deref() != Some("cgroup"));
+    mounts.len() != before
 }
 
 /// What every exec of a container is held to: no capability outside the init's
@@ -336,6 +368,48 @@ mod tests {
         root.set_path(dir.to_path_buf());
         spec.set_root(Some(root));
         spec
+    }
+
+    #[test]
+    fn a_joined_pid_namespace_on_cgroup_v1_gets_no_cgroup_mount() {
+        use oci_spec::runtime::{LinuxBuilder, LinuxNamespaceBuilder, LinuxNamespaceType};
+        let with_pid_ns = |path: Option<&str>| {
+            let mut spec = Spec::default();
+            let mut ns = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Pid);
+            if let Some(p) = path {
+                ns = ns.path(p);
+            }
+            let linux = LinuxBuilder::default()
+                .namespaces(vec![ns.build().unwrap()])
+                .build()
+                .unwrap();
+            spec.set_linux(Some(linux));
+            spec
+        };
+        let cgroups = |spec: &Spec| {
+            spec.mounts()
+                .iter()
+                .flatten()
+                .filter(|m| m.typ().as_deref() == Some("cgroup"))
+                .count()
+        };
+        let mut joined = with_pid_ns(Some("/proc/42/ns/pid"));
+        assert_eq!(cgroups(&joined), 1, "the default spec has a cgroup mount");
+        assert!(drop_v1_cgroup_mount_in_joined_pid_ns(&mut joined, true));
+        assert_eq!(cgroups(&joined), 0);
+        assert!(
+            joined
+                .mounts()
+                .iter()
+                .flatten()
+                .any(|m| m.typ().as_deref() == Some("proc"))
+        );
+        // Its own PID namespace, or cgroup v2: libcontainer's mount is right; kept.
+        for (path, v1) in [(None, true), (Some("/proc/42/ns/pid"), false)] {
+            let mut spec = with_pid_ns(path);
+            assert!(!drop_v1_cgroup_mount_in_joined_pid_ns(&mut spec, v1));
+            assert_eq!(cgroups(&spec), 1);
+        }
     }
 
     #[test]
