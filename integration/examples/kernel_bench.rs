@@ -10,37 +10,26 @@
 use std::time::Instant;
 
 use anyhow::{Result, bail};
+use stockade_integration::bench::{median, rounds};
 use stockade_integration::{cloud_guest_assets, guest_assets, guest_config_at};
 use stockade_runtime::vm::MicroVm;
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn main() -> Result<()> {
-    let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(10);
+    let n = rounds();
     let (stockade_assets, cloud_assets) = (guest_assets(), cloud_guest_assets());
-    let kind = |dir: &std::path::Path| {
-        std::fs::read_to_string(dir.join("guest-kernel"))
-            .unwrap_or_default()
-            .trim()
-            .to_string()
-    };
-    if kind(&stockade_assets) != "stockade" || kind(&cloud_assets) != "cloud" {
+    let (stockade_cfg, cloud_cfg) = (
+        guest_config_at(&stockade_assets),
+        guest_config_at(&cloud_assets),
+    );
+    if stockade_cfg.kernel_kind().as_deref() != Some("stockade")
+        || cloud_cfg.kernel_kind().as_deref() != Some("cloud")
+    {
         bail!(
             "need the Stockade kernel in {} and the cloud kernel in {} (packaging/setup.sh)",
             stockade_assets.display(),
             cloud_assets.display()
         );
     }
-    let (stockade_cfg, cloud_cfg) = (
-        guest_config_at(&stockade_assets),
-        guest_config_at(&cloud_assets),
-    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -12,20 +12,13 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use stockade_integration::bench::{median, rounds};
 use stockade_integration::cri::{CriEnv, HANDLER};
 use stockade_integration::{guest_config, hypervisor_toml};
 use stockade_runtime::config::Accel;
 
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn main() -> Result<()> {
-    let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(10);
+    let n = rounds();
     let hv = guest_config();
     let accel = match hv.accel {
         Accel::Kvm => "kvm",

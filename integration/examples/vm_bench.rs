@@ -13,19 +13,12 @@
 use std::time::Instant;
 
 use anyhow::{Result, bail};
+use stockade_integration::bench::{median, rounds};
 use stockade_integration::{IMAGE, TestContainerd, build_image, guest_config, hypervisor_toml};
 use stockade_runtime::vm::MicroVm;
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn main() -> Result<()> {
-    let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(10);
+    let n = rounds();
     let hv = guest_config();
     let ctd = TestContainerd::start_with("vm", &hypervisor_toml(&hv))?;
     let tar = ctd.dir.path().join("busybox.tar");

@@ -23,6 +23,7 @@
 //! assert_eq!(out.stdout, "hi\n");
 //! ```
 
+pub mod bench;
 pub mod command;
 pub mod containerd;
 pub mod cri;

@@ -566,9 +566,8 @@ fn net_admin_pod_makes_a_bridge(s: &Suite) -> Result<()> {
     );
     ensure!(out.contains("vx0:"), "vxlan in a NET_ADMIN pod: {out}");
     // Debian's cloud kernel loads them on demand; the Stockade kernel has them built in.
-    let kind = std::fs::read_to_string(stockade_integration::guest_assets().join("guest-kernel"))
-        .unwrap_or_default();
-    if s.vm && kind.trim() == "cloud" {
+    let kind = stockade_integration::guest_config().kernel_kind();
+    if s.vm && kind.as_deref() == Some("cloud") {
         let mods = env.sh(&c, "cut -d' ' -f1 /proc/modules")?;
         for m in ["bridge", "veth", "vxlan"] {
             ensure!(

@@ -315,17 +315,12 @@ fn hardening_seen_from_inside(s: &Suite) -> Result<()> {
 }
 
 fn bad_input_fails_cleanly(s: &Suite) -> Result<()> {
-    let out = s.ctd.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        "--mount",
-        "type=nosuchfs,src=none,dst=/mnt",
-        IMAGE,
+    let out = s.ctd.run_rm_with(
+        None,
+        &["--mount", "type=nosuchfs,src=none,dst=/mnt"],
         "bad1",
-        "true",
-    ]);
+        &["true"],
+    );
     ensure!(
         !out.ok() && out.stderr.contains("unknown mount type"),
         "unknown mount type: {out:?}"
@@ -386,17 +381,15 @@ fn bad_input_fails_cleanly(s: &Suite) -> Result<()> {
     expect_clean(s, NAMESPACE, "bad4")?;
 
     // A failure inside the container's init names its cause, not only the step.
-    let out = s.ctd.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        "--mount",
-        "type=bind,src=/nonexistent/bind-source,dst=/mnt,options=rbind",
-        IMAGE,
+    let out = s.ctd.run_rm_with(
+        None,
+        &[
+            "--mount",
+            "type=bind,src=/nonexistent/bind-source,dst=/mnt,options=rbind",
+        ],
         "bad5",
-        "true",
-    ]);
+        &["true"],
+    );
     ensure!(
         !out.ok() && out.stderr.contains("/nonexistent/bind-source"),
         "missing bind source: {out:?}"

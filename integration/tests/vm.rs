@@ -66,8 +66,8 @@ async fn boots_and_answers_with(state: &Path, assets: &Path) -> Result<()> {
     );
     // Debian's cloud kernel loads the vsock, virtio-fs and overlay modules at boot; the
     // Stockade kernel has them built in and loads nothing.
-    let kind = std::fs::read_to_string(assets.join("guest-kernel")).unwrap_or_default();
-    if kind.trim() == "stockade" {
+    let kind = cfg.kernel_kind().unwrap_or_default();
+    if kind == "stockade" {
         ensure!(
             details.loaded_modules.is_empty(),
             "the Stockade kernel loaded modules: {:?}",
@@ -84,7 +84,7 @@ async fn boots_and_answers_with(state: &Path, assets: &Path) -> Result<()> {
     }
     println!(
         "  {} kernel booted to the agent's answer in {:.2}s ({:?})",
-        kind.trim(),
+        kind,
         boot.as_secs_f64(),
         cfg.accel
     );

@@ -84,6 +84,20 @@ pub const MAX_STDIO_HEADER: usize = 512;
 pub const SHARE_TAG: &str = "stockade-share";
 pub const GUEST_SHARE_DIR: &str = "/run/stockade/share";
 
+/// A header line's words after `<kind> <secret>`, when it is of that kind and carries
+/// the VM's secret.
+fn authenticated<'a>(
+    line: &'a str,
+    kind: &str,
+    secret: &[u8],
+) -> Option<std::str::Split<'a, char>> {
+    let mut parts = line.split(' ');
+    if parts.next()? != kind || !secret_matches(parts.next()?.as_bytes(), secret) {
+        return None;
+    }
+    Some(parts)
+}
+
 /// The stdio header line for one stream.
 pub fn stdio_header(secret: &str, container_id: &str, exec_id: &str, stream: &str) -> String {
     let exec = if exec_id.is_empty() { "-" } else { exec_id };
@@ -93,10 +107,7 @@ pub fn stdio_header(secret: &str, container_id: &str, exec_id: &str, stream: &st
 /// Parse a header line (without its newline) against the VM's secret: (container id,
 /// exec id, stream). None for a malformed line or a wrong secret.
 pub fn parse_stdio_header(line: &str, secret: &[u8]) -> Option<(String, String, String)> {
-    let mut parts = line.split(' ');
-    if parts.next()? != "STDIO" || !secret_matches(parts.next()?.as_bytes(), secret) {
-        return None;
-    }
+    let mut parts = authenticated(line, "STDIO", secret)?;
     let (id, exec, stream) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() || !valid_id(id) || !(exec == "-" || valid_id(exec)) {
         return None;
@@ -116,10 +127,7 @@ pub fn forward_header(secret: &str, port: u16) -> String {
 /// Parse a forward header line (without its newline) against the VM's secret: the TCP
 /// port. None for a malformed line, port 0 or a wrong secret.
 pub fn parse_forward_header(line: &str, secret: &[u8]) -> Option<u16> {
-    let mut parts = line.split(' ');
-    if parts.next()? != "FORWARD" || !secret_matches(parts.next()?.as_bytes(), secret) {
-        return None;
-    }
+    let mut parts = authenticated(line, "FORWARD", secret)?;
     let port = parts.next()?;
     if parts.next().is_some() || !port.bytes().all(|b| b.is_ascii_digit()) {
         return None;

@@ -62,12 +62,8 @@ impl ContainerBackend {
         // Docker and CRI with the systemd cgroup driver send "slice:prefix:name" but
         // runc-only options; the path's form says which driver the node uses.
         let systemd = req.systemd_cgroup || is_systemd_cgroup_path(&cgroup_path);
-        let own_pid_ns = linux
-            .and_then(|l| l.namespaces().as_ref())
-            .is_some_and(|ns| {
-                ns.iter()
-                    .any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_none())
-            });
+        let own_pid_ns = hardening::spec_namespace(spec, LinuxNamespaceType::Pid)
+            .is_some_and(|n| n.path().is_none());
 
         let (io, mut child) = ProcessIo::new(&req.stdio, &dirs.state, "init")?;
         let console = io.attach_console(&mut child, &req.stdio);

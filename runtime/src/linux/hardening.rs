@@ -198,6 +198,19 @@ pub fn harden(
     })
 }
 
+/// The spec's namespace of type `typ`, if it asks for one (with a path: joined).
+pub fn spec_namespace(
+    spec: &Spec,
+    typ: oci_spec::runtime::LinuxNamespaceType,
+) -> Option<&oci_spec::runtime::LinuxNamespace> {
+    spec.linux()
+        .as_ref()?
+        .namespaces()
+        .as_ref()?
+        .iter()
+        .find(|n| n.typ() == typ)
+}
+
 /// On a cgroup v1 (or hybrid) host, libcontainer 0.7 builds a container's `cgroup` mount
 /// from `/proc/<its own pid>`, read as a pid of the host's procfs. In a PID namespace the
 /// container joins (a pod sharing its process namespace) that pid is the namespace's, so
@@ -206,15 +219,8 @@ pub fn harden(
 /// hierarchy beside v1 libcontainer mounts an empty one anyway (README, Known gaps).
 /// Returns whether a mount was dropped.
 pub fn drop_v1_cgroup_mount_in_joined_pid_ns(spec: &mut Spec, cgroup_v1: bool) -> bool {
-    use oci_spec::runtime::LinuxNamespaceType;
-    let joins_pid_ns = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .is_some_and(|ns| {
-            ns.iter()
-                .any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_some())
-        });
+    let joins_pid_ns = spec_namespace(spec, oci_spec::runtime::LinuxNamespaceType::Pid)
+        .is_some_and(|n| n.path().is_some());
     if !cgroup_v1 || !joins_pid_ns {
         return false;
     }

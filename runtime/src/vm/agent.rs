@@ -13,12 +13,12 @@ use stockade_agent_protocol::{
     AGENT_PORT, AUTH_METADATA, FORWARD_PORT, MAX_FORWARD_ANSWER, PROTOCOL_VERSION, STDIO_PORT,
     forward_header, stdio_header,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use ttrpc::asynchronous::Client;
 use ttrpc::asynchronous::transport::Socket;
 
 use crate::error::{Error, Result};
-use crate::vm::vsock::{GuestStream, Transport};
+use crate::vm::vsock::{GuestStream, Transport, read_line};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Creating a container or an exec runs libcontainer in the guest: slower under TCG.
@@ -376,19 +376,17 @@ impl AgentClient {
             s.write_all(header.as_bytes())
                 .await
                 .map_err(Error::io("forward header"))?;
-            let mut line = Vec::with_capacity(16);
-            let mut byte = [0u8; 1];
-            while line.len() < MAX_FORWARD_ANSWER {
-                match s.read(&mut byte).await {
-                    Ok(1) if byte[0] == b'\n' => return Ok(line),
-                    Ok(1) => line.push(byte[0]),
-                    Ok(_) => break,
-                    Err(e) => return Err(Error::io("forward answer")(e)),
-                }
+            // The agent's answer line, newline included, fits MAX_FORWARD_ANSWER.
+            match read_line(&mut s, MAX_FORWARD_ANSWER - 1).await {
+                Ok(Some(line)) => Ok(line),
+                Ok(None) => Err(Error::Backend(format!(
+                    "guest port {port}: no answer from the agent"
+                ))),
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(Error::Backend(
+                    format!("guest port {port}: no answer from the agent"),
+                )),
+                Err(e) => Err(Error::io("forward answer")(e)),
             }
-            Err(Error::Backend(format!(
-                "guest port {port}: no answer from the agent"
-            )))
         };
         let line = tokio::time::timeout(CALL_TIMEOUT, answer)
             .await

@@ -122,14 +122,8 @@ impl VmPod {
         spec: &Spec,
         dirs: &ContainerDirs,
     ) -> Result<Created> {
-        let own_pid_ns = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.namespaces().as_ref())
-            .is_some_and(|ns| {
-                ns.iter()
-                    .any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_none())
-            });
+        let own_pid_ns = crate::linux::hardening::spec_namespace(spec, LinuxNamespaceType::Pid)
+            .is_some_and(|n| n.path().is_none());
         let json = serde_json::to_vec(&spec).map_err(|e| Error::Backend(e.to_string()))?;
         let (io, fds, streams) = vm_process_io(&req.stdio, &dirs.state, "init")?;
         let asked = std::time::Instant::now();
@@ -365,11 +359,7 @@ pub(crate) async fn cleanup_from_disk(
 /// The pod's network as the VM takes it over: the namespace the spec joins (CNI's, or
 /// Docker's), or a new one its hooks configure (Docker's libnetwork hook), or none.
 fn net_request(spec: &Spec, bundle: &Path) -> NetRequest {
-    let Some(ns) = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::Network))
+    let Some(ns) = crate::linux::hardening::spec_namespace(spec, LinuxNamespaceType::Network)
     else {
         return NetRequest::None;
     };

@@ -55,28 +55,20 @@ pub async fn connect_hybrid(uds: &Path, port: u32, limit: Duration) -> Result<Un
         s.write_all(format!("CONNECT {port}\n").as_bytes())
             .await
             .map_err(Error::io("hybrid vsock CONNECT"))?;
-        let mut line = Vec::with_capacity(16);
-        let mut byte = [0u8; 1];
-        loop {
-            let n = s
-                .read(&mut byte)
-                .await
-                .map_err(Error::io("hybrid vsock ack"))?;
-            if n == 0 {
+        let line = match read_line(&mut s, MAX_ACK).await {
+            Ok(Some(line)) => line,
+            Ok(None) => {
                 return Err(Error::Backend(format!(
                     "vsock port {port}: connection refused by the guest"
                 )));
             }
-            if byte[0] == b'\n' {
-                break;
-            }
-            line.push(byte[0]);
-            if line.len() > MAX_ACK {
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                 return Err(Error::Backend(
                     "vsock backend sent an oversized acknowledgement".into(),
                 ));
             }
-        }
+            Err(e) => return Err(Error::io("hybrid vsock ack")(e)),
+        };
         if !line.starts_with(b"OK ") {
             return Err(Error::Backend(format!(
                 "vsock port {port}: unexpected answer {:?}",
@@ -88,4 +80,29 @@ pub async fn connect_hybrid(uds: &Path, port: u32, limit: Duration) -> Result<Un
     tokio::time::timeout(limit, attempt)
         .await
         .map_err(|_| Error::Backend(format!("vsock port {port}: no answer within {limit:?}")))?
+}
+
+/// One line from `s` without its newline, read a byte at a time so nothing after it is
+/// consumed: None at end of file before a newline; `InvalidData` past `max` bytes.
+pub async fn read_line(
+    s: &mut (impl AsyncRead + Unpin),
+    max: usize,
+) -> std::io::Result<Option<Vec<u8>>> {
+    let mut line = Vec::with_capacity(16);
+    let mut byte = [0u8; 1];
+    loop {
+        if s.read(&mut byte).await? == 0 {
+            return Ok(None);
+        }
+        if byte[0] == b'\n' {
+            return Ok(Some(line));
+        }
+        line.push(byte[0]);
+        if line.len() > max {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "line too long",
+            ));
+        }
+    }
 }
