@@ -32,6 +32,7 @@ pub mod escape;
 pub mod hostile;
 pub mod image;
 pub mod paths;
+pub mod pool;
 pub mod pss;
 pub mod suite;
 pub mod vm;

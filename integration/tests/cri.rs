@@ -959,6 +959,157 @@ fn escape_suite(s: &Suite) -> Result<()> {
     expect_back_to(s, &before, "the escape pods")
 }
 
+/// The pod VM's QEMU pid, from its sandbox dir's record.
+fn pod_qemu_pid(s: &Suite, pod: &str) -> Result<u32> {
+    let dir =
+        stockade_runtime::vm::sandbox::sandbox_dir(&s.env.ctd.stockade_state, CRI_NAMESPACE, pod);
+    let pids = std::fs::read_to_string(dir.join("pids"))
+        .with_context(|| format!("{}/pids", dir.display()))?;
+    pids.split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .context("no QEMU pid recorded")
+}
+
+/// The warm pool through CRI (VM backend): a pod claims the pool's VM (its QEMU is the
+/// pool's, the service its parent) and gets its own identity and network; the pool
+/// refills with a new VM; a pod of another size boots its own; a pool VM that dies is
+/// replaced; stopping the service removes every pool VM and leaves the claimed pod
+/// running; without the service, and with a service that keeps none, pods boot their
+/// own. Nothing is left at the end.
+fn warm_pool(s: &Suite) -> Result<()> {
+    use stockade_integration::pool::{TestPool, parent_of};
+    let env = &s.env;
+    let before = fresh(s);
+    let mut pool = TestPool::start(&env.ctd.config, "size = 1")?;
+    let boot = Duration::from_secs(120);
+    let first = pool.wait_until(boot, "ready", |st| st.ready.len() == 1)?;
+    let pooled = first.ready[0].qemu_pid;
+
+    // Claimed: the pod's QEMU is the pool's, with the pod's hostname and network.
+    let pc = env.pod_config(&format!("pooled-{}", s.tag), None);
+    let pod = env.run_pod(&pc, HANDLER)?;
+    ensure!(
+        pod_qemu_pid(s, &pod)? == pooled,
+        "the pod did not get the pool's VM (pid {pooled})"
+    );
+    ensure!(
+        parent_of(pooled) == Some(pool.pid()),
+        "the pool VM's parent"
+    );
+    let port = s.base_port + 70;
+    let c = env.start_container(&pod, &pc, container(s, "web", &web(port, "pooled")))?;
+    let ip = env.pod_ip(&pod)?;
+    ensure!(http_get_retry(&ip, port as u16, Duration::from_secs(30))?.contains("pooled"));
+    let host = env.sh(&c, "hostname; cat /sys/class/net/eth0/address")?;
+    ensure!(
+        host.starts_with(&pc.hostname),
+        "identity in the claimed VM: {host}"
+    );
+    let mac = host.lines().nth(1).unwrap_or_default().to_string();
+    ensure!(
+        mac != "02:00:00:00:00:01",
+        "the claimed VM kept the pool's MAC"
+    );
+
+    // Refilled with a new VM; the claimed one is never handed out again.
+    let refilled = pool.wait_until(boot, "refilled", |st| {
+        st.ready.len() == 1 && st.ready[0].qemu_pid != pooled
+    })?;
+    ensure!(refilled.claimed == 1, "claims counted: {refilled:?}");
+    let spare = refilled.ready[0].qemu_pid;
+
+    // Another size: its own VM, the pool's stays.
+    let mut big = env.pod_config(&format!("pool-big-{}", s.tag), None);
+    if let Some(linux) = big.linux.as_mut() {
+        linux.resources = Some(cri::LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 100_000,
+            memory_limit_in_bytes: 64 * MIB,
+            ..Default::default()
+        });
+    }
+    let big_pod = env.run_pod(&big, HANDLER)?;
+    let big_qemu = pod_qemu_pid(s, &big_pod)?;
+    ensure!(
+        big_qemu != spare && parent_of(big_qemu) != Some(pool.pid()),
+        "a pod of another size took a pool VM"
+    );
+    ensure!(
+        pool.status()?.ready.iter().any(|v| v.qemu_pid == spare),
+        "the spare VM left the pool"
+    );
+    env.remove_pod(&big_pod)?;
+
+    // A pool VM that dies is replaced, and leaves nothing.
+    let _ = run(Command::new("kill").args(["-9", &spare.to_string()]));
+    pool.wait_until(boot, "replaced", |st| {
+        st.ready.len() == 1 && st.ready[0].qemu_pid != spare
+    })?;
+    let pool_dirs = || {
+        std::fs::read_dir(env.ctd.stockade_state.join("vm"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("pool"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    wait_for(Duration::from_secs(10), || pool_dirs() == 1)?;
+
+    // Stopping the service removes its VMs; the claimed pod runs on.
+    ensure!(pool.stop()? == 0, "the pool service's exit code");
+    ensure!(
+        pool_dirs() == 0,
+        "pool VM dirs left after the service stopped"
+    );
+    let left: Vec<String> = qemu_pids(s)
+        .into_iter()
+        .filter(|p| p.parse::<u32>().ok() != Some(pooled))
+        .collect();
+    ensure!(
+        left.is_empty(),
+        "pool QEMUs left after the service stopped: {left:?}"
+    );
+    ensure!(
+        !pool.state_dir.join("pool").exists(),
+        "the pool's socket and namespace dir were left"
+    );
+    ensure!(
+        env.sh(&c, "echo alive")?.trim() == "alive",
+        "the claimed pod after the stop"
+    );
+    ensure!(http_get_retry(&ip, port as u16, Duration::from_secs(10))?.contains("pooled"));
+
+    // No service: a pod boots its own VM.
+    let cold = env.pod_config(&format!("pool-none-{}", s.tag), None);
+    let cold_pod = env.run_pod(&cold, HANDLER)?;
+    ensure!(pod_qemu_pid(s, &cold_pod)? != pooled);
+    env.remove_pod(&cold_pod)?;
+    ensure!(
+        env.ctd
+            .log()
+            .contains("no VM from the warm pool: booting one"),
+        "the shim's log says why the pod booted its own VM"
+    );
+
+    // A service that keeps no VM of the shape: the same.
+    let empty = TestPool::start(&env.ctd.config, "size = 0")?;
+    empty.wait_until(Duration::from_secs(20), "up", |st| st.ready.is_empty())?;
+    let cold = env.pod_config(&format!("pool-empty-{}", s.tag), None);
+    let cold_pod = env.run_pod(&cold, HANDLER)?;
+    let cold_qemu = pod_qemu_pid(s, &cold_pod)?;
+    ensure!(
+        parent_of(cold_qemu) != Some(empty.pid()),
+        "an empty pool handed out a VM"
+    );
+    env.remove_pod(&cold_pod)?;
+    drop(empty);
+
+    env.remove_pod(&pod)?;
+    expect_back_to(s, &before, "the pool's pods")
+}
+
 fn run_suite(mode: &'static str, extra: &str, base_port: i32) -> (usize, usize) {
     let env = match CriEnv::start(mode, extra) {
         Ok(e) => e,
@@ -990,6 +1141,7 @@ fn run_suite(mode: &'static str, extra: &str, base_port: i32) -> (usize, usize) 
             "planted_symlinks_are_not_followed",
             planted_symlinks_are_not_followed,
         ));
+        cases.push(("warm_pool", warm_pool));
     } else {
         cases.push(("annotation_asks_for_a_vm", annotation_asks_for_a_vm));
     }

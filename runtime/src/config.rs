@@ -20,6 +20,27 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub hypervisor: HypervisorConfig,
     pub container: ContainerConfig,
+    pub pool: PoolConfig,
+}
+
+/// The warm pool (`containerd-shim-stockade-v2 pool`): VMs booted ahead of the pods
+/// that claim them.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// VMs kept booted and ready, per shape; 0: the service keeps none.
+    pub size: u32,
+    /// The VM shapes kept; none: `[hypervisor]`'s base `vcpus` and `memory_mib` (a pod
+    /// without limits).
+    pub shapes: Vec<PoolShape>,
+}
+
+/// One VM shape of the pool: what a pod's VM size must equal to claim from it.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolShape {
+    pub vcpus: u32,
+    pub memory_mib: u32,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord)]

@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod exits;
 pub mod linux;
+pub mod logfmt;
 pub mod mounts;
 mod private;
 pub mod probe;

@@ -5,6 +5,7 @@ mod error;
 mod events;
 mod metrics;
 mod options;
+mod pool;
 mod shim;
 mod start;
 mod task;
@@ -33,6 +34,13 @@ fn main() {
                 std::process::exit(1);
             }
         }
+    }
+    if args.get(1).map(String::as_str) == Some(pool::COMMAND) {
+        if let Err(e) = pool::main(args[2..].to_vec()) {
+            eprintln!("{e:#}");
+            std::process::exit(1);
+        }
+        return;
     }
     if args
         .iter()

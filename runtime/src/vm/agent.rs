@@ -152,12 +152,15 @@ impl AgentClient {
         Ok(())
     }
 
+    /// `mount_share`: mount the VM's virtio-fs share (once per VM: a warm-pool VM has
+    /// it mounted before it is claimed, and its claim's call leaves it).
     pub async fn create_sandbox(
         &self,
         id: &str,
         hostname: &str,
         config_toml: String,
         net: Option<&crate::vm::network::NetConfig>,
+        mount_share: bool,
     ) -> Result<()> {
         use stockade_agent_protocol::asynchronous::agent::{Network, Route};
         let network = net.map(|n| Network {
@@ -178,7 +181,11 @@ impl AgentClient {
         let req = CreateSandboxRequest {
             sandbox_id: id.into(),
             hostname: hostname.into(),
-            share_tag: stockade_agent_protocol::SHARE_TAG.into(),
+            share_tag: if mount_share {
+                stockade_agent_protocol::SHARE_TAG.into()
+            } else {
+                String::new()
+            },
             container_config: config_toml,
             network: network.into(),
             ..Default::default()

@@ -79,6 +79,54 @@ impl PodCgroup {
     }
 }
 
+/// Move `pids` and their descendants into this process's own cgroups, in every
+/// hierarchy (v1 and v2): a warm-pool VM taken over leaves the pool service's cgroup,
+/// which its service manager kills when the service stops. Best effort: a hierarchy
+/// that refuses is logged.
+pub fn join_own(pids: &[u32]) {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut all = Vec::new();
+    for &p in pids {
+        descendants(p, &mut all);
+    }
+    for line in own.lines() {
+        let Some(dir) = hierarchy_dir(line, &mounts) else {
+            continue;
+        };
+        for p in &all {
+            if let Err(e) = std::fs::write(dir.join("cgroup.procs"), p.to_string()) {
+                log::warn!(pid = p, cgroup:% = dir.display(), error:% = e; "VM process not moved into the shim's cgroup");
+            }
+        }
+    }
+}
+
+/// Where a `/proc/self/cgroup` line's cgroup is mounted (`<id>:<controllers>:<path>`):
+/// the cgroup2 mount for `0::`, else the v1 mount whose options name the controllers.
+fn hierarchy_dir(line: &str, mountinfo: &str) -> Option<PathBuf> {
+    let mut parts = line.splitn(3, ':');
+    let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+    let mount = mountinfo.lines().find_map(|m| {
+        let (left, right) = m.split_once(" - ")?;
+        let mut fields = right.split_whitespace();
+        let (fstype, _source, options) = (fields.next()?, fields.next()?, fields.next()?);
+        let mut l = left.split_whitespace();
+        let root = l.nth(3)?;
+        let point = l.next()?;
+        let matches = if id == "0" && controllers.is_empty() {
+            fstype == "cgroup2"
+        } else {
+            fstype == "cgroup"
+                && controllers
+                    .split(',')
+                    .all(|c| options.split(',').any(|o| o == c))
+        };
+        (matches && root == "/").then(|| PathBuf::from(point))
+    })?;
+    Some(mount.join(path.trim_start_matches('/')))
+}
+
 /// `pid` and every process below it (virtiofsd's sandboxed child, for one).
 fn descendants(pid: u32, out: &mut Vec<u32>) {
     if out.contains(&pid) {
@@ -112,6 +160,30 @@ mod tests {
         let _ = child.wait();
         assert_eq!(found[0], std::process::id());
         assert!(found.contains(&child.id()), "{found:?}");
+    }
+
+    #[test]
+    fn each_hierarchy_is_found_where_it_is_mounted() {
+        let mountinfo = "\
+30 25 0:26 / /sys/fs/cgroup/unified rw,nosuid shared:9 - cgroup2 cgroup2 rw,nsdelegate
+31 25 0:27 / /sys/fs/cgroup/systemd rw,nosuid shared:10 - cgroup cgroup rw,xattr,name=systemd
+35 25 0:31 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid shared:14 - cgroup cgroup rw,cpu,cpuacct
+36 25 0:32 / /sys/fs/cgroup/memory rw,nosuid shared:15 - cgroup cgroup rw,memory";
+        assert_eq!(
+            hierarchy_dir("0::/system.slice/x.service", mountinfo),
+            Some(PathBuf::from(
+                "/sys/fs/cgroup/unified/system.slice/x.service"
+            ))
+        );
+        assert_eq!(
+            hierarchy_dir("1:name=systemd:/a", mountinfo),
+            Some(PathBuf::from("/sys/fs/cgroup/systemd/a"))
+        );
+        assert_eq!(
+            hierarchy_dir("4:cpu,cpuacct:/", mountinfo),
+            Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"))
+        );
+        assert_eq!(hierarchy_dir("5:blkio:/", mountinfo), None);
     }
 
     #[test]

@@ -22,18 +22,40 @@ pub const ROTATED: &str = "console.log.1";
 pub const MAX_FILE: u64 = 1 << 20;
 pub const MAX_RATE: usize = 1 << 20;
 
-/// Drain the console pipe's read end into `dir`'s console log until the VMM closes it.
-pub fn spawn_logger(dir: &Path, read_end: OwnedFd) -> Result<()> {
+/// The task draining a console pipe; [`take`](Self::take) stops it and hands the
+/// pipe's read end back (a warm-pool VM changing hands).
+pub struct ConsoleLogger {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Option<OwnedFd>>,
+}
+
+impl ConsoleLogger {
+    /// Stop draining; the read end, unless the VMM closed the pipe already.
+    pub async fn take(mut self) -> Option<OwnedFd> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.ok().flatten()
+    }
+}
+
+/// Drain the console pipe's read end into `dir`'s console log until the VMM closes it
+/// (appending, for a pipe taken over from another logger).
+pub fn spawn_logger(dir: &Path, read_end: OwnedFd) -> Result<ConsoleLogger> {
     let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(read_end)
         .map_err(Error::io("console pipe"))?;
-    let mut log = ConsoleLog::create(dir)?;
-    tokio::spawn(async move {
+    let mut log = ConsoleLog::open(dir)?;
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
         let mut buf = vec![0u8; 64 * 1024];
         let mut window = (Instant::now(), 0usize);
         loop {
-            let n = match rx.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
+            let n = tokio::select! {
+                _ = &mut stopped => return rx.into_nonblocking_fd().ok(),
+                r = rx.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => n,
+                },
             };
             log.write(&buf[..n]);
             window.1 += n;
@@ -46,7 +68,10 @@ pub fn spawn_logger(dir: &Path, read_end: OwnedFd) -> Result<()> {
             }
         }
     });
-    Ok(())
+    Ok(ConsoleLogger {
+        stop: Some(stop),
+        task,
+    })
 }
 
 /// `console.log` with its one rotated predecessor.
@@ -57,12 +82,17 @@ struct ConsoleLog {
 }
 
 impl ConsoleLog {
-    fn create(dir: &Path) -> Result<ConsoleLog> {
-        let file = std::fs::File::create(dir.join(FILE)).map_err(Error::io("console log"))?;
+    fn open(dir: &Path) -> Result<ConsoleLog> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(FILE))
+            .map_err(Error::io("console log"))?;
+        let written = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(ConsoleLog {
             dir: dir.to_path_buf(),
             file,
-            written: 0,
+            written,
         })
     }
 
@@ -115,7 +145,7 @@ mod tests {
     #[test]
     fn the_log_is_capped_at_two_files() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut log = ConsoleLog::create(tmp.path()).unwrap();
+        let mut log = ConsoleLog::open(tmp.path()).unwrap();
         let chunk = vec![b'y'; 300 * 1024];
         for _ in 0..20 {
             log.write(&chunk);

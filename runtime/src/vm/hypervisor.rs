@@ -37,6 +37,19 @@ pub struct BootSpec<'a> {
     /// The VM's secret (`stockade_agent_protocol::AUTH_METADATA`): the VMM hands it to
     /// the guest where no other local user can read it (never on its command line).
     pub secret: &'a str,
+    /// Whether the VM's processes die with the process that spawns them (a shim's VM);
+    /// the warm pool's outlive it, because they are handed over to shims.
+    pub die_with_parent: bool,
+}
+
+/// A booted VM given up by the process that runs it, for another to take over (the
+/// warm pool's claim): nothing was stopped.
+pub struct Handover {
+    /// pidfds of the VM's host processes, named, the VMM first.
+    pub processes: Vec<(&'static str, std::os::fd::OwnedFd)>,
+    /// The console pipe's read end, unless the VMM closed it.
+    pub console: Option<std::os::fd::OwnedFd>,
+    pub transport: Transport,
 }
 
 #[async_trait]
@@ -70,6 +83,9 @@ pub trait Hypervisor: Send + Sync {
 
     /// The VMM's and its backends' own logs, for an error message.
     fn logs(&self) -> String;
+
+    /// Give the VM up without stopping it: see [`Handover`].
+    async fn hand_over(self: Box<Self>) -> Result<Handover>;
 }
 
 const CONSOLE_TAIL_LINES: usize = 25;

@@ -8,13 +8,21 @@ use std::time::{Duration, Instant};
 use crate::config::HypervisorConfig;
 use crate::error::{Error, Result};
 use crate::vm::agent::AgentClient;
-use crate::vm::hypervisor::{BootSpec, ExitFuture, Hypervisor, Nic, console_tail};
+use crate::vm::hypervisor::{BootSpec, ExitFuture, Handover, Hypervisor, Nic, console_tail};
 use crate::vm::qemu::Qemu;
 
 pub struct MicroVm {
     pub dir: PathBuf,
     pub agent: Arc<AgentClient>,
     vmm: Box<dyn Hypervisor>,
+    secret: String,
+}
+
+/// A booted VM as it changes hands (the warm pool's claim): its processes and console
+/// ([`Handover`]), and the secret its agent demands.
+pub struct HandedOver {
+    pub vmm: Handover,
+    pub secret: String,
 }
 
 impl MicroVm {
@@ -26,6 +34,18 @@ impl MicroVm {
         dir: &Path,
         share: Option<&Path>,
         nic: Option<&Nic>,
+    ) -> Result<MicroVm> {
+        Self::boot_with_parent(cfg, dir, share, nic, true).await
+    }
+
+    /// As [`boot`](Self::boot); with `die_with_parent` false the VM's processes outlive
+    /// this process (the warm pool's VMs, handed over to shims).
+    pub async fn boot_with_parent(
+        cfg: &HypervisorConfig,
+        dir: &Path,
+        share: Option<&Path>,
+        nic: Option<&Nic>,
+        die_with_parent: bool,
     ) -> Result<MicroVm> {
         let mut needed = vec![("kernel", &cfg.kernel), ("initrd", &cfg.initrd)];
         if share.is_some() {
@@ -48,6 +68,7 @@ impl MicroVm {
             nic,
             deadline: Instant::now() + Duration::from_secs(cfg.boot_timeout_secs),
             secret: &secret,
+            die_with_parent,
         };
         let result = Self::boot_with::<Qemu>(&spec).await;
         if result.is_err() {
@@ -65,6 +86,7 @@ impl MicroVm {
                     dir: spec.dir.to_path_buf(),
                     agent: Arc::new(agent),
                     vmm: Box::new(vmm),
+                    secret: spec.secret.to_string(),
                 })
             }
             Err(e) => {
@@ -72,6 +94,43 @@ impl MicroVm {
                 Err(e)
             }
         }
+    }
+
+    /// Take over a VM another process booted, its state dir now `dir`: its agent must
+    /// answer the version handshake within `limit`, or the VM is killed.
+    pub async fn adopt(dir: &Path, given: HandedOver, limit: Duration) -> Result<MicroVm> {
+        let mut vmm = Qemu::adopt(dir, given.vmm)?;
+        let agent = if vmm.has_exited() {
+            Err(Error::Backend("the handed-over VM has stopped".into()))
+        } else {
+            AgentClient::connect(vmm.transport(), &given.secret, limit).await
+        };
+        match agent {
+            Ok(agent) => Ok(MicroVm {
+                dir: dir.to_path_buf(),
+                agent: Arc::new(agent),
+                vmm: Box::new(vmm),
+                secret: given.secret,
+            }),
+            Err(e) => {
+                vmm.kill().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Give the VM up without stopping it, for another process to
+    /// [`adopt`](Self::adopt).
+    pub async fn hand_over(self) -> Result<HandedOver> {
+        Ok(HandedOver {
+            vmm: self.vmm.hand_over().await?,
+            secret: self.secret,
+        })
+    }
+
+    /// Whether the VMM has exited.
+    pub fn has_exited(&self) -> bool {
+        self.vmm.has_exited()
     }
 
     /// The VMM's pid.

@@ -18,6 +18,7 @@ pub mod jail;
 pub mod microvm;
 pub mod network;
 pub mod pod;
+pub mod pool;
 pub mod qemu;
 pub mod sandbox;
 pub mod share;

@@ -183,6 +183,31 @@ pub fn create_tap(netns: &Path, exits: &Exits) -> Result<OwnedFd> {
     })
 }
 
+/// A warm-pool VM's tap: `name` in the pool's namespace at `netns`, left down (nothing
+/// crosses it until a pod claims the VM).
+pub fn create_parked_tap(netns: &Path, name: &str) -> Result<OwnedFd> {
+    let name = name.to_string();
+    in_netns(netns, move || open_tap(&name))
+}
+
+/// A claimed warm-pool VM's tap into the pod's namespace: moved out of the pool's
+/// (`pool_netns`) and renamed [`TAP_NAME`], up; [`wire`] then wires it as any other.
+pub fn claim_tap(pool_netns: &Path, name: &str, netns: &Path, exits: &Exits) -> Result<()> {
+    let (parked, target, ex) = (name.to_string(), netns.display().to_string(), exits.clone());
+    in_netns(pool_netns, move || {
+        ip(&ex, &["link", "set", "dev", &parked, "netns", &target]).map(|_| ())
+    })?;
+    let (name, ex) = (name.to_string(), exits.clone());
+    in_netns(netns, move || {
+        let moved = ip(&ex, &["link", "set", "dev", &name, "name", TAP_NAME])
+            .and_then(|_| ip(&ex, &["link", "set", TAP_NAME, "up"]));
+        if moved.is_err() {
+            let _ = ip(&ex, &["link", "del", &name]);
+        }
+        moved.map(|_| ())
+    })
+}
+
 /// Mirror the pod's interface and the tap onto each other. `None` when the namespace
 /// has no interface with an IPv4 address (`--network none`): the guest's NIC stays down.
 pub fn wire(netns: &Path, exits: &Exits) -> Result<Option<NetConfig>> {

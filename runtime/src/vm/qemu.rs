@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Accel, HypervisorConfig, VsockMode};
 use crate::error::{Error, Result};
-use crate::vm::hypervisor::{BootSpec, ExitFuture, Hypervisor};
+use crate::vm::console::ConsoleLogger;
+use crate::vm::hypervisor::{BootSpec, ExitFuture, Handover, Hypervisor};
 use crate::vm::jail::{self, Jail};
 use crate::vm::vsock::Transport;
 use crate::vm::watched::Watched;
@@ -25,6 +26,41 @@ pub struct Qemu {
     /// The vhost-user vsock backend (absent with kernel vhost-vsock) and virtiofsd.
     helpers: Vec<Watched>,
     transport: Transport,
+    console: Option<ConsoleLogger>,
+}
+
+/// The names a VM's host processes go by (the VMM first).
+const PROCESS_NAMES: [&str; 3] = ["qemu", "vhost-device-vsock", "virtiofsd"];
+
+impl Qemu {
+    /// Take over a VM another process booted (see [`Handover`]), its state now in `dir`.
+    pub fn adopt(dir: &Path, h: Handover) -> Result<Qemu> {
+        let mut processes = h.processes.into_iter();
+        let (name, fd) = processes
+            .next()
+            .filter(|(n, _)| *n == PROCESS_NAMES[0])
+            .ok_or_else(|| Error::Backend("a handed-over VM without its VMM".into()))?;
+        let qemu = Watched::from_pidfd(name, fd)?;
+        let helpers = processes
+            .map(|(n, fd)| Watched::from_pidfd(n, fd))
+            .collect::<Result<Vec<_>>>()?;
+        let console = match h.console {
+            Some(fd) => Some(crate::vm::console::spawn_logger(dir, fd)?),
+            None => None,
+        };
+        Ok(Qemu {
+            dir: dir.to_path_buf(),
+            qemu,
+            helpers,
+            transport: h.transport,
+            console,
+        })
+    }
+}
+
+/// A process name as handed over, as one of [`PROCESS_NAMES`].
+pub fn process_name(name: &str) -> Option<&'static str> {
+    PROCESS_NAMES.into_iter().find(|n| *n == name)
 }
 
 async fn kill_all(helpers: &mut [Watched]) {
@@ -45,9 +81,14 @@ pub fn choose_transport(cfg: &HypervisorConfig, dir: &Path, have_vhost_vsock: bo
         Transport::Kernel { cid: random_cid() }
     } else {
         Transport::Hybrid {
-            uds: vsock_dir(dir).join("vsock.sock"),
+            uds: hybrid_socket(dir),
         }
     }
+}
+
+/// The hybrid vsock socket of the VM whose state dir is `dir`.
+pub fn hybrid_socket(dir: &Path) -> PathBuf {
+    vsock_dir(dir).join("vsock.sock")
 }
 
 /// The vhost-user vsock backend's own dir (its sockets), owned by its uid.
@@ -122,30 +163,36 @@ fn virtiofs_socket(dir: &Path) -> PathBuf {
     dir.join("virtiofs.sock")
 }
 
-/// Spawn a helper that dies with the shim: PR_SET_PDEATHSIG fires when the spawning
-/// thread exits, and these are spawned from the runtime's long-lived worker threads.
-fn spawn_helper(
-    cmd: &mut Command,
-    what: &str,
+/// How a helper is confined: with `user`, it runs as that uid and gid, with no
+/// supplementary group, no capability and no-new-privileges; with `jail`, in that jail
+/// (entered as root first). With `die_with_parent`, PR_SET_PDEATHSIG kills it when the
+/// spawning thread exits (these are spawned from the runtime's long-lived worker
+/// threads); the warm pool's helpers outlive the pool service instead.
+struct Confine {
     user: Option<u32>,
     jail: Option<Jail>,
-) -> Result<std::process::Child> {
-    spawn_helper_with_fds(cmd, what, [None, None], None, user, jail)
+    die_with_parent: bool,
+}
+
+fn spawn_helper(cmd: &mut Command, what: &str, confine: Confine) -> Result<std::process::Child> {
+    spawn_helper_with_fds(cmd, what, [None, None], None, confine)
 }
 
 /// As [`spawn_helper`], with each `(fd, number)` of `fds` (open in the parent until
 /// spawn returns) given to the child as that number, and in network namespace `netns`.
-/// With `user`, the child runs as that uid and gid, with no supplementary group, no
-/// capability and no-new-privileges; with `jail`, in that jail (entered as root first).
 fn spawn_helper_with_fds(
     cmd: &mut Command,
     what: &str,
     fds: [Option<(std::os::fd::RawFd, i32)>; 2],
     netns: Option<std::os::fd::RawFd>,
-    user: Option<u32>,
-    jail: Option<Jail>,
+    confine: Confine,
 ) -> Result<std::process::Child> {
     use std::os::unix::process::CommandExt;
+    let Confine {
+        user,
+        jail,
+        die_with_parent,
+    } = confine;
     let mut moved = [-1; 2];
     // SAFETY: prctl, fcntl, dup2, setns, setgroups, setgid and setuid are
     // async-signal-safe and touch only the child; nothing is allocated.
@@ -165,7 +212,7 @@ fn spawn_helper_with_fds(
                 }
             }
             // After the uid change, which clears it.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            if die_with_parent && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             // Out of the way of the target numbers first, then into place (dup2
@@ -347,6 +394,7 @@ impl Hypervisor for Qemu {
             nic,
             deadline,
             secret,
+            die_with_parent,
         } = *spec;
         if !cfg.qemu.exists() {
             return Err(Error::FailedPrecondition(format!(
@@ -387,12 +435,15 @@ impl Hypervisor for Qemu {
                     &dir.join("vsock.log"),
                     &vhost,
                     deadline,
-                    Some(ids.vsock),
-                    Some(Jail::new(
-                        &dir.join("vsock-jail"),
-                        &cfg.vsock_backend,
-                        &own,
-                    )?),
+                    Confine {
+                        user: Some(ids.vsock),
+                        jail: Some(Jail::new(
+                            &dir.join("vsock-jail"),
+                            &cfg.vsock_backend,
+                            &own,
+                        )?),
+                        die_with_parent,
+                    },
                 )
                 .await?,
             );
@@ -415,8 +466,11 @@ impl Hypervisor for Qemu {
                 &dir.join("virtiofsd.log"),
                 &sock,
                 deadline,
-                None,
-                None,
+                Confine {
+                    user: None,
+                    jail: None,
+                    die_with_parent,
+                },
             )
             .await;
             match started {
@@ -436,11 +490,13 @@ impl Hypervisor for Qemu {
         let qemu_log = std::fs::File::create(dir.join("qemu.log")).map_err(Error::io("qemu log"));
         let console = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| Error::Backend(format!("console pipe: {e}")))
-            .and_then(|(r, w)| crate::vm::console::spawn_logger(dir, r).map(|()| w));
+            .and_then(|(r, w)| crate::vm::console::spawn_logger(dir, r).map(|l| (l, w)));
+        let mut logger = None;
         let child =
             qemu_log
                 .and_then(|log| console.map(|c| (log, c)))
-                .and_then(|(log, console)| {
+                .and_then(|(log, (l, console))| {
+                    logger = Some(l);
                     use std::os::fd::AsRawFd;
                     spawn_helper_with_fds(
                         Command::new(&cfg.qemu)
@@ -461,8 +517,11 @@ impl Hypervisor for Qemu {
                             Some((console.as_raw_fd(), CONSOLE_FD)),
                         ],
                         nic.and_then(|n| n.netns),
-                        None,
-                        None,
+                        Confine {
+                            user: None,
+                            jail: None,
+                            die_with_parent,
+                        },
                     )
                 });
         let qemu = child.and_then(|c| Watched::new("qemu", c));
@@ -472,6 +531,7 @@ impl Hypervisor for Qemu {
                 qemu,
                 helpers,
                 transport,
+                console: logger,
             }),
             Err(e) => {
                 kill_all(&mut helpers).await;
@@ -519,6 +579,30 @@ impl Hypervisor for Qemu {
             log("vsock.log").trim()
         )
     }
+
+    async fn hand_over(self: Box<Self>) -> Result<Handover> {
+        let Qemu {
+            qemu,
+            helpers,
+            transport,
+            console,
+            ..
+        } = *self;
+        let mut processes = Vec::new();
+        for w in std::iter::once(qemu).chain(helpers) {
+            processes.push((w.name, w.pidfd()?));
+            w.release();
+        }
+        let console = match console {
+            Some(c) => c.take().await,
+            None => None,
+        };
+        Ok(Handover {
+            processes,
+            console,
+            transport,
+        })
+    }
 }
 
 /// Spawn a helper that serves a socket and wait until the socket exists.
@@ -528,14 +612,13 @@ async fn start_helper(
     log: &Path,
     socket: &Path,
     deadline: Instant,
-    user: Option<u32>,
-    jail: Option<Jail>,
+    confine: Confine,
 ) -> Result<Watched> {
     let log_file = std::fs::File::create(log).map_err(Error::io(format!("{name} log")))?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file);
-    let mut w = Watched::new(name, spawn_helper(cmd, name, user, jail)?)?;
+    let mut w = Watched::new(name, spawn_helper(cmd, name, confine)?)?;
     while !socket.exists() {
         if w.has_exited() || Instant::now() > deadline {
             w.kill().await;

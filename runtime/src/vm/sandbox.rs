@@ -96,24 +96,44 @@ impl Sandbox {
             // A crashed shim's leftovers: nothing in it is trusted or reused.
             cleanup_dir(&dir)?;
         }
-        std::fs::create_dir_all(&dir).map_err(Error::io(format!("create {}", dir.display())))?;
-        crate::private::restrict_dir(&dir);
-        let _ = std::fs::write(dir.join(ID_FILE), format!("{namespace}\n{id}\n"));
-        let share = match Share::create(&dir.join("share")) {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(e);
-            }
-        };
         let PodHost {
             network: network_req,
             cgroup,
         } = host;
         let booting = std::time::Instant::now();
+        let claimed = match &network_req {
+            NetRequest::Join(_) => claim_from_pool(config, id, &dir).await,
+            NetRequest::None | NetRequest::Hooks { .. } => {
+                log::debug!(sandbox = id; "the warm pool serves pods with a network namespace of their own: booting a VM");
+                None
+            }
+        };
+        let from_pool = claimed.is_some();
         let mut net: Option<PodNetwork> = None;
-        let started =
-            Self::start_vm(config, id, &dir, &share, network_req, host_exits, &mut net).await;
+        let (share, started) = match claimed {
+            Some(c) => {
+                let share = Share::adopt(&dir.join("share"));
+                let started = Self::take_claimed(*c, &dir, network_req, host_exits, &mut net).await;
+                (share, started)
+            }
+            None => {
+                std::fs::create_dir_all(&dir)
+                    .map_err(Error::io(format!("create {}", dir.display())))?;
+                crate::private::restrict_dir(&dir);
+                let share = match Share::create(&dir.join("share")) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = std::fs::remove_dir_all(&dir);
+                        return Err(e);
+                    }
+                };
+                let started =
+                    Self::start_vm(config, id, &dir, &share, network_req, host_exits, &mut net)
+                        .await;
+                (share, started)
+            }
+        };
+        let _ = std::fs::write(dir.join(ID_FILE), format!("{namespace}\n{id}\n"));
         let started = match (started, &cgroup) {
             (Ok(mut vm), Some(cg)) => match cg.place(&dir, &vm.helper_pids()) {
                 Ok(()) => Ok(vm),
@@ -134,13 +154,12 @@ impl Sandbox {
                     network::detach(n, host_exits);
                 }
                 let _ = share.destroy();
-                let _ = std::fs::remove_dir_all(&dir);
+                let _ = cleanup_dir(&dir);
                 return Err(e);
             }
         };
-        log::debug!(sandbox = id, ms = booting.elapsed().as_millis() as u64; "VM booted, agent answered");
-        let pids: Vec<String> = vm.helper_pids().iter().map(u32::to_string).collect();
-        let _ = std::fs::write(dir.join(PIDS_FILE), pids.join("\n"));
+        log::debug!(sandbox = id, ms = booting.elapsed().as_millis() as u64, from_pool; "VM booted, agent answered");
+        record_pids(&dir, &vm.helper_pids());
         let agent = vm.agent.clone();
         let qemu_exit = vm.qemu_exit();
         let sandbox = Arc::new(Sandbox {
@@ -167,6 +186,7 @@ impl Sandbox {
                         .network
                         .as_ref()
                         .and_then(|(n, _)| n.config.as_ref()),
+                    !from_pool,
                 )
                 .await
                 .map(|_| exit),
@@ -193,6 +213,56 @@ impl Sandbox {
         *sandbox.pump.lock().expect("pump lock") = Some(pump);
         log::info!(sandbox = id, dir:% = dir.display(); "VM sandbox ready");
         Ok(sandbox)
+    }
+
+    /// A warm-pool VM, handed over and its state dir renamed to `dir`: the shim's from
+    /// now on (its processes leave the pool service's cgroups for the shim's), its tap
+    /// moved into the pod's namespace and wired as [`start_vm`](Self::start_vm) wires one.
+    async fn take_claimed(
+        claimed: crate::vm::pool::Claimed,
+        dir: &Path,
+        network_req: NetRequest,
+        host_exits: &Exits,
+        net: &mut Option<PodNetwork>,
+    ) -> Result<MicroVm> {
+        let crate::vm::pool::Claimed {
+            vm,
+            tap,
+            pool_netns,
+        } = claimed;
+        let mut vm = MicroVm::adopt(&dir.join("vm"), vm, crate::vm::pool::ADOPT_TIMEOUT).await?;
+        let taken = async {
+            crate::vm::cgroup::join_own(&vm.helper_pids());
+            let NetRequest::Join(path) = network_req else {
+                return Err(Error::Backend(
+                    "a claimed VM needs the pod's namespace".into(),
+                ));
+            };
+            *net = Some(PodNetwork {
+                netns: path.clone(),
+                owned: false,
+                config: None,
+            });
+            let ex = host_exits.clone();
+            let wired = tokio::task::spawn_blocking(move || {
+                network::claim_tap(&pool_netns, &tap, &path, &ex)?;
+                network::wire(&path, &ex)
+            })
+            .await
+            .map_err(|e| Error::Backend(e.to_string()))??;
+            if let Some(n) = net.as_mut() {
+                n.config = wired;
+            }
+            Ok(())
+        }
+        .await;
+        match taken {
+            Ok(()) => Ok(vm),
+            Err(e) => {
+                vm.kill().await;
+                Err(e)
+            }
+        }
     }
 
     /// The network side and the VM: everything [`boot`](Self::boot) undoes when it fails
@@ -452,7 +522,7 @@ impl Sandbox {
 /// host's other sections mean nothing in the guest and may be newer than its agent),
 /// with VM mode's privileged policy (`[hypervisor] allow_privileged`) in place of
 /// container mode's.
-fn guest_config(config: &Config) -> Result<String> {
+pub(crate) fn guest_config(config: &Config) -> Result<String> {
     #[derive(serde::Serialize)]
     struct Guest {
         container: crate::config::ContainerConfig,
@@ -543,10 +613,58 @@ pub fn list(state_dir: &Path) -> Vec<SandboxInfo> {
     out
 }
 
-/// Whether process `pid` is one of `dir`'s helpers: it names the dir on its command
-/// line, or works in it (the vsock backend, which names its sockets relative to its own
-/// dir). So a recycled pid is never taken for a helper.
-fn works_in(pid: i32, dir: &Path) -> bool {
+/// Ask the warm pool for a VM of this sandbox's size and boot config, moved to `dir`.
+/// None: boot one (the log line says why).
+async fn claim_from_pool(
+    config: &Config,
+    id: &str,
+    dir: &Path,
+) -> Option<Box<crate::vm::pool::Claimed>> {
+    use crate::vm::pool::{ClaimOutcome, claim};
+    let (state, hv, to) = (
+        config.runtime.state_dir.clone(),
+        config.hypervisor.clone(),
+        dir.to_path_buf(),
+    );
+    let asked = tokio::task::spawn_blocking(move || claim(&state, &hv, &to)).await;
+    let why = match asked {
+        Ok(Ok(ClaimOutcome::Claimed(c))) => {
+            log::info!(sandbox = id; "VM from the warm pool");
+            return Some(c);
+        }
+        Ok(Ok(ClaimOutcome::Miss(why))) => why,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    log::info!(sandbox = id, vcpus = config.hypervisor.vcpus, memory_mib = config.hypervisor.memory_mib, why = why.as_str(); "no VM from the warm pool: booting one");
+    None
+}
+
+/// Record the pids of `dir`'s helpers with their start times, for [`cleanup_dir`].
+pub(crate) fn record_pids(dir: &Path, pids: &[u32]) {
+    let lines: Vec<String> = pids
+        .iter()
+        .map(|p| format!("{p} {}", start_time(*p as i32).unwrap_or(0)))
+        .collect();
+    let _ = std::fs::write(dir.join(PIDS_FILE), lines.join("\n"));
+}
+
+/// When process `pid` started (clock ticks after boot, `/proc/<pid>/stat` field 22).
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from its end.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether process `pid` is one of `dir`'s helpers: the process recorded (same start
+/// time), or, without a start time, one that names the dir on its command line or
+/// works in it (the vsock backend, which names its sockets relative to its own dir).
+/// So a recycled pid is never taken for a helper.
+fn works_in(pid: i32, started: u64, dir: &Path) -> bool {
+    if started != 0 {
+        return start_time(pid) == Some(started);
+    }
     let needle = dir.to_string_lossy();
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     String::from_utf8_lossy(&cmdline).contains(needle.as_ref())
@@ -557,22 +675,26 @@ fn works_in(pid: i32, dir: &Path) -> bool {
 /// they still work in that dir, so a recycled pid is safe), unmount its share, remove
 /// it.
 pub fn cleanup_dir(dir: &Path) -> Result<()> {
-    let pids: Vec<i32> = std::fs::read_to_string(dir.join(PIDS_FILE))
+    let pids: Vec<(i32, u64)> = std::fs::read_to_string(dir.join(PIDS_FILE))
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| l.trim().parse().ok())
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let pid = w.next()?.parse().ok()?;
+            Some((pid, w.next().and_then(|s| s.parse().ok()).unwrap_or(0)))
+        })
         .collect();
-    for pid in &pids {
-        if works_in(*pid, dir) {
+    for &(pid, started) in &pids {
+        if works_in(pid, started, dir) {
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(*pid),
+                nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
     }
     // Give the kernel a moment to tear the killed processes' mounts and fds down.
     for _ in 0..50 {
-        if !pids.iter().any(|p| works_in(*p, dir)) {
+        if !pids.iter().any(|&(p, s)| works_in(p, s, dir)) {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));

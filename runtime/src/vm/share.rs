@@ -343,6 +343,15 @@ impl Share {
         Ok(share)
     }
 
+    /// The share a warm-pool VM was booted with, made by [`create`](Self::create) in
+    /// another process and holding no container yet, now at `root`.
+    pub fn adopt(root: &Path) -> Share {
+        Share {
+            root: root.to_path_buf(),
+            mounts: Mutex::new(HashMap::new()),
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.root
     }

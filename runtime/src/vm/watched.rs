@@ -14,7 +14,10 @@ use crate::error::{Error, Result};
 
 pub struct Watched {
     pub name: &'static str,
-    child: Child,
+    pid: u32,
+    /// Absent for a process another process spawned and handed over (the warm pool's):
+    /// its parent reaps it.
+    child: Option<Child>,
     pidfd: AsyncFd<OwnedFd>,
 }
 
@@ -29,16 +32,58 @@ impl Watched {
         }
         // SAFETY: a fresh fd owned by nobody else.
         let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        // SAFETY: `pidfd` is an OwnedFd moved into the AsyncFd, which owns it until drop;
-        // nothing else closes or reuses the descriptor while it is registered.
-        let pidfd =
-            unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
-                .map_err(|e| Error::io("watch pidfd")(e.into()))?;
-        Ok(Watched { name, child, pidfd })
+        let pid = child.id();
+        Ok(Watched {
+            name,
+            pid,
+            child: Some(child),
+            pidfd: register(pidfd)?,
+        })
+    }
+
+    /// A process known by a pidfd another process handed over (it stays that one's
+    /// child, and is reaped there).
+    pub fn from_pidfd(name: &'static str, pidfd: OwnedFd) -> Result<Watched> {
+        let pid = pidfd_pid(&pidfd)
+            .ok_or_else(|| Error::Backend(format!("{name}: not a pidfd of a live process")))?;
+        Ok(Watched {
+            name,
+            pid,
+            child: None,
+            pidfd: register(pidfd)?,
+        })
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
+    }
+
+    /// A duplicate of the pidfd, to hand the process over to another process.
+    pub fn pidfd(&self) -> Result<OwnedFd> {
+        self.pidfd
+            .get_ref()
+            .try_clone()
+            .map_err(Error::io("dup pidfd"))
+    }
+
+    /// Give the process up without stopping it (it was handed over): once it exits it
+    /// is reaped here, as its parent must.
+    pub fn release(self) {
+        let Watched {
+            child, mut pidfd, ..
+        } = self;
+        let Some(mut child) = child else { return };
+        tokio::spawn(async move {
+            loop {
+                match pidfd.readable_mut().await {
+                    Ok(mut g) => g.clear_ready(),
+                    Err(_) => break,
+                }
+                if !matches!(child.try_wait(), Ok(None)) {
+                    break;
+                }
+            }
+        });
     }
 
     pub fn has_exited(&self) -> bool {
@@ -57,7 +102,9 @@ impl Watched {
         if let Ok(Ok(mut guard)) = done {
             guard.retain_ready();
             // Reap it if nobody else did (no reaper outside the shim).
-            let _ = self.child.try_wait();
+            if let Some(c) = self.child.as_mut() {
+                let _ = c.try_wait();
+            }
             return true;
         }
         false
@@ -100,5 +147,51 @@ impl Watched {
             self.signal(libc::SIGKILL);
         }
         self.exited_within(Duration::from_secs(5)).await;
+    }
+}
+
+fn register(pidfd: OwnedFd) -> Result<AsyncFd<OwnedFd>> {
+    // SAFETY: `pidfd` is an OwnedFd moved into the AsyncFd, which owns it until drop;
+    // nothing else closes or reuses the descriptor while it is registered.
+    unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
+        .map_err(|e| Error::io("watch pidfd")(e.into()))
+}
+
+/// The pid a pidfd refers to (`Pid:` of its fdinfo; -1 once the process is gone).
+fn pidfd_pid(fd: &OwnedFd) -> Option<u32> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|p| p.trim().parse::<i64>().ok())
+        .filter(|p| *p > 0)
+        .map(|p| p as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_handed_over_process_is_watched_by_its_pidfd() {
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let parent = Watched::new("sleep", child).unwrap();
+        let mut adopted = Watched::from_pidfd("sleep", parent.pidfd().unwrap()).unwrap();
+        assert_eq!(adopted.pid(), pid);
+        assert!(!adopted.has_exited());
+        parent.release();
+        adopted.kill().await;
+        assert!(adopted.has_exited());
+        // Reaped by the releasing side: no zombie left.
+        for _ in 0..100 {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{pid} was not reaped");
     }
 }

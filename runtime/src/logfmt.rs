@@ -1,0 +1,52 @@
+//! Structured log lines on stderr (`<prefix>level=info msg="..." key=value`), for the
+//! processes that have no containerd log to write to: the guest agent (its console) and
+//! the warm pool service (its journal).
+
+use std::io::Write;
+
+use log::kv::{Key, Value, VisitSource};
+
+struct Stderr {
+    prefix: &'static str,
+}
+
+struct Fields(String);
+
+impl<'kvs> VisitSource<'kvs> for Fields {
+    fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), log::kv::Error> {
+        self.0.push_str(&format!(" {key}={value:?}"));
+        Ok(())
+    }
+}
+
+impl log::Log for Stderr {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::max_level()
+    }
+
+    fn log(&self, r: &log::Record<'_>) {
+        if !self.enabled(r.metadata()) {
+            return;
+        }
+        let mut fields = Fields(String::new());
+        let _ = r.key_values().visit(&mut fields);
+        let line = format!(
+            "{}level={} msg={:?}{}\n",
+            self.prefix,
+            r.level().as_str().to_lowercase(),
+            r.args().to_string(),
+            fields.0
+        );
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+
+    fn flush(&self) {}
+}
+
+/// Log to stderr from now on, each line after `prefix`, up to `level`.
+pub fn init(prefix: &'static str, level: log::LevelFilter) {
+    let logger = Box::leak(Box::new(Stderr { prefix }));
+    if log::set_logger(logger).is_ok() {
+        log::set_max_level(level);
+    }
+}
