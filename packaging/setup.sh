@@ -118,6 +118,9 @@ else
   log "keeping the existing /etc/stockade/configuration.toml"
 fi
 log "installed $PREFIX/bin/containerd-shim-stockade-v2"
+# The warm pool's unit, installed disabled: [pool] size is 0 until an operator sizes it.
+sed "s#/usr/local/bin/#$PREFIX/bin/#" packaging/systemd/stockade-pool.service \
+  >/etc/systemd/system/stockade-pool.service 2>/dev/null || true
 
 # On a systemd host, the node's own containerd and dockerd serve Stockade from now on.
 if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then

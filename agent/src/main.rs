@@ -35,6 +35,10 @@ fn main() {
     if args.get(1).map(String::as_str) == Some(helper::HELPER_ARG) {
         std::process::exit(helper::main(&args[2..]));
     }
+    // The pod's sandbox process (stockade_runtime::linux::pause).
+    if args.get(1).map(String::as_str) == Some(stockade_runtime::linux::pause::PAUSE_ARG) {
+        stockade_runtime::linux::pause::main();
+    }
     // The kernel's usermode modprobe (modprobe.rs): `/init -q -- <module or alias>`.
     if modprobe::called_as_modprobe(&args) {
         std::process::exit(modprobe::main(&args));

@@ -2,7 +2,10 @@
 //! kubelet drives it through containerd's CRI, for runc's shim (handler `runc`) and
 //! Stockade's two backends (handler `stockade`; the VM pods ask for it with the
 //! `io.stockade.mode = vm` pod annotation), interleaved on one containerd in one run.
-//! Prints medians and the ratios to runc.
+//! Then the same with the warm pool service running (one VM kept): runc's pods and VM
+//! pods that claim the pool's VM, each round starting with the pool full and idle (its
+//! refill after a claim runs while the pod's container starts, as on a node).
+//! Prints medians and the ratios to runc's, each against runc's in the same phase.
 //!
 //!   sudo cargo run --release -p stockade-integration --example pod_bench [-- N]
 //!
@@ -14,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use stockade_integration::bench::{median, rounds};
 use stockade_integration::cri::{CriEnv, HANDLER};
+use stockade_integration::pool::TestPool;
 use stockade_integration::{guest_config, hypervisor_toml};
 use stockade_runtime::config::Accel;
 
@@ -55,7 +59,50 @@ fn main() -> Result<()> {
     for (k, (name, _, _)) in kinds.iter().enumerate() {
         let m = median(&mut times[k]);
         println!(
-            "  {name:<30} median {:>7.1} ms   ratio to runc {:.2}",
+            "  {name:<34} median {:>7.1} ms   ratio to runc {:.2}",
+            m.as_secs_f64() * 1000.0,
+            m.as_secs_f64() / base.as_secs_f64()
+        );
+    }
+
+    // The warm pool: one VM of the default shape kept booted.
+    let pool = TestPool::start(&env.ctd.config, "size = 1")?;
+    let full = || {
+        pool.wait_until(Duration::from_secs(120), "full and idle", |s| {
+            s.ready.len() == 1 && s.booting == 0
+        })
+    };
+    let warm: [(&str, &str, bool); 2] = [
+        ("runc (io.containerd.runc.v2)", "runc", false),
+        ("stockade, VM backend, warm pool", HANDLER, true),
+    ];
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); warm.len()];
+    for i in 0..=n {
+        for (k, (_, handler, vm)) in warm.iter().enumerate() {
+            full()?;
+            let mut pc = env.pod_config(&format!("warm-{k}-{i}"), None);
+            if *vm {
+                pc.annotations
+                    .insert("io.stockade.mode".into(), "vm".into());
+            }
+            let t = Instant::now();
+            let pod = env.run_pod(&pc, handler)?;
+            env.start_container(&pod, &pc, env.container_config("c", &["sleep", "600"]))?;
+            let took = t.elapsed();
+            env.remove_pod(&pod)?;
+            if i > 0 {
+                times[k].push(took);
+            }
+        }
+    }
+    let claimed = pool.status()?.claimed;
+    drop(pool);
+    println!("with the warm pool (claims: {claimed}), N={n}:");
+    let base = median(&mut times[0]);
+    for (k, (name, _, _)) in warm.iter().enumerate() {
+        let m = median(&mut times[k]);
+        println!(
+            "  {name:<34} median {:>7.1} ms   ratio to runc {:.2}",
             m.as_secs_f64() * 1000.0,
             m.as_secs_f64() / base.as_secs_f64()
         );

@@ -13,7 +13,7 @@ use crate::backend::{Backend, Created, Host, HostCgroup, NewContainer, Started};
 use crate::error::{Error, Result};
 use crate::linux::hardening::{self, ExecPolicy};
 use crate::linux::stats::{self, CgroupVersion, Metrics};
-use crate::linux::{Confinement, ContainerDirs, LinuxBackend, oom};
+use crate::linux::{Confinement, ContainerDirs, LinuxBackend, oom, pause};
 use crate::process::{Container, Process};
 use crate::stdio::{ChildIo, ProcessIo, StdioPaths};
 
@@ -34,6 +34,9 @@ impl ContainerBackend {
             dirs,
             ..
         } = new;
+        if self.host.kernel == hardening::Kernel::Guest && pause::applies_to(spec) {
+            return self.create_pause(req, spec, dirs).await;
+        }
         let hardened = hardening::harden(spec, &req.bundle, &config.container, self.host.kernel)?;
         let confinement = Confinement {
             filters: (!hardened.filters.is_empty()).then(|| dirs.filters.clone()),
@@ -55,10 +58,7 @@ impl ContainerBackend {
         spec.save(dirs.bundle.join("config.json"))
             .map_err(|e| Error::Backend(format!("write hardened spec: {e}")))?;
 
-        let linux = spec.linux().as_ref();
-        let cgroup_path = linux
-            .and_then(|l| l.cgroups_path().clone())
-            .unwrap_or_else(|| PathBuf::from(format!("/stockade/{}", req.id)));
+        let cgroup_path = cgroup_path_of(spec, &req.id);
         // Docker and CRI with the systemd cgroup driver send "slice:prefix:name" but
         // runc-only options; the path's form says which driver the node uses.
         let systemd = req.systemd_cgroup || is_systemd_cgroup_path(&cgroup_path);
@@ -127,6 +127,66 @@ impl ContainerBackend {
     }
 }
 
+impl ContainerBackend {
+    /// The pod's sandbox container in a guest: one process cloned into the pod's new
+    /// namespaces, in a cgroup of its own (see `pause.rs`).
+    async fn create_pause(
+        &self,
+        req: &crate::runtime::CreateRequest,
+        spec: &oci_spec::runtime::Spec,
+        dirs: &ContainerDirs,
+    ) -> Result<Created> {
+        let cgroup_path = cgroup_path_of(spec, &req.id);
+        std::fs::write(dirs.state.join(pause::MARK), b"")
+            .map_err(Error::io("mark the pause container"))?;
+        let pid = pause::spawn(&self.host.helpers.exe_path(), spec)?;
+        let exit = self.host.exits.subscribe(pid);
+        let (path, id) = (cgroup_path.clone(), req.id.clone());
+        let placed = tokio::task::spawn_blocking(move || {
+            use libcgroups::common::CgroupManager;
+            stats::manager(&path, false, &id)?
+                .add_task(nix::unistd::Pid::from_raw(pid))
+                .map_err(|e| Error::Backend(format!("cgroup {}: {e}", path.display())))
+        })
+        .await
+        .map_err(|e| Error::Backend(e.to_string()))
+        .and_then(|r| r);
+        if let Err(e) = placed {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            return Err(e);
+        }
+        // Nothing is ever written to its stdio (it is /dev/null to the process).
+        let (io, _child) = ProcessIo::new(&req.stdio, &dirs.state, "init")?;
+        log::debug!(id = req.id.as_str(), pid; "pod sandbox as a pause process");
+        Ok(Created {
+            pid: pid as u32,
+            io,
+            exit,
+            exec_policy: ExecPolicy::of(spec),
+            own_pid_ns: hardening::spec_namespace(spec, LinuxNamespaceType::Pid).is_some(),
+            cgroup: Some(HostCgroup {
+                path: cgroup_path,
+                systemd: false,
+            }),
+        })
+    }
+}
+
+fn is_pause(c: &Container) -> bool {
+    c.dirs.state.join(pause::MARK).exists()
+}
+
+/// The spec's cgroupsPath, or `/stockade/<id>`.
+fn cgroup_path_of(spec: &oci_spec::runtime::Spec, id: &str) -> PathBuf {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().clone())
+        .unwrap_or_else(|| PathBuf::from(format!("/stockade/{id}")))
+}
+
 fn exec_spec_file(c: &Container, exec_id: &str) -> PathBuf {
     c.dirs.state.join(format!("exec-{exec_id}.json"))
 }
@@ -147,6 +207,10 @@ impl Backend for ContainerBackend {
     }
 
     async fn start(&self, c: &Container) -> Result<()> {
+        if is_pause(c) {
+            // It waits for nothing: it only holds the pod's namespaces.
+            return Ok(());
+        }
         self.host.helpers.start(&c.dirs, &c.id).await
     }
 
@@ -157,6 +221,12 @@ impl Backend for ContainerBackend {
         process: &OciProcess,
         stdio: &StdioPaths,
     ) -> Result<(ProcessIo, Option<ChildIo>)> {
+        if is_pause(c) {
+            return Err(Error::FailedPrecondition(format!(
+                "{} is the pod's sandbox: it runs no other process",
+                c.id
+            )));
+        }
         std::fs::write(
             exec_spec_file(c, exec_id),
             serde_json::to_vec(process).map_err(|e| Error::Backend(e.to_string()))?,
@@ -207,7 +277,7 @@ impl Backend for ContainerBackend {
     }
 
     async fn signal(&self, c: &Container, p: &Process, signal: u32, all: bool) -> Result<()> {
-        if all && p.exec_id.is_empty() {
+        if all && p.exec_id.is_empty() && !is_pause(c) {
             return self
                 .host
                 .helpers
@@ -227,6 +297,22 @@ impl Backend for ContainerBackend {
     }
 
     async fn delete(&self, c: &Container) -> Result<()> {
+        if is_pause(c) {
+            if !matches!(c.init.state(), crate::process::ProcState::Stopped(_)) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(c.init.pid() as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                c.init.wait_exit().await;
+            }
+            return in_cgroup(c, |path, systemd, id| {
+                use libcgroups::common::CgroupManager;
+                stats::manager(path, systemd, id)?
+                    .remove()
+                    .map_err(|e| Error::Backend(format!("remove cgroup {}: {e}", path.display())))
+            })
+            .await;
+        }
         self.host.helpers.delete(&c.dirs, &c.id).await
     }
 
@@ -255,6 +341,20 @@ impl Backend for ContainerBackend {
     }
 
     async fn set_paused(&self, c: &Container, paused: bool) -> Result<()> {
+        if is_pause(c) {
+            return in_cgroup(c, move |path, systemd, id| {
+                use libcgroups::common::{CgroupManager, FreezerState};
+                let state = if paused {
+                    FreezerState::Frozen
+                } else {
+                    FreezerState::Thawed
+                };
+                stats::manager(path, systemd, id)?
+                    .freeze(state)
+                    .map_err(|e| Error::Backend(format!("freeze {}: {e}", path.display())))
+            })
+            .await;
+        }
         self.host.helpers.set_paused(&c.dirs, &c.id, paused).await
     }
 

@@ -306,3 +306,38 @@ fn handle(req: Request) -> std::result::Result<Option<i32>, String> {
         }
     }
 }
+
+/// libcontainer's start without a helper process: the container's init waits on its
+/// notify socket for "start container", then the state says running. False (nothing
+/// done) for a container with poststart hooks, which fork and wait: a helper runs those.
+/// The socket is reached through its dir's fd, as its path may be longer than a Unix
+/// socket's (libcontainer changes the process's cwd instead, which a threaded process
+/// cannot).
+pub fn start_in_process(root: &Path) -> std::result::Result<bool, String> {
+    use libcontainer::container::ContainerStatus;
+    use libcontainer::notify_socket::NOTIFY_FILE;
+    use std::io::Write;
+    let mut c = Container::load(root.to_path_buf()).map_err(|e| e.to_string())?;
+    c.refresh_status().map_err(|e| e.to_string())?;
+    if !c.can_start() {
+        return Err(format!("cannot start a container that is {:?}", c.status()));
+    }
+    let config = libcontainer::config::YoukiConfig::load(root).map_err(|e| e.to_string())?;
+    let hooks = config
+        .hooks
+        .as_ref()
+        .and_then(|h| h.poststart().as_ref())
+        .is_some_and(|p| !p.is_empty());
+    if hooks {
+        return Ok(false);
+    }
+    let dir = std::fs::File::open(root).map_err(|e| format!("open {}: {e}", root.display()))?;
+    let socket = format!("/proc/self/fd/{}/{NOTIFY_FILE}", dir.as_raw_fd());
+    std::os::unix::net::UnixStream::connect(&socket)
+        .and_then(|mut s| s.write_all(b"start container"))
+        .map_err(|e| format!("notify the container's init: {e}"))?;
+    c.set_status(ContainerStatus::Running)
+        .save()
+        .map_err(|e| e.to_string())?;
+    Ok(true)
+}
