@@ -61,6 +61,12 @@ fn main() {
     net::loopback_up();
     let exits = Exits::default();
     init::spawn_reaper(exits.clone());
+    // At the lowest priority: boot work comes first.
+    std::thread::spawn(|| {
+        // SAFETY: setpriority on this thread only.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+        stockade_runtime::linux::seccomp::Filters::warm_up();
+    });
     log::info!(modules:% = loaded.join(" "); "modules loaded");
 
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -42,7 +42,7 @@ pub use containerd::TestContainerd;
 pub use docker::{TEST_BRIDGE, TEST_BRIDGE_CIDR, TestDocker};
 pub use image::{build_image, build_image_as};
 pub use paths::{shim_dir, workspace_root};
-pub use pss::{pids, pss_kib, report_sandbox_memory};
+pub use pss::{SandboxMemory, pids, pss_kib, report_sandbox_memory, sandbox_memory};
 pub use suite::{Case, run_cases, skip_reason, start_suite};
 pub use vm::{cloud_guest_assets, guest_assets, guest_config, guest_config_at, hypervisor_toml};
 

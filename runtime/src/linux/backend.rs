@@ -37,7 +37,9 @@ impl ContainerBackend {
         if self.host.kernel == hardening::Kernel::Guest && pause::applies_to(spec) {
             return self.create_pause(req, spec, dirs).await;
         }
-        let hardened = hardening::harden(spec, &req.bundle, &config.container, self.host.kernel)?;
+        let mut hardened =
+            hardening::harden(spec, &req.bundle, &config.container, self.host.kernel)?;
+        hardened.filters.compile()?;
         let confinement = Confinement {
             filters: (!hardened.filters.is_empty()).then(|| dirs.filters.clone()),
             drop_sys_admin: hardened.drop_sys_admin,

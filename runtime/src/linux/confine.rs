@@ -42,12 +42,18 @@ impl Confined {
             caps::raise(None, CapSet::Effective, Cap::CAP_SYS_ADMIN)
                 .map_err(|e| format!("raise CAP_SYS_ADMIN to load seccomp: {e}"))?;
         }
-        for filter in self.filters.iter() {
-            match libcontainer::seccomp::initialize_seccomp(filter) {
-                Ok(None) => {}
-                Ok(Some(_)) => return Err("seccomp: unexpected notify fd".into()),
-                Err(e) => return Err(format!("load seccomp filter: {e}")),
+        let compiled = self.filters.programs()?;
+        if compiled.is_empty() {
+            for filter in self.filters.iter() {
+                match libcontainer::seccomp::initialize_seccomp(filter) {
+                    Ok(None) => {}
+                    Ok(Some(_)) => return Err("seccomp: unexpected notify fd".into()),
+                    Err(e) => return Err(format!("load seccomp filter: {e}")),
+                }
             }
+        }
+        for program in &compiled {
+            crate::linux::bpf::load(program).map_err(|e| format!("load seccomp filter: {e}"))?;
         }
         if self.drop_sys_admin {
             for set in [CapSet::Effective, CapSet::Permitted] {

@@ -167,7 +167,11 @@ pub fn harden(
     } else {
         None
     };
-    let filters = Filters { guard, profile };
+    let filters = Filters {
+        guard,
+        profile,
+        bpf: Vec::new(),
+    };
 
     if !privileged {
         let masked = with_extra(linux.masked_paths(), &cfg.extra_masked_paths);

@@ -1,6 +1,7 @@
 //! The hardened container backend: youki's libcontainer, driven through helper processes.
 
 pub mod backend;
+pub mod bpf;
 pub mod confine;
 pub mod hardening;
 pub mod helper;

@@ -583,6 +583,10 @@ pub fn check_spec_profile(profile: &LinuxSeccomp) -> Result<()> {
 pub struct Filters {
     pub guard: Option<LinuxSeccomp>,
     pub profile: Option<LinuxSeccomp>,
+    /// Both, compiled (hex BPF, in load order) by [`compile`](Self::compile); empty: the
+    /// processes compile them with libcontainer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bpf: Vec<String>,
 }
 
 impl Filters {
@@ -593,6 +597,47 @@ impl Filters {
     /// In load order.
     pub fn iter(&self) -> impl Iterator<Item = &LinuxSeccomp> {
         self.guard.iter().chain(self.profile.iter())
+    }
+
+    /// Compile every filter to BPF (each profile once per process, see `bpf.rs`), so
+    /// the container's processes only load them. Left as they are when one of them
+    /// only libcontainer can load.
+    pub fn compile(&mut self) -> Result<()> {
+        let mut out = Vec::new();
+        for f in self.iter() {
+            match crate::linux::bpf::compile(f)? {
+                Some(p) => out.push(p.iter().map(|b| format!("{b:02x}")).collect()),
+                None => return Ok(()),
+            }
+        }
+        self.bpf = out;
+        Ok(())
+    }
+
+    /// Compile Stockade's guard and default profile ahead of the first container (the
+    /// guest agent does at boot, off its critical path), so its Create finds them
+    /// compiled.
+    pub fn warm_up() {
+        for p in [guard_profile(), default_profile()].into_iter().flatten() {
+            let _ = crate::linux::bpf::compile(&p);
+        }
+    }
+
+    /// The compiled programs, in load order (empty when not compiled).
+    pub fn programs(&self) -> std::result::Result<Vec<Vec<u8>>, String> {
+        self.bpf
+            .iter()
+            .map(|hex| {
+                (0..hex.len())
+                    .step_by(2)
+                    .map(|i| {
+                        hex.get(i..i + 2)
+                            .and_then(|b| u8::from_str_radix(b, 16).ok())
+                            .ok_or_else(|| "compiled seccomp filter: bad hex".to_string())
+                    })
+                    .collect()
+            })
+            .collect()
     }
 
     pub fn save(&self, path: &std::path::Path) -> Result<()> {
@@ -689,10 +734,13 @@ mod tests {
     #[test]
     fn filters_round_trip_through_their_file() {
         let dir = tempfile::tempdir().unwrap();
-        let f = Filters {
+        let mut f = Filters {
             guard: Some(guard_profile().unwrap()),
             profile: Some(default_profile().unwrap()),
+            bpf: Vec::new(),
         };
+        f.compile().unwrap();
+        assert_eq!(f.programs().unwrap().len(), 2, "both compiled");
         let path = dir.path().join("seccomp.json");
         f.save(&path).unwrap();
         assert_eq!(Filters::load(&path).unwrap(), f);
