@@ -17,7 +17,9 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use libseccomp::{ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
+use libseccomp::{
+    ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
+};
 use oci_spec::runtime::{Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompOperator};
 
 use crate::error::{Error, Result};
@@ -89,11 +91,14 @@ fn build(profile: &LinuxSeccomp) -> Result<Option<Vec<u8>>> {
             };
             let cmps: Vec<ScmpArgCompare> = args
                 .iter()
-                .map(|a| ScmpArgCompare::new(a.index() as u32, op(a.op(), a.value_two()), a.value()))
+                .map(|a| {
+                    ScmpArgCompare::new(a.index() as u32, op(a.op(), a.value_two()), a.value())
+                })
                 .collect();
             let mut seen = HashSet::new();
             if args.iter().all(|a| seen.insert(a.index())) {
-                ctx.add_rule_conditional(act, sc, &cmps).map_err(err(name))?;
+                ctx.add_rule_conditional(act, sc, &cmps)
+                    .map_err(err(name))?;
             } else {
                 for c in &cmps {
                     ctx.add_rule_conditional(act, sc, std::slice::from_ref(c))

@@ -5,9 +5,10 @@
 //! namespaces the pod's containers join (PID, IPC, UTS) and to stay alive until it is
 //! killed. Creating it as a libcontainer container costs two helper runs and a rootfs
 //! the process never uses (about half a second under TCG). Here the runtime clones one
-//! process straight into new namespaces and re-executes its own binary as [`main`],
-//! which sets the pod's hostname, shuts itself into an empty directory, drops every
-//! capability, and waits for signals, reaping whatever joins its PID namespace.
+//! process straight into new namespaces, sets the pod's hostname, and re-executes its
+//! own binary as [`main`] (named as the image's `/pause`), which shuts itself into an
+//! empty directory, drops every capability, and waits for signals, reaping whatever
+//! joins its PID namespace.
 //!
 //! A spec that asks for more (a user namespace, a namespace to join, IPC sysctls) goes
 //! through libcontainer as before ([`applies_to`] says which).
@@ -96,7 +97,14 @@ pub fn spawn(exe: &Path, spec: &Spec) -> Result<i32> {
         .into_bytes();
     let cstr = |s: &str| CString::new(s).map_err(|_| Error::InvalidArgument(format!("{s:?}")));
     let path = cstr(&exe.to_string_lossy())?;
-    let argv = [path.clone(), cstr(PAUSE_ARG)?];
+    // argv[0] is the image's (`/pause`): what `ps` shows in the pod's PID namespace.
+    let name = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.args().as_ref())
+        .and_then(|a| a.first().cloned())
+        .unwrap_or_else(|| "pause".into());
+    let argv = [cstr(&name)?, cstr(PAUSE_ARG)?];
     let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
