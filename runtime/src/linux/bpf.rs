@@ -166,7 +166,10 @@ fn arch_of(a: Arch) -> Option<ScmpArch> {
 /// flags): the caller holds CAP_SYS_ADMIN or has no-new-privileges set.
 pub fn load(program: &[u8]) -> std::io::Result<()> {
     const INSN: usize = 8; // struct sock_filter
-    if program.is_empty() || program.len() % INSN != 0 || program.len() / INSN > u16::MAX as usize {
+    if program.is_empty()
+        || !program.len().is_multiple_of(INSN)
+        || program.len() / INSN > u16::MAX as usize
+    {
         return Err(std::io::Error::other("not a BPF program"));
     }
     let prog = libc::sock_fprog {
@@ -207,15 +210,18 @@ mod tests {
         let b = compile(&profile).unwrap().unwrap();
         assert!(Arc::ptr_eq(&a, &b), "compiled once");
         // In a child: the filter is for good.
+        // SAFETY: the child only makes system calls (no allocation, no lock) and exits.
         match unsafe { nix::unistd::fork() }.unwrap() {
             nix::unistd::ForkResult::Child => {
-                // SAFETY: prctl with integer arguments, in the forked child.
-                unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-                let ok = load(&a).is_ok()
-                    && unsafe { libc::syscall(libc::SYS_getppid) } == -1
-                    && std::io::Error::last_os_error().raw_os_error() == Some(38)
-                    && unsafe { libc::getpid() } > 0;
-                unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+                // SAFETY: raw system calls with integer arguments, then _exit.
+                unsafe {
+                    libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                    let ok = load(&a).is_ok()
+                        && libc::syscall(libc::SYS_getppid) == -1
+                        && std::io::Error::last_os_error().raw_os_error() == Some(38)
+                        && libc::getpid() > 0;
+                    libc::_exit(if ok { 0 } else { 1 })
+                }
             }
             nix::unistd::ForkResult::Parent { child } => {
                 let status = nix::sys::wait::waitpid(child, None).unwrap();
