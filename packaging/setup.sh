@@ -38,34 +38,45 @@ if [ "$need_apt" = 1 ]; then
   apt-get install -y -qq --no-install-recommends "${BOOKWORM_PKGS[@]}" >/dev/null
 fi
 
-# containerd 1.7 and docker.io 26 from trixie.
-have_ver() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || true; }
-if ! have_ver containerd | grep -q '^1\.7' || ! have_ver docker.io | grep -q '^26\.'; then
-  log "fetching containerd 1.7 and docker.io 26 from Debian 13"
-  state=/var/cache/stockade/apt-trixie
+# .debs from another Debian suite, through a private apt state dir whose only source
+# is the archive this machine's own apt configuration uses (behind any mirror or proxy).
+#   fetch_debs SUITE DIR PACKAGE...   downloads into DIR (emptied first)
+fetch_debs() {
+  local suite=$1 dir=$2; shift 2
+  local state=/var/cache/stockade/apt-$suite
   mkdir -p "$state"/{lists/partial,archives/partial,etc/sources.list.d,etc/preferences.d}
-  # The archive is the one this machine's own apt configuration uses for Debian 12.
+  local codename archive
   codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
   archive=$(apt-get indextargets --format '$(REPO_URI) $(RELEASE)' 2>/dev/null |
     awk -v c="$codename" '$2 == c { print $1; exit }')
   [ -n "$archive" ] || { echo "setup.sh: no apt source for Debian $codename in this machine's apt configuration" >&2; exit 1; }
-  cat >"$state/etc/sources.list.d/trixie.sources" <<SRC
+  cat >"$state/etc/sources.list.d/$suite.sources" <<SRC
 Types: deb
 URIs: $archive
-Suites: trixie
+Suites: $suite
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
   : >"$state/etc/sources.list"
-  opts=(-o "Dir::State=$state" -o "Dir::State::Lists=$state/lists" -o "Dir::State::status=/var/lib/dpkg/status"
+  local opts=(-o "Dir::State=$state" -o "Dir::State::Lists=$state/lists" -o "Dir::State::status=/var/lib/dpkg/status"
         -o "Dir::Cache=$state" -o "Dir::Cache::Archives=$state/archives"
         -o "Dir::Etc::SourceList=$state/etc/sources.list" -o "Dir::Etc::SourceParts=$state/etc/sources.list.d"
         -o "Dir::Etc::Preferences=$state/etc/preferences" -o "Dir::Etc::PreferencesParts=$state/etc/preferences.d"
         -o "APT::Get::List-Cleanup=0" -o "Debug::NoLocking=1")
   apt-get "${opts[@]}" update -qq
-  debs=$state/debs
-  rm -rf "$debs"; mkdir -p "$debs"
-  (cd "$debs" && apt-get "${opts[@]}" download containerd docker.io docker-cli)
+  rm -rf "$dir"; mkdir -p "$dir"
+  (cd "$dir" && apt-get "${opts[@]}" download -qq "$@" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
+  for p in "$@"; do
+    ls "$dir"/"${p}"_*.deb >/dev/null 2>&1 || { echo "setup.sh: $p not found in Debian $suite" >&2; exit 1; }
+  done
+}
+
+# containerd 1.7 and docker.io 26 from trixie.
+have_ver() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || true; }
+if ! have_ver containerd | grep -q '^1\.7' || ! have_ver docker.io | grep -q '^26\.'; then
+  log "fetching containerd 1.7 and docker.io 26 from Debian 13"
+  debs=/var/cache/stockade/apt-trixie/debs
+  fetch_debs trixie "$debs" containerd docker.io docker-cli
   log "installing $(ls "$debs" | tr '\n' ' ')"
   # dockerd must not start on install with its own config; we start private daemons.
   printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
@@ -73,6 +84,17 @@ SRC
   rm -f /usr/sbin/policy-rc.d
 fi
 
+# The version matrix's second column (integration/src/daemons.rs): containerd 2.1 and
+# docker.io 28 from Debian unstable, unpacked into a private prefix, never installed.
+matrix=/var/cache/stockade/matrix/containerd2
+if [ ! -x "$matrix/usr/bin/containerd" ] || [ ! -x "$matrix/usr/sbin/dockerd" ]; then
+  log "fetching containerd 2.1 and docker.io 28 from Debian unstable into $matrix"
+  debs=/var/cache/stockade/apt-sid/debs
+  fetch_debs sid "$debs" containerd docker.io docker-cli
+  rm -rf "$matrix"; mkdir -p "$matrix"
+  for deb in "$debs"/*.deb; do dpkg-deb -x "$deb" "$matrix"; done
+  "$matrix/usr/bin/containerd" --version >&2
+fi
 
 # The VM backend's pieces: the guest kernel (unpacked, never installed on the host),
 # the vhost-user vsock backend, virtiofsd, and the guest assets built from them.

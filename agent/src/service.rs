@@ -244,6 +244,12 @@ impl AgentService {
         config.runtime.mode = Mode::Container;
         config.runtime.state_dir = PathBuf::from(STATE_DIR);
         let text = toml::to_string(&config).map_err(|e| Error::Backend(e.to_string()))?;
+        if !req.random_seed.is_empty() {
+            // Mixed in (not credited): the pool's state now differs from any other VM's.
+            if let Err(e) = std::fs::write("/dev/urandom", &req.random_seed) {
+                log::warn!(error:% = e; "the host's random seed was not mixed in");
+            }
+        }
         if !req.hostname.is_empty() {
             nix::unistd::sethostname(&req.hostname)
                 .map_err(|e| Error::InvalidArgument(format!("hostname: {e}")))?;

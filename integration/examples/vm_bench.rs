@@ -3,17 +3,20 @@
 //! 1. `ctr run --rm IMAGE true` through Stockade in VM mode against a bare boot of the
 //!    same kernel + initramfs to the agent's first vsock answer, interleaved N times;
 //!    Stockade's added time = (ctr run median - bare boot median) / bare boot median.
-//! 2. Host memory of one running VM sandbox: PSS of qemu, virtiofsd, the vsock backend
+//! 2. The same `ctr run`, each served by the warm pool (`[pool] size = 1`), against
+//!    the same bare boot.
+//! 3. Host memory of one running VM sandbox: PSS of qemu, virtiofsd, the vsock backend
 //!    and the shim, and the part of it outside guest RAM (qemu's PSS without its
 //!    guest-memory mapping).
 //!
 //!   sudo cargo run --release -p stockade-integration --example vm_bench -- [N]
 //!   (after `cargo build --release`; uses the installed guest assets)
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use stockade_integration::bench::{median, rounds};
+use stockade_integration::pool::TestPool;
 use stockade_integration::{IMAGE, TestContainerd, build_image, guest_config, hypervisor_toml};
 use stockade_runtime::vm::MicroVm;
 
@@ -61,6 +64,35 @@ fn main() -> Result<()> {
         "  Stockade's added time: {:.0} ms = {:.1} % of the bare boot (target <= 15 %)",
         ms - mb,
         (ms - mb) / mb * 100.0
+    );
+
+    // The same `ctr run`, each served by the warm pool (one VM kept, full and idle at
+    // the start of each run), against the bare boot measured above.
+    let pool = TestPool::start(&ctd.config, "size = 1")?;
+    let mut pooled = Vec::new();
+    for i in 0..=n {
+        pool.wait_until(Duration::from_secs(120), "full and idle", |s| {
+            s.ready.len() == 1 && s.booting == 0
+        })?;
+        let id = format!("pooled{i}");
+        let start = Instant::now();
+        let out = ctd.run_rm(&id, &["true"]);
+        let t = start.elapsed().as_secs_f64() * 1000.0;
+        if !out.ok() {
+            bail!("ctr run {id}: {}", out.stderr);
+        }
+        if i > 0 {
+            pooled.push(t);
+        }
+    }
+    let claimed = pool.status()?.claimed;
+    drop(pool);
+    let mp = median(&mut pooled);
+    println!("  ctr run --rm {IMAGE} true from the warm pool (claims: {claimed}): median {mp:.0} ms");
+    println!(
+        "  = {:.1} % of the bare boot; {:.2}x the cold ctr run",
+        mp / mb * 100.0,
+        mp / ms
     );
 
     // Memory of one running sandbox.

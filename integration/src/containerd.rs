@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::command::{Out, run};
+use crate::daemons::daemons;
 use crate::paths::path_with_shim;
 use crate::{IMAGE, NAMESPACE, RUNTIME};
 
@@ -85,8 +86,33 @@ impl TestContainerd {
             ),
         )?;
         let ctd_config = d.join("containerd.toml");
-        std::fs::write(
-            &ctd_config,
+        let (root, state, sock) = (
+            d.join("root").display().to_string(),
+            d.join("state").display().to_string(),
+            socket.display().to_string(),
+        );
+        let text = if daemons().config_version >= 3 {
+            // containerd 2.x: NRI is on by default, at a socket every daemon shares.
+            format!(
+                r#"version = 3
+root = "{root}"
+state = "{state}"
+imports = ["{d}/conf.d/*.toml"]
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d}/opt"
+[plugins."io.containerd.nri.v1.nri"]
+  disable = true
+[plugins."io.containerd.cri.v1.runtime"]
+  restrict_oom_score_adj = true
+{cri}"#,
+                cri = cri(d),
+                d = d.display()
+            )
+        } else {
             format!(
                 r#"version = 2
 root = "{root}"
@@ -101,15 +127,13 @@ state = "{state}"
   restrict_oom_score_adj = true
 {cri}"#,
                 cri = cri(d),
-                root = d.join("root").display(),
-                state = d.join("state").display(),
-                sock = socket.display(),
                 d = d.display()
-            ),
-        )?;
+            )
+        };
+        std::fs::write(&ctd_config, text)?;
         let path = path_with_shim()?;
         let log = std::fs::File::create(d.join("containerd.log"))?;
-        let child = Command::new("/usr/bin/containerd")
+        let child = Command::new(&daemons().containerd)
             .arg("--config")
             .arg(&ctd_config)
             .env("PATH", path)
@@ -138,7 +162,7 @@ state = "{state}"
     }
 
     pub fn ctr_cmd(&self) -> Command {
-        let mut c = Command::new("/usr/bin/ctr");
+        let mut c = Command::new(&daemons().ctr);
         c.arg("--address")
             .arg(&self.socket)
             .arg("--namespace")
@@ -152,7 +176,7 @@ state = "{state}"
 
     /// `ctr` in another containerd namespace (the CRI plugin's is `k8s.io`).
     pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> Out {
-        run(Command::new("/usr/bin/ctr")
+        run(Command::new(&daemons().ctr)
             .arg("--address")
             .arg(&self.socket)
             .arg("--namespace")

@@ -28,8 +28,10 @@ pub const CNI_GATEWAY: &str = "10.88.77.1";
 const CNI_BIN_DIR: &str = "/usr/lib/cni";
 
 /// The CRI plugin's keys and tables for a private containerd in `dir`: the pause image,
-/// CNI from `dir/cni`, a streaming server on a free loopback port, and the runtimes.
-/// Writes the CNI network config as a side effect.
+/// CNI from `dir/cni`, a streaming server on a free loopback port, and the runtimes, in
+/// the config format of the containerd under test ([`crate::daemons`]). Writes the CNI
+/// network config as a side effect; for containerd 2.x, also the shipped drop-in
+/// (`configs/containerd2-cri.toml`) into `dir/conf.d/`, which its config imports.
 pub fn cri_config(dir: &Path) -> String {
     let conf_dir = dir.join("cni");
     let _ = std::fs::create_dir_all(&conf_dir);
@@ -54,6 +56,31 @@ pub fn cri_config(dir: &Path) -> String {
         ]
     });
     let _ = std::fs::write(conf_dir.join("10-stockade-test.conflist"), net.to_string());
+    let conf = conf_dir.display();
+    if crate::daemons::daemons().config_version >= 3 {
+        // The `stockade` handler comes from the shipped drop-in, as an admin installs it.
+        let _ = install_drop_in(dir, &dir.join("stockade.toml"));
+        let runtime = r#"[plugins."io.containerd.cri.v1.runtime""#;
+        return format!(
+            r#"[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "{PAUSE_IMAGE}"
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+{runtime}.cni]
+  bin_dirs = ["{CNI_BIN_DIR}"]
+  conf_dir = "{conf}"
+{runtime}.containerd]
+  default_runtime_name = "runc"
+  {runtime}.containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+{stockade}"#,
+            stockade = shipped_runtime_table(&following_kubernetes(dir), HANDLER_FOLLOWING_K8S)
+                + &shipped_runtime_table(&cloud_kernel(dir), HANDLER_CLOUD_KERNEL),
+        );
+    }
     format!(
         r#"  sandbox_image = "{PAUSE_IMAGE}"
   stream_server_address = "127.0.0.1"
@@ -67,10 +94,69 @@ pub fn cri_config(dir: &Path) -> String {
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
 {stockade}"#,
-        conf = conf_dir.display(),
         stockade = shipped_runtime_table(&dir.join("stockade.toml"), HANDLER)
-            + &shipped_runtime_table(&following_kubernetes(dir), HANDLER_FOLLOWING_K8S),
+            + &shipped_runtime_table(&following_kubernetes(dir), HANDLER_FOLLOWING_K8S)
+            + &shipped_runtime_table(&cloud_kernel(dir), HANDLER_CLOUD_KERNEL),
     )
+}
+
+/// The shipped containerd 2.x drop-in, its `ConfigPath` alone pointed at `config`, as
+/// `dir/conf.d/stockade.toml` (the private containerd's `imports`).
+fn install_drop_in(dir: &Path, config: &Path) -> Result<()> {
+    let shipped = crate::workspace_root().join(DROP_IN);
+    let text = std::fs::read_to_string(&shipped)?;
+    let default = "\"/etc/stockade/configuration.toml\"";
+    if !text.contains(default) {
+        bail!("{} no longer names {default}", shipped.display());
+    }
+    let text = text.replace(default, &format!("\"{}\"", config.display()));
+    std::fs::create_dir_all(dir.join("conf.d"))?;
+    std::fs::write(dir.join("conf.d/stockade.toml"), text)?;
+    Ok(())
+}
+
+/// containerd 2.x's snippet and drop-in (config version 3).
+const DROP_IN: &str = "configs/containerd2-cri.toml";
+
+/// A third handler whose Stockade config boots Debian's cloud kernel (the fallback
+/// guest kernel, `crate::vm::cloud_guest_assets`) in VM mode, with a state dir of its
+/// own (`<stockade-state>-cloud`), so a warm pool of its own can serve it.
+pub const HANDLER_CLOUD_KERNEL: &str = "stockade-cloud";
+
+/// `dir/stockade.toml` in VM mode with the cloud kernel's assets and its own state dir,
+/// as `dir/stockade-cloud.toml`.
+fn cloud_kernel(dir: &Path) -> PathBuf {
+    let path = dir.join("stockade-cloud.toml");
+    let text = std::fs::read_to_string(dir.join("stockade.toml")).unwrap_or_default();
+    let mut cfg: toml::Table = toml::from_str(&text).unwrap_or_default();
+    let assets = crate::vm::cloud_guest_assets();
+    let mut set = |table: &str, key: &str, value: String| {
+        if let Some(t) = cfg
+            .entry(table)
+            .or_insert_with(|| toml::Value::Table(Default::default()))
+            .as_table_mut()
+        {
+            t.insert(key.into(), toml::Value::String(value));
+        }
+    };
+    set("runtime", "mode", "vm".into());
+    set(
+        "runtime",
+        "state_dir",
+        dir.join("stockade-state-cloud").display().to_string(),
+    );
+    set(
+        "hypervisor",
+        "kernel",
+        assets.join("vmlinuz").display().to_string(),
+    );
+    set(
+        "hypervisor",
+        "initrd",
+        assets.join("initrd.img").display().to_string(),
+    );
+    let _ = std::fs::write(&path, toml::to_string(&cfg).unwrap_or_default());
+    path
 }
 
 /// A second handler whose Stockade config follows Kubernetes on no-new-privileges
@@ -95,15 +181,22 @@ fn following_kubernetes(dir: &Path) -> PathBuf {
     path
 }
 
-/// The `runtimes.stockade` table of `configs/containerd-cri.toml`, as shipped, with its
-/// ConfigPath pointed at `config`, as the runtime handler `name`.
+/// The `runtimes.stockade` table of the shipped snippet for the containerd under test
+/// (`configs/containerd-cri.toml`, or [`DROP_IN`] for 2.x), with its ConfigPath
+/// pointed at `config`, as the runtime handler `name`.
 fn shipped_runtime_table(config: &Path, name: &str) -> String {
-    let path = crate::workspace_root().join("configs/containerd-cri.toml");
+    let v3 = crate::daemons::daemons().config_version >= 3;
+    let (file, plugin, under) = if v3 {
+        (DROP_IN, "io.containerd.cri.v1.runtime", "")
+    } else {
+        ("configs/containerd-cri.toml", "io.containerd.grpc.v1.cri", "    ")
+    };
+    let path = crate::workspace_root().join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_default();
     let mut doc: toml::Table = toml::from_str(&text).unwrap_or_default();
     let runtime = doc
         .get_mut("plugins")
-        .and_then(|p| p.get_mut("io.containerd.grpc.v1.cri"))
+        .and_then(|p| p.get_mut(plugin))
         .and_then(|c| c.get_mut("containerd"))
         .and_then(|c| c.get_mut("runtimes"))
         .and_then(|r| r.get_mut(HANDLER))
@@ -120,12 +213,12 @@ fn shipped_runtime_table(config: &Path, name: &str) -> String {
     );
     let mut out = toml::Table::new();
     out.insert(name.into(), toml::Value::Table(runtime.clone()));
-    let header = r#"[plugins."io.containerd.grpc.v1.cri".containerd.runtimes."#;
+    let header = format!(r#"[plugins."{plugin}".containerd.runtimes."#);
     let mut text = String::new();
     for line in toml::to_string(&out).unwrap_or_default().lines() {
         match line.strip_prefix('[') {
-            Some(table) => text.push_str(&format!("    {header}{table}\n")),
-            None => text.push_str(&format!("      {line}\n")),
+            Some(table) => text.push_str(&format!("{under}{header}{table}\n")),
+            None => text.push_str(&format!("{under}  {line}\n")),
         }
     }
     text

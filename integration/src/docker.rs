@@ -1,6 +1,5 @@
 //! A private dockerd for the tests, on a private containerd and its own bridge.
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -9,7 +8,8 @@ use anyhow::{Context, Result, bail};
 use crate::command::{Out, run};
 use crate::containerd::{TestContainerd, stop_daemon};
 use crate::paths::path_with_shim;
-use crate::{DOCKER, RUNTIME};
+use crate::RUNTIME;
+use crate::daemons::daemons;
 
 /// The bridge the private dockerd uses for its default network.
 pub const TEST_BRIDGE: &str = "stk-test0";
@@ -24,10 +24,10 @@ pub struct TestDocker {
 
 impl TestDocker {
     pub fn start(ctd: &TestContainerd) -> Result<TestDocker> {
-        let dockerd = ["/usr/sbin/dockerd", "/usr/bin/dockerd"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .context("dockerd missing: run packaging/setup.sh --deps")?;
+        let dockerd = &daemons().dockerd;
+        if !dockerd.exists() {
+            bail!("{} missing: run packaging/setup.sh --deps", dockerd.display());
+        }
         let dir = tempfile::Builder::new()
             .prefix("stockade-dk-")
             .tempdir_in("/tmp")?;
@@ -92,11 +92,11 @@ impl TestDocker {
     }
 
     pub fn docker(&self, args: &[&str]) -> Out {
-        run(Command::new(DOCKER).arg("-H").arg(&self.host).args(args))
+        run(Command::new(&daemons().docker).arg("-H").arg(&self.host).args(args))
     }
 
     pub fn docker_cmd(&self) -> Command {
-        let mut c = Command::new(DOCKER);
+        let mut c = Command::new(&daemons().docker);
         c.arg("-H").arg(&self.host);
         c
     }

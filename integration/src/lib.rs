@@ -24,8 +24,10 @@
 //! ```
 
 pub mod bench;
+pub mod bootstrap;
 pub mod command;
 pub mod containerd;
+pub mod daemons;
 pub mod cri;
 pub mod docker;
 pub mod escape;
@@ -39,6 +41,7 @@ pub mod vm;
 
 pub use command::{Out, expect_code, in_tty, run, run_with_stdin};
 pub use containerd::TestContainerd;
+pub use daemons::daemons;
 pub use docker::{TEST_BRIDGE, TEST_BRIDGE_CIDR, TestDocker};
 pub use image::{build_image, build_image_as};
 pub use paths::{shim_dir, workspace_root};
@@ -49,4 +52,3 @@ pub use vm::{cloud_guest_assets, guest_assets, guest_config, guest_config_at, hy
 pub const RUNTIME: &str = "io.containerd.stockade.v2";
 pub const NAMESPACE: &str = "stockade-test";
 pub const IMAGE: &str = "stockade.test/busybox:latest";
-pub const DOCKER: &str = "/usr/bin/docker";

@@ -30,6 +30,6 @@ pub(crate) fn path_with_shim() -> Result<String> {
     Ok(format!(
         "{}:{}",
         shim_dir()?.display(),
-        std::env::var("PATH").unwrap_or_default()
+        crate::daemons::daemons().path_with(&std::env::var("PATH").unwrap_or_default())
     ))
 }

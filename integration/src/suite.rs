@@ -1,6 +1,5 @@
 //! The suite runner: whether a suite can run here, its daemons, and its named cases.
 
-use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
@@ -15,10 +14,11 @@ pub fn skip_reason() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("not root: containerd and the shim need root".into());
     }
-    for bin in ["/usr/bin/containerd", "/usr/bin/ctr"] {
-        if !Path::new(bin).exists() {
-            return Some(format!("{bin} missing: run packaging/setup.sh --deps"));
-        }
+    if let Some(bin) = crate::daemons::daemons().missing().first() {
+        return Some(format!(
+            "{} missing: run packaging/setup.sh --deps",
+            bin.display()
+        ));
     }
     None
 }

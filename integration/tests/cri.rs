@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use k8s_cri::v1 as cri;
 use stockade_integration::cri::{
-    CNI_BRIDGE, CNI_GATEWAY, CRI_NAMESPACE, CriEnv, HANDLER, HANDLER_FOLLOWING_K8S, http_get_retry,
-    set_pid_mode,
+    CNI_BRIDGE, CNI_GATEWAY, CRI_NAMESPACE, CriEnv, HANDLER, HANDLER_CLOUD_KERNEL,
+    HANDLER_FOLLOWING_K8S, http_get_retry, set_pid_mode,
 };
 use stockade_integration::{
     escape, guest_assets, guest_config, hypervisor_toml, pids, run, skip_reason,
@@ -1107,7 +1107,47 @@ fn warm_pool(s: &Suite) -> Result<()> {
     drop(empty);
 
     env.remove_pod(&pod)?;
-    expect_back_to(s, &before, "the pool's pods")
+    expect_back_to(s, &before, "the pool's pods")?;
+    warm_pool_cloud_kernel(s, &before)
+}
+
+/// The warm pool with Debian's cloud kernel (the fallback guest kernel), through the
+/// handler whose config boots it: a pod claims the pool's VM and runs in that kernel.
+fn warm_pool_cloud_kernel(s: &Suite, before: &HostSnapshot) -> Result<()> {
+    use stockade_integration::pool::{TestPool, parent_of};
+    let env = &s.env;
+    let config = env.ctd.dir.path().join("stockade-cloud.toml");
+    let mut pool = TestPool::start(&config, "size = 1")?;
+    let ready = pool.wait_until(Duration::from_secs(180), "ready", |st| st.ready.len() == 1)?;
+    let pooled = ready.ready[0].qemu_pid;
+    let pc = env.pod_config(&format!("pooled-cloud-{}", s.tag), None);
+    let pod = env.run_pod(&pc, HANDLER_CLOUD_KERNEL)?;
+    ensure!(
+        parent_of(pooled) == Some(pool.pid()),
+        "the cloud-kernel pool VM's parent"
+    );
+    let c = env.start_container(&pod, &pc, sleeper(s, "cloud"))?;
+    let release = std::fs::read_to_string(
+        stockade_integration::vm::cloud_guest_assets().join("guest-kernel-release"),
+    )?;
+    let uname = env.sh(&c, "uname -r")?;
+    ensure!(
+        uname.trim() == release.trim(),
+        "the claimed VM runs {uname:?}, not the cloud kernel {release:?}"
+    );
+    let dir = stockade_runtime::vm::sandbox::sandbox_dir(&pool.state_dir, CRI_NAMESPACE, &pod);
+    let recorded = std::fs::read_to_string(dir.join("pids"))?;
+    ensure!(
+        recorded.split_whitespace().next() == Some(pooled.to_string().as_str()),
+        "the cloud-kernel pod did not get the pool's VM"
+    );
+    ensure!(pool.stop()? == 0, "the pool service's exit code");
+    env.remove_pod(&pod)?;
+    let left = std::fs::read_dir(pool.state_dir.join("vm"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    ensure!(left == 0, "{left} VM dirs left in the cloud kernel's state dir");
+    expect_back_to(s, before, "the cloud-kernel pool's pod")
 }
 
 fn run_suite(mode: &'static str, extra: &str, base_port: i32) -> (usize, usize) {

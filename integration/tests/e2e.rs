@@ -92,7 +92,8 @@ fn ctr_stdin(s: &Suite) -> Result<()> {
 
 fn ctr_tty(s: &Suite) -> Result<()> {
     let cmd = format!(
-        "/usr/bin/ctr --address {} --namespace {NAMESPACE} run --rm -t --runtime {RUNTIME} {IMAGE} tty1 sh -c 'tty; exit 5'",
+        "{} --address {} --namespace {NAMESPACE} run --rm -t --runtime {RUNTIME} {IMAGE} tty1 sh -c 'tty; exit 5'",
+        stockade_integration::daemons().ctr.display(),
         s.ctd.socket.display()
     );
     let out = in_tty(&cmd);
@@ -122,7 +123,8 @@ fn ctr_exec_ps_metrics_pause(s: &Suite) -> Result<()> {
             out.stdout
         );
         let cmd = format!(
-            "/usr/bin/ctr --address {} --namespace {NAMESPACE} task exec -t --exec-id e2 {id} sh -c 'tty; exit 4'",
+            "{} --address {} --namespace {NAMESPACE} task exec -t --exec-id e2 {id} sh -c 'tty; exit 4'",
+            stockade_integration::daemons().ctr.display(),
             s.ctd.socket.display()
         );
         let out = in_tty(&cmd);
@@ -578,7 +580,7 @@ fn docker_run_exec_stop_stats(s: &Suite) -> Result<()> {
     ensure!(out.stdout == "via-stdin\n", "docker -i: {out:?}");
     let out = in_tty(&format!(
         "{} -H {} run --rm -it --runtime {RUNTIME} {IMAGE} sh -c 'tty; exit 3'",
-        stockade_integration::DOCKER,
+        stockade_integration::daemons().docker.display(),
         d.host
     ));
     expect_code(&out, 3, "docker -it")?;
@@ -995,8 +997,8 @@ fn specs_never_reach_a_command_line(s: &Suite) -> Result<()> {
                     };
                     let text = String::from_utf8_lossy(&cmd).replace('\0', " ");
                     let json_to_helper = text.contains(HELPER_ARG) && text.contains('{');
-                    if json_to_helper || (text.contains(&mark) && !text.starts_with("/usr/bin/ctr"))
-                    {
+                    let ctr = stockade_integration::daemons().ctr.display().to_string();
+                    if json_to_helper || (text.contains(&mark) && !text.starts_with(&ctr)) {
                         seen.insert(text);
                     }
                 }
@@ -1049,6 +1051,10 @@ fn main() {
         }
     };
     let cases: &[Case] = &[
+        (
+            "shim_start_speaks_each_daemons_protocol",
+            shim_start_speaks_each_daemons_protocol,
+        ),
         ("ctr_output_and_exit_codes", ctr_output_and_exit_codes),
         ("ctr_large_output_is_whole", ctr_large_output_is_whole),
         ("ctr_stdin", ctr_stdin),
@@ -1099,4 +1105,142 @@ fn main() {
     if failed > 0 {
         std::process::exit(1);
     }
+}
+
+/// The cgroup a `shim_cgroup` option names, relative to `/sys/fs/cgroup` (the v2
+/// hierarchy: the root on a v2 host, `unified/` beside v1), made for the test.
+struct ShimCgroup {
+    relative: String,
+    dir: std::path::PathBuf,
+}
+
+impl ShimCgroup {
+    fn new(name: &str) -> Result<Option<ShimCgroup>> {
+        let base = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            ""
+        } else if std::path::Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() {
+            "unified/"
+        } else {
+            return Ok(None);
+        };
+        let relative = format!("{base}{name}");
+        let dir = std::path::Path::new("/sys/fs/cgroup").join(&relative);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Some(ShimCgroup { relative, dir }))
+    }
+
+    fn holds(&self, pid: u32) -> bool {
+        std::fs::read_to_string(self.dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.trim() == pid.to_string())
+    }
+}
+
+impl Drop for ShimCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// `start` as containerd 2.3 (BootstrapParams on stdin, a BootstrapResult read back,
+/// options as an extension, the daemon's socket dir), 2.0–2.2 and 1.7 (options as a
+/// bare Any, or none; a plain answer) run it: each daemon reads the answer it
+/// expects, the server answers at that address (only root may dial it), the options
+/// reach it (its shim_cgroup), nothing goes to stderr, and the server goes with its
+/// socket when asked to shut down.
+fn shim_start_speaks_each_daemons_protocol(s: &Suite) -> Result<()> {
+    use containerd_shim_protos::api::{ConnectRequest, ShutdownRequest};
+    use containerd_shim_protos::protobuf::Message;
+    use containerd_shim_protos::shim_async::{Client, TaskClient};
+    use containerd_shim_protos::ttrpc::context;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use stockade_integration::bootstrap::{
+        Daemon, bootstrap_params, drive_start, runc_options, socket_path,
+    };
+
+    let cgroup = ShimCgroup::new("stockade-bootstrap-test")?;
+    let dir = tempfile::tempdir()?;
+    let socket_dir = dir.path().join("sockets");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let cases: [(Daemon, &str, bool, Option<&std::path::Path>); 5] = [
+        (Daemon::V2_3, "boot23", true, None),
+        (Daemon::V2_3, "boot23s", false, Some(&socket_dir)),
+        (Daemon::V2_2, "boot22", true, None),
+        (Daemon::V1_7, "boot17", true, None),
+        (Daemon::V1_7, "boot17n", false, None),
+    ];
+    for (daemon, id, with_options, sockets) in cases {
+        let bundle = dir.path().join(id);
+        std::fs::create_dir_all(&bundle)?;
+        std::fs::write(bundle.join("config.json"), "{}")?;
+        // containerd makes the log fifo and reads it before it runs `start`.
+        nix::unistd::mkfifo(&bundle.join("log"), nix::sys::stat::Mode::S_IRWXU)?;
+        let _log = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(bundle.join("log"))?;
+        let options = match (&cgroup, with_options) {
+            (Some(cg), true) => Some(runc_options(&cg.relative)),
+            _ => None,
+        };
+        let stdin = match daemon {
+            Daemon::V2_3 => {
+                bootstrap_params(id, NAMESPACE, &s.ctd.socket, options.as_ref(), sockets)
+            }
+            Daemon::V2_2 | Daemon::V1_7 => options
+                .as_ref()
+                .map(|a| a.write_to_bytes())
+                .transpose()?
+                .unwrap_or_default(),
+        };
+        let answer = drive_start(daemon, &bundle, &s.ctd.socket, NAMESPACE, id, &stdin)
+            .map_err(|e| anyhow::anyhow!("{daemon:?} ({id}): {e:#}"))?;
+        ensure!(
+            answer.bootstrap_result == (daemon == Daemon::V2_3),
+            "{id}: {daemon:?} got {answer:?}"
+        );
+        let path = socket_path(&answer.address);
+        if let Some(d) = sockets {
+            ensure!(
+                path.parent() == Some(d),
+                "{id}: the socket is not in the daemon's socket dir: {path:?}"
+            );
+        }
+        let mode = std::fs::metadata(&path)?.permissions().mode() & 0o777;
+        ensure!(mode == 0o600, "{id}: the shim socket's mode is {mode:o}");
+        let shim_pid = rt.block_on(async {
+            let client = TaskClient::new(Client::connect(&answer.address).await?);
+            let ctx = || context::with_timeout(Duration::from_secs(10).as_nanos() as i64);
+            let req = ConnectRequest {
+                id: id.into(),
+                ..Default::default()
+            };
+            let pid = client.connect(ctx(), &req).await?.shim_pid;
+            let req = ShutdownRequest {
+                id: id.into(),
+                ..Default::default()
+            };
+            if let (Some(cg), true) = (&cgroup, with_options) {
+                ensure!(cg.holds(pid), "{id}: the shim is not in its shim_cgroup");
+            }
+            client.shutdown(ctx(), &req).await?;
+            Ok::<_, anyhow::Error>(pid)
+        })?;
+        for _ in 0..100 {
+            if !std::path::Path::new(&format!("/proc/{shim_pid}")).exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ensure!(
+            !std::path::Path::new(&format!("/proc/{shim_pid}")).exists(),
+            "{id}: the shim server did not exit on shutdown"
+        );
+        ensure!(!path.exists(), "{id}: the shim left its socket {path:?}");
+    }
+    Ok(())
 }

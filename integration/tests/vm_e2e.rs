@@ -285,7 +285,8 @@ fn stdin_reaches_the_guest(s: &Suite) -> Result<()> {
 
 fn tty(s: &Suite) -> Result<()> {
     let cmd = format!(
-        "/usr/bin/ctr --address {} --namespace {NAMESPACE} run --rm -t --runtime {RUNTIME} {IMAGE} vtty sh -c 'tty; exit 5'",
+        "{} --address {} --namespace {NAMESPACE} run --rm -t --runtime {RUNTIME} {IMAGE} vtty sh -c 'tty; exit 5'",
+        stockade_integration::daemons().ctr.display(),
         s.ctd.socket.display()
     );
     let out = in_tty(&cmd);
@@ -315,7 +316,8 @@ fn exec_ps_metrics_pause_kill(s: &Suite) -> Result<()> {
             out.stdout
         );
         let cmd = format!(
-            "/usr/bin/ctr --address {} --namespace {NAMESPACE} task exec -t --exec-id e2 {id} sh -c 'tty; exit 4'",
+            "{} --address {} --namespace {NAMESPACE} task exec -t --exec-id e2 {id} sh -c 'tty; exit 4'",
+            stockade_integration::daemons().ctr.display(),
             s.ctd.socket.display()
         );
         let out = in_tty(&cmd);
@@ -931,6 +933,7 @@ fn main() {
             helpers_run_with_least_privilege,
         ),
         ("vm_host_namespace_pods", host_namespace_pods),
+        ("vm_warm_pool_serves_ctr_run", warm_pool_serves_ctr_run),
     ];
     let (passed, failed) = stockade_integration::run_cases(&suite, cases, |s| s.ctd.log());
     drop(suite);
@@ -1478,4 +1481,77 @@ fn host_namespace_pods(s: &Suite) -> Result<()> {
         );
     }
     expect_no_vm_leaks(s)
+}
+
+/// The warm pool serves `ctr run` (a container without a network of its own): the
+/// container runs in the pool's VM, the VM's parked tap is gone from the pool's
+/// namespace (the guest has only loopback), the pool refills, and the claimed VM goes
+/// with the container. Docker's bridge network (hooks) is never served from the pool.
+fn warm_pool_serves_ctr_run(s: &Suite) -> Result<()> {
+    use stockade_integration::pool::{TestPool, parent_of};
+    let mut pool = TestPool::start(&s.ctd.config, "size = 1")?;
+    let result = (|| -> Result<()> {
+        let ready = pool.wait_until(Duration::from_secs(180), "ready", |st| st.ready.len() == 1)?;
+        let pooled = ready.ready[0].qemu_pid;
+        let id = "vpooled1";
+        s.ctd.run_detached(id, &["sleep", "1000"])?;
+        ensure!(
+            parent_of(pooled) == Some(pool.pid()),
+            "the claimed VM's QEMU is no longer the pool's child"
+        );
+        let dir = stockade_runtime::vm::sandbox::sandbox_dir(&s.ctd.stockade_state, NAMESPACE, id);
+        let recorded = std::fs::read_to_string(dir.join("pids"))?;
+        ensure!(
+            recorded.split_whitespace().next() == Some(pooled.to_string().as_str()),
+            "ctr run did not get the pool's VM: {recorded:?}"
+        );
+        let out = s
+            .ctd
+            .ctr(&["task", "exec", "--exec-id", "p1", id, "ls", "/sys/class/net"]);
+        expect_code(&out, 0, "exec in the pooled VM")?;
+        ensure!(
+            out.stdout.split_whitespace().collect::<Vec<_>>() == ["lo"],
+            "the container sees {:?}, not loopback alone",
+            out.stdout
+        );
+        let refilled = pool.wait_until(Duration::from_secs(180), "refilled", |st| {
+            st.ready.len() == 1 && st.ready[0].qemu_pid != pooled
+        })?;
+        let netns = pool.state_dir.join("pool").join("netns");
+        let links = run(Command::new("nsenter")
+            .arg(format!("--net={}", netns.display()))
+            .args(["ip", "-o", "link", "show"]));
+        let taps = links.stdout.lines().filter(|l| l.contains("stk-p")).count();
+        ensure!(
+            taps == refilled.ready.len(),
+            "{taps} taps in the pool's namespace for {} pooled VMs:\n{}",
+            refilled.ready.len(),
+            links.stdout
+        );
+        cleanup(s, id);
+        for _ in 0..100 {
+            if !std::path::Path::new(&format!("/proc/{pooled}")).exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ensure!(
+            !std::path::Path::new(&format!("/proc/{pooled}")).exists(),
+            "the claimed VM outlived its container"
+        );
+        if let Ok(d) = docker_of(s) {
+            let out = d.docker(&["run", "--rm", "--runtime", RUNTIME, IMAGE, "true"]);
+            expect_code(&out, 0, "docker run beside a pool")?;
+            let st = pool.status()?;
+            ensure!(
+                st.ready.len() == 1 && st.ready[0].qemu_pid == refilled.ready[0].qemu_pid,
+                "docker's bridge network took a pool VM: {st:?}"
+            );
+        }
+        Ok(())
+    })();
+    let stopped = pool.stop();
+    result?;
+    ensure!(stopped? == 0, "the pool service's exit code");
+    expect_clean(s, "vpooled1")
 }

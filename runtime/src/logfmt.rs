@@ -1,13 +1,16 @@
-//! Structured log lines on stderr (`<prefix>level=info msg="..." key=value`), for the
+//! Structured log lines (`<prefix>level=info msg="..." key=value`) on stderr, for the
 //! processes that have no containerd log to write to: the guest agent (its console) and
-//! the warm pool service (its journal).
+//! the warm pool service (its journal); or into a file: the shim's `start`, whose
+//! stderr containerd reads as its answer, writes to containerd's shim log fifo.
 
 use std::io::Write;
 
 use log::kv::{Key, Value, VisitSource};
 
-struct Stderr {
+struct Lines {
     prefix: &'static str,
+    /// stderr when `None`.
+    sink: Option<std::sync::Mutex<Box<dyn Write + Send>>>,
 }
 
 struct Fields(String);
@@ -19,7 +22,7 @@ impl<'kvs> VisitSource<'kvs> for Fields {
     }
 }
 
-impl log::Log for Stderr {
+impl log::Log for Lines {
     fn enabled(&self, m: &log::Metadata<'_>) -> bool {
         m.level() <= log::max_level()
     }
@@ -37,7 +40,16 @@ impl log::Log for Stderr {
             r.args().to_string(),
             fields.0
         );
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        match &self.sink {
+            Some(w) => {
+                if let Ok(mut w) = w.lock() {
+                    let _ = w.write_all(line.as_bytes());
+                }
+            }
+            None => {
+                let _ = std::io::stderr().lock().write_all(line.as_bytes());
+            }
+        }
     }
 
     fn flush(&self) {}
@@ -45,7 +57,17 @@ impl log::Log for Stderr {
 
 /// Log to stderr from now on, each line after `prefix`, up to `level`.
 pub fn init(prefix: &'static str, level: log::LevelFilter) {
-    let logger = Box::leak(Box::new(Stderr { prefix }));
+    install(Lines { prefix, sink: None }, level);
+}
+
+/// Log to `sink` from now on, each line after `prefix`, up to `level`.
+pub fn init_writer(prefix: &'static str, level: log::LevelFilter, sink: Box<dyn Write + Send>) {
+    let sink = Some(std::sync::Mutex::new(sink));
+    install(Lines { prefix, sink }, level);
+}
+
+fn install(lines: Lines, level: log::LevelFilter) {
+    let logger = Box::leak(Box::new(lines));
     if log::set_logger(logger).is_ok() {
         log::set_max_level(level);
     }

@@ -1,5 +1,6 @@
 //! `containerd-shim-stockade-v2`: containerd's runtime v2 shim for Stockade.
 
+mod bootstrap;
 mod debug;
 mod error;
 mod events;
@@ -53,6 +54,27 @@ fn main() {
             option_env!("STOCKADE_REVISION").unwrap_or("unknown")
         );
         return;
+    }
+    // `start` is Stockade's own: it speaks containerd 2.3's bootstrap protocol and the
+    // older daemons' plain one (the crate's start path reads only the latter).
+    if let Ok(flags) = containerd_shim::parse(&args[1..])
+        && flags.action == "start"
+    {
+        match start::start(&flags) {
+            Ok(answer) => {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                if let Err(e) = out.write_all(&answer).and_then(|()| out.flush()) {
+                    eprintln!("stockade: start: write the answer: {e}");
+                    std::process::exit(1);
+                }
+                return;
+            }
+            Err(e) => {
+                eprintln!("stockade: start: {e:#}");
+                std::process::exit(1);
+            }
+        }
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

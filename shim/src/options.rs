@@ -36,6 +36,15 @@ fn decode_runtimeoptions(bytes: &[u8]) -> Result<ConfigSource, String> {
     Ok(out)
 }
 
+fn is_runc(type_url: &str) -> bool {
+    type_url.ends_with("runc.v1.Options") || type_url.ends_with("io.containerd.runc.v2.Options")
+}
+
+/// Whether `type_url` names options the shim reads.
+pub fn is_known(type_url: &str) -> bool {
+    type_url.ends_with("runtimeoptions.v1.Options") || is_runc(type_url)
+}
+
 pub fn parse(any: Option<&Any>) -> Result<RuntimeOptions, String> {
     let Some(any) = any else {
         return Ok(RuntimeOptions::default());
@@ -50,10 +59,7 @@ pub fn parse(any: Option<&Any>) -> Result<RuntimeOptions, String> {
             ..Default::default()
         });
     }
-    if url.ends_with("containerd.runc.v1.Options")
-        || url.ends_with("io.containerd.runc.v2.Options")
-        || url.ends_with("runc.v1.Options")
-    {
+    if is_runc(url) {
         let o = RuncOptions::parse_from_bytes(&any.value).map_err(|e| e.to_string())?;
         return Ok(RuntimeOptions {
             config: ConfigSource::default(),
@@ -63,15 +69,6 @@ pub fn parse(any: Option<&Any>) -> Result<RuntimeOptions, String> {
     }
     log::info!(type_url = url; "ignoring runtime options of an unknown type");
     Ok(RuntimeOptions::default())
-}
-
-/// The options containerd writes to `start`'s stdin (an `Any`), if any.
-pub fn parse_bytes(data: &[u8]) -> Result<RuntimeOptions, String> {
-    if data.is_empty() {
-        return Ok(RuntimeOptions::default());
-    }
-    let any = Any::parse_from_bytes(data).map_err(|e| e.to_string())?;
-    parse(Some(&any))
 }
 
 #[cfg(test)]

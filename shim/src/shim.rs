@@ -72,11 +72,11 @@ impl ShimTrait for Shim {
         }
     }
 
-    async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        tokio::task::spawn_blocking(move || crate::start::start(&opts))
-            .await
-            .map_err(|e| containerd_shim::Error::Other(e.to_string()))?
-            .map_err(|e| containerd_shim::Error::Other(format!("{e:#}")))
+    /// Never reached: `main` serves `start` itself (`crate::start`).
+    async fn start_shim(&mut self, _opts: StartOpts) -> containerd_shim::Result<String> {
+        Err(containerd_shim::Error::Other(
+            "start is served before the shim runtime starts".into(),
+        ))
     }
 
     async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result};
-use containerd_shim::{StartOpts, socket_address};
+use containerd_shim::{Flags, socket_address};
+
+use crate::bootstrap::Input;
 
 const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
@@ -27,15 +29,38 @@ pub fn grouping(bundle: &Path, id: &str) -> String {
     }
 }
 
-/// Spawn the shim server (or find the pod's running one) and return its address.
-pub fn start(opts: &StartOpts) -> Result<String> {
-    let mut options = Vec::new();
-    let _ = std::io::stdin().read_to_end(&mut options);
-    let runtime_options = crate::options::parse_bytes(&options).unwrap_or_default();
-
+/// The `start` action as containerd runs it (flags, stdin, the bundle as the working
+/// directory): spawn the shim server (or find the pod's running one), and return what
+/// goes on stdout, in the form the daemon reads (see [`crate::bootstrap`]).
+///
+/// containerd merges this process's stderr into the answer: nothing is written there
+/// on success. Log lines go to containerd's shim log (the bundle's `log` fifo).
+pub fn start(flags: &Flags) -> Result<Vec<u8>> {
     let cwd = std::env::current_dir().context("current dir")?;
-    let group = grouping(&cwd, &opts.id);
-    let address = socket_address(&opts.address, &opts.namespace, &group);
+    init_log(&cwd, flags.debug);
+    let mut data = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut data) {
+        log::warn!(error:% = e; "start: stdin unreadable: no runtime options");
+    }
+    let input = Input::read(&data, &flags.id, &flags.namespace);
+    if let Input::Bootstrap(p) = &input {
+        log::debug!(containerd = p.containerd_version.as_str(); "start: containerd's bootstrap protocol");
+    }
+    let runtime_options = crate::options::parse(input.options()).unwrap_or_else(|e| {
+        log::warn!(error = e.as_str(); "start: runtime options unreadable: ignored");
+        Default::default()
+    });
+
+    let group = grouping(&cwd, &flags.id);
+    let mut address = socket_address(&flags.address, &flags.namespace, &group);
+    if let Input::Bootstrap(p) = &input
+        && let Some(dir) = p.socket_dir.as_deref().filter(|d| !d.is_empty())
+    {
+        // The daemon's socket dir (2.3+): the same name, in the dir it asks for.
+        let name = address.rsplit('/').next().unwrap_or_default().to_string();
+        std::fs::create_dir_all(dir).with_context(|| format!("create socket dir {dir}"))?;
+        address = format!("unix://{}/{name}", dir.trim_end_matches('/'));
+    }
 
     let exe = std::env::current_exe().context("current exe")?;
     let mut cmd = Command::new(exe);
@@ -45,14 +70,14 @@ pub fn start(opts: &StartOpts) -> Result<String> {
         .stderr(Stdio::null())
         .args([
             "-namespace",
-            &opts.namespace,
+            &flags.namespace,
             "-id",
-            &opts.id,
+            &flags.id,
             "-address",
-            &opts.address,
+            &flags.address,
         ])
         .args(["-socket", &address]);
-    if opts.debug {
+    if flags.debug {
         cmd.arg("-debug");
     }
     let mut child = cmd.spawn().context("spawn shim server")?;
@@ -62,7 +87,7 @@ pub fn start(opts: &StartOpts) -> Result<String> {
             .join(runtime_options.shim_cgroup.trim_start_matches('/'))
             .join("cgroup.procs");
         if let Err(e) = std::fs::write(&procs, pid.to_string()) {
-            eprintln!("stockade: cannot move shim to {}: {e}", procs.display());
+            log::warn!(cgroup:% = procs.display(), error:% = e; "start: the shim stays out of its shim_cgroup");
         }
     }
     adjust_oom_score(pid);
@@ -76,10 +101,28 @@ pub fn start(opts: &StartOpts) -> Result<String> {
     // Only root may talk to the shim (the crate binds it with the default umask).
     let path = address.strip_prefix("unix://").unwrap_or(&address);
     if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-        eprintln!("stockade: cannot restrict {path}: {e}");
+        log::warn!(socket = path, error:% = e; "start: the shim's socket keeps its mode");
     }
     std::fs::write(cwd.join("address"), &address).context("write address file")?;
-    Ok(address)
+    Ok(input.answer(&address))
+}
+
+/// `start`'s log lines into containerd's shim log: the bundle's `log` fifo, which the
+/// daemon reads from before it runs `start`. Without a reader, they are dropped.
+fn init_log(bundle: &Path, debug: bool) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let fifo = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(bundle.join("log"));
+    let level = if debug {
+        log::LevelFilter::Debug
+    } else {
+        log::LevelFilter::Info
+    };
+    if let Ok(f) = fifo {
+        stockade_runtime::logfmt::init_writer("", level, Box::new(f));
+    }
 }
 
 /// The shim should be killed before containerd under memory pressure: parent's score + 1.

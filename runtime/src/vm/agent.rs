@@ -36,6 +36,16 @@ pub struct AgentClient {
     pub version: VersionResponse,
 }
 
+/// 32 bytes of the host's randomness for the guest's pool.
+fn random_seed() -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut seed = vec![0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut seed))
+        .map_err(Error::io("read /dev/urandom"))?;
+    Ok(seed)
+}
+
 /// On top of a call's own deadline: ttrpc's client waits without one to queue a request
 /// behind a guest that stopped reading, so every call is also bounded here.
 const DEADLINE_SLACK: Duration = Duration::from_secs(1);
@@ -188,6 +198,7 @@ impl AgentClient {
             },
             container_config: config_toml,
             network: network.into(),
+            random_seed: random_seed()?,
             ..Default::default()
         };
         call("create sandbox", CALL_TIMEOUT, &self.secret, |c| {

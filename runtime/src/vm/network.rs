@@ -208,6 +208,15 @@ pub fn claim_tap(pool_netns: &Path, name: &str, netns: &Path, exits: &Exits) -> 
     })
 }
 
+/// A claimed warm-pool VM's tap, deleted from the pool's namespace (`pool_netns`): the
+/// pod has no network of its own, and the guest's NIC stays without a backend.
+pub fn drop_parked_tap(pool_netns: &Path, name: &str, exits: &Exits) -> Result<()> {
+    let (name, ex) = (name.to_string(), exits.clone());
+    in_netns(pool_netns, move || {
+        ip(&ex, &["link", "del", "dev", &name]).map(|_| ())
+    })
+}
+
 /// Mirror the pod's interface and the tap onto each other. `None` when the namespace
 /// has no interface with an IPv4 address (`--network none`): the guest's NIC stays down.
 pub fn wire(netns: &Path, exits: &Exits) -> Result<Option<NetConfig>> {

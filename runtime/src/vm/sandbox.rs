@@ -102,9 +102,11 @@ impl Sandbox {
         } = host;
         let booting = std::time::Instant::now();
         let claimed = match &network_req {
-            NetRequest::Join(_) => claim_from_pool(config, id, &dir).await,
-            NetRequest::None | NetRequest::Hooks { .. } => {
-                log::debug!(sandbox = id; "the warm pool serves pods with a network namespace of their own: booting a VM");
+            NetRequest::Join(_) | NetRequest::None => claim_from_pool(config, id, &dir).await,
+            NetRequest::Hooks { .. } => {
+                // The hooks find the namespace to configure through QEMU's pid, and a
+                // pool VM's QEMU sits in the pool's namespace for good.
+                log::info!(sandbox = id; "no VM from the warm pool: the spec's network hooks need a VM started in their namespace: booting one");
                 None
             }
         };
@@ -233,10 +235,22 @@ impl Sandbox {
         let mut vm = MicroVm::adopt(&dir.join("vm"), vm, crate::vm::pool::ADOPT_TIMEOUT).await?;
         let taken = async {
             crate::vm::cgroup::join_own(&vm.helper_pids());
-            let NetRequest::Join(path) = network_req else {
-                return Err(Error::Backend(
-                    "a claimed VM needs the pod's namespace".into(),
-                ));
+            let path = match network_req {
+                NetRequest::Join(path) => path,
+                NetRequest::None => {
+                    // Only loopback in the guest: its NIC loses its backend for good.
+                    let ex = host_exits.clone();
+                    return tokio::task::spawn_blocking(move || {
+                        network::drop_parked_tap(&pool_netns, &tap, &ex)
+                    })
+                    .await
+                    .map_err(|e| Error::Backend(e.to_string()))?;
+                }
+                NetRequest::Hooks { .. } => {
+                    return Err(Error::Backend(
+                        "a claimed VM cannot serve network hooks".into(),
+                    ));
+                }
             };
             *net = Some(PodNetwork {
                 netns: path.clone(),
