@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use stockade_agent_protocol::asynchronous::agent::{
     ContainerRef, CreateContainerRequest, CreateSandboxRequest, Empty, EventsRequest,
-    EventsResponse, ExecRequest, ExitResponse, GuestDetailsResponse, GuestEvent, HealthResponse,
+    EventsResponse, ExecRequest, ExitResponse, GuestDetailsResponse, GuestEvent, HealthResponse, Network,
     PauseRequest, PidResponse, ProcessEntry, ProcessList, ProcessRef, ResizeRequest, SignalRequest,
     StatsResponse, Stdio, UpdateRequest, VersionRequest, VersionResponse, guest_event::Kind,
 };
@@ -111,6 +111,16 @@ fn check_id(id: &str) -> Result<()> {
     } else {
         Err(Error::InvalidArgument(format!("invalid id {id:?}")))
     }
+}
+
+/// Configure the guest's NIC as the pod's interface.
+fn configure_network(net: &Network) -> Result<()> {
+    let routes: Vec<(String, String)> = net
+        .routes
+        .iter()
+        .map(|r| (r.dest.clone(), r.gateway.clone()))
+        .collect();
+    crate::net::configure(&net.mac, net.mtu, &net.addresses, &routes)
 }
 
 /// A container without a network namespace of its own shares the guest's, which is the
@@ -258,12 +268,7 @@ impl AgentService {
             crate::init::mount_share(&req.share_tag, Path::new(GUEST_SHARE_DIR))?;
         }
         if let Some(net) = req.network.as_ref() {
-            let routes: Vec<(String, String)> = net
-                .routes
-                .iter()
-                .map(|r| (r.dest.clone(), r.gateway.clone()))
-                .collect();
-            crate::net::configure(&net.mac, net.mtu, &net.addresses, &routes)?;
+            configure_network(net)?;
         }
         *self.config.lock().expect("config lock") = Some(text);
         log::info!(sandbox = req.sandbox_id.as_str(); "sandbox ready");
@@ -440,6 +445,18 @@ impl Agent for AgentService {
         AgentService::create_sandbox(self, req)
             .await
             .map_err(status)?;
+        Ok(Empty::default())
+    }
+
+    async fn configure_network(&self, ctx: &TtrpcContext, req: Network) -> ttrpc::Result<Empty> {
+        self.authorize(ctx)?;
+        if self.config.lock().expect("config lock").is_none() {
+            return Err(status(Error::FailedPrecondition(
+                "configure network before create sandbox".into(),
+            )));
+        }
+        configure_network(&req).map_err(status)?;
+        log::info!(addresses:? = req.addresses; "pod network configured");
         Ok(Empty::default())
     }
 

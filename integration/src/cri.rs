@@ -244,6 +244,7 @@ pub struct ExecOut {
 impl CriEnv {
     /// `mode` and `extra` as for [`TestContainerd::start_with`].
     pub fn start(mode: &str, extra: &str) -> Result<CriEnv> {
+        crate::suite::print_daemons();
         let _ = run(Command::new("ip").args(["link", "del", CNI_BRIDGE]));
         forward_between_pods(true);
         let ctd = TestContainerd::start_full(mode, extra, cri_config)?;

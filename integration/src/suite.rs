@@ -27,6 +27,7 @@ pub fn skip_reason() -> Option<String> {
 /// image loaded (None, with the reason printed, when dockerd does not start: the
 /// Docker cases then fail on their own).
 pub fn start_suite(mode: &str, extra: &str) -> Result<(TestContainerd, Option<TestDocker>)> {
+    print_daemons();
     let ctd = TestContainerd::start_with(mode, extra)?;
     let tar = ctd.dir.path().join("busybox.tar");
     build_image(&tar)?;
@@ -45,6 +46,23 @@ pub fn start_suite(mode: &str, extra: &str) -> Result<(TestContainerd, Option<Te
         }
     };
     Ok((ctd, docker))
+}
+
+/// Which containerd and Docker the suite runs against, as they report themselves.
+pub fn print_daemons() {
+    let d = crate::daemons::daemons();
+    let version = |bin: &std::path::Path| {
+        crate::command::run(std::process::Command::new(bin).arg("--version"))
+            .stdout
+            .trim()
+            .to_string()
+    };
+    println!(
+        "daemons: {} ({}; {})",
+        d.name,
+        version(&d.containerd),
+        version(&d.dockerd)
+    );
 }
 
 /// One named case of a suite.

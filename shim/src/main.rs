@@ -18,6 +18,10 @@ fn main() {
     if args.get(1).map(String::as_str) == Some(stockade_runtime::linux::helper::HELPER_ARG) {
         std::process::exit(stockade_runtime::linux::helper::main(&args[2..]));
     }
+    // The host process that stands for a VM container in its network namespace.
+    if args.get(1).map(String::as_str) == Some(stockade_runtime::vm::network::NETNS_HOLDER_ARG) {
+        stockade_runtime::vm::network::holder_main();
+    }
     // Operator commands: never used by containerd, whose calls all start with a flag.
     let cmd_at = if args.get(1).map(String::as_str) == Some("--state-dir") {
         3

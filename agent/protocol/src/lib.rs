@@ -12,7 +12,8 @@
 /// Negotiated by the first call on every connection; bumped on incompatible changes.
 /// 3: every call and every stdio stream carries the VM's secret.
 /// 4: port forwarding ([`FORWARD_PORT`]).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 5: the host's random seed at CreateSandbox; ConfigureNetwork.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The per-VM secret that proves a caller is the host that booted the VM (any local
 /// user can reach a guest's vsock ports over kernel vhost-vsock). The host hands it to

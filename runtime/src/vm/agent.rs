@@ -36,6 +36,28 @@ pub struct AgentClient {
     pub version: VersionResponse,
 }
 
+/// The pod's network as the guest receives it.
+fn network_message(
+    n: &crate::vm::network::NetConfig,
+) -> stockade_agent_protocol::asynchronous::agent::Network {
+    use stockade_agent_protocol::asynchronous::agent::{Network, Route};
+    Network {
+        mac: n.interface.mac.clone(),
+        mtu: n.interface.mtu,
+        addresses: n.interface.addresses.clone(),
+        routes: n
+            .routes
+            .iter()
+            .map(|r| Route {
+                dest: r.dest.clone(),
+                gateway: r.gateway.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
 /// 32 bytes of the host's randomness for the guest's pool.
 fn random_seed() -> Result<Vec<u8>> {
     use std::io::Read;
@@ -172,22 +194,7 @@ impl AgentClient {
         net: Option<&crate::vm::network::NetConfig>,
         mount_share: bool,
     ) -> Result<()> {
-        use stockade_agent_protocol::asynchronous::agent::{Network, Route};
-        let network = net.map(|n| Network {
-            mac: n.interface.mac.clone(),
-            mtu: n.interface.mtu,
-            addresses: n.interface.addresses.clone(),
-            routes: n
-                .routes
-                .iter()
-                .map(|r| Route {
-                    dest: r.dest.clone(),
-                    gateway: r.gateway.clone(),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        });
+        let network = net.map(network_message);
         let req = CreateSandboxRequest {
             sandbox_id: id.into(),
             hostname: hostname.into(),
@@ -203,6 +210,16 @@ impl AgentClient {
         };
         call("create sandbox", CALL_TIMEOUT, &self.secret, |c| {
             self.raw.create_sandbox(c, &req)
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The pod's network, configured on the host after [`create_sandbox`](Self::create_sandbox).
+    pub async fn configure_network(&self, net: &crate::vm::network::NetConfig) -> Result<()> {
+        let req = network_message(net);
+        call("configure network", CALL_TIMEOUT, &self.secret, |c| {
+            self.raw.configure_network(c, &req)
         })
         .await?;
         Ok(())

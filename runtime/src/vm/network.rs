@@ -377,6 +377,46 @@ pub fn create_netns(path: &Path) -> Result<()> {
     made
 }
 
+/// `argv[1]` of the process that stands for a VM container in the network namespace
+/// Stockade made for it (see [`spawn_holder`]).
+pub const NETNS_HOLDER_ARG: &str = "__stockade-netns-holder";
+
+/// The holder's whole life: asleep until killed.
+pub fn holder_main() -> ! {
+    loop {
+        nix::unistd::pause();
+    }
+}
+
+/// A process of this binary asleep in `netns`: the host pid the runtime reports for a
+/// VM container whose network namespace is Stockade's, so that whoever configures
+/// `/proc/<pid>/ns/net` (Docker 28 and later, between create and start) configures the
+/// pod's namespace rather than whatever host process shares the guest's pid.
+pub fn spawn_holder(netns: &Path) -> Result<crate::vm::watched::Watched> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let ns = std::fs::File::open(netns).map_err(Error::io("open netns"))?;
+    let fd = ns.as_raw_fd();
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg(NETNS_HOLDER_ARG)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: between fork and exec the child makes one async-signal-safe system call,
+    // setns(2), on an fd that `ns` keeps open until spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(Error::io("spawn the netns holder"))?;
+    drop(ns);
+    crate::vm::watched::Watched::new("netns holder", child)
+}
+
 pub fn remove_netns(path: &Path) {
     let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
     let _ = std::fs::remove_file(path);

@@ -152,7 +152,8 @@ impl VmPod {
             ..ExecPolicy::of(spec)
         };
         Ok(Created {
-            pid,
+            // Reported to containerd and its clients, who look the pid up on the host.
+            pid: sandbox.host_pid().unwrap_or(pid),
             io,
             exit: sandbox.subscribe_exit(pid),
             exec_policy,
@@ -215,7 +216,9 @@ impl Backend for VmPod {
     }
 
     async fn start(&self, c: &Container) -> Result<()> {
-        self.vm().await?.agent().start(&c.id, "").await.map(|_| ())
+        let vm = self.vm().await?;
+        vm.wire_late().await?;
+        vm.agent().start(&c.id, "").await.map(|_| ())
     }
 
     async fn exec(
@@ -356,8 +359,10 @@ pub(crate) async fn cleanup_from_disk(
     Ok(())
 }
 
-/// The pod's network as the VM takes it over: the namespace the spec joins (CNI's, or
-/// Docker's), or a new one its hooks configure (Docker's libnetwork hook), or none.
+/// The pod's network as the VM takes it over: the namespace the spec joins (CNI's), a
+/// new one its hooks configure (Docker 26's libnetwork hook), a new one configured
+/// between create and start (Docker 28 and later) or never (`ctr run`), or none (the
+/// host's, refused in VM mode).
 fn net_request(spec: &Spec, bundle: &Path) -> NetRequest {
     let Some(ns) = crate::linux::hardening::spec_namespace(spec, LinuxNamespaceType::Network)
     else {
@@ -377,7 +382,7 @@ fn net_request(spec: &Spec, bundle: &Path) -> NetRequest {
         })
         .unwrap_or_default();
     if hooks.is_empty() {
-        NetRequest::None
+        NetRequest::Fresh
     } else {
         NetRequest::Hooks {
             hooks,

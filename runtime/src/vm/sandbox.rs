@@ -46,12 +46,23 @@ pub struct Sandbox {
     forwarder: Mutex<Option<PortForwarder>>,
     dead: watch::Sender<bool>,
     pump: Mutex<Option<JoinHandle<()>>>,
+    /// The process asleep in a [`NetRequest::Fresh`] namespace, and its pid.
+    holder: tokio::sync::Mutex<Option<crate::vm::watched::Watched>>,
+    holder_pid: Option<u32>,
+    /// The network wired at start ([`Sandbox::wire_late`]), for teardown.
+    late: Mutex<Option<network::NetConfig>>,
 }
 
 /// How a sandbox gets its network.
 pub enum NetRequest {
     /// No network namespace of its own to wire (only loopback in the guest).
     None,
+    /// A new namespace and nothing (yet) to configure it: `ctr run`, or Docker 28 and
+    /// later, which configure the namespace of the task's pid between create and start.
+    /// Stockade makes the namespace with the VM's tap in it, reports a process asleep
+    /// in it as the container's pid ([`Sandbox::host_pid`]), and wires whatever the
+    /// namespace holds at start ([`Sandbox::wire_late`]).
+    Fresh,
     /// Join this namespace (CNI's, or one Docker made), whose interface the VM takes over.
     Join(PathBuf),
     /// A new namespace that the spec's hooks configure (Docker's libnetwork-setkey):
@@ -102,7 +113,9 @@ impl Sandbox {
         } = host;
         let booting = std::time::Instant::now();
         let claimed = match &network_req {
-            NetRequest::Join(_) | NetRequest::None => claim_from_pool(config, id, &dir).await,
+            NetRequest::Join(_) | NetRequest::None | NetRequest::Fresh => {
+                claim_from_pool(config, id, &dir).await
+            }
             NetRequest::Hooks { .. } => {
                 // The hooks find the namespace to configure through QEMU's pid, and a
                 // pool VM's QEMU sits in the pool's namespace for good.
@@ -111,6 +124,7 @@ impl Sandbox {
             }
         };
         let from_pool = claimed.is_some();
+        let fresh = matches!(network_req, NetRequest::Fresh);
         let mut net: Option<PodNetwork> = None;
         let (share, started) = match claimed {
             Some(c) => {
@@ -136,8 +150,24 @@ impl Sandbox {
             }
         };
         let _ = std::fs::write(dir.join(ID_FILE), format!("{namespace}\n{id}\n"));
+        let mut holder = None;
+        let started = match started {
+            Ok(mut vm) if fresh => match net.as_ref().map(|n| network::spawn_holder(&n.netns)) {
+                Some(Err(e)) => {
+                    vm.kill().await;
+                    Err(e)
+                }
+                Some(Ok(h)) => {
+                    holder = Some(h);
+                    Ok(vm)
+                }
+                None => Ok(vm),
+            },
+            other => other,
+        };
+        let holder_pid = holder.as_ref().map(crate::vm::watched::Watched::pid);
         let started = match (started, &cgroup) {
-            (Ok(mut vm), Some(cg)) => match cg.place(&dir, &vm.helper_pids()) {
+            (Ok(mut vm), Some(cg)) => match cg.place(&dir, &with(vm.helper_pids(), holder_pid)) {
                 Ok(()) => Ok(vm),
                 Err(e) => {
                     vm.kill().await;
@@ -149,6 +179,9 @@ impl Sandbox {
         let vm = match started {
             Ok(vm) => vm,
             Err(e) => {
+                if let Some(mut h) = holder.take() {
+                    h.kill().await;
+                }
                 if let Some(cg) = &cgroup {
                     let _ = cg.remove();
                 }
@@ -161,7 +194,7 @@ impl Sandbox {
             }
         };
         log::debug!(sandbox = id, ms = booting.elapsed().as_millis() as u64, from_pool; "VM booted, agent answered");
-        record_pids(&dir, &vm.helper_pids());
+        record_pids(&dir, &with(vm.helper_pids(), holder_pid));
         let agent = vm.agent.clone();
         let qemu_exit = vm.qemu_exit();
         let sandbox = Arc::new(Sandbox {
@@ -176,6 +209,9 @@ impl Sandbox {
             forwarder: Mutex::new(None),
             dead: watch::channel(false).0,
             pump: Mutex::new(None),
+            holder: tokio::sync::Mutex::new(holder),
+            holder_pid,
+            late: Mutex::new(None),
         });
         let guest_config = guest_config(config)?;
         let ready = match qemu_exit {
@@ -237,6 +273,21 @@ impl Sandbox {
             crate::vm::cgroup::join_own(&vm.helper_pids());
             let path = match network_req {
                 NetRequest::Join(path) => path,
+                NetRequest::Fresh => {
+                    let path = dir.join("netns");
+                    network::create_netns(&path)?;
+                    *net = Some(PodNetwork {
+                        netns: path.clone(),
+                        owned: true,
+                        config: None,
+                    });
+                    let ex = host_exits.clone();
+                    return tokio::task::spawn_blocking(move || {
+                        network::claim_tap(&pool_netns, &tap, &path, &ex)
+                    })
+                    .await
+                    .map_err(|e| Error::Backend(e.to_string()))?;
+                }
                 NetRequest::None => {
                     // Only loopback in the guest: its NIC loses its backend for good.
                     let ex = host_exits.clone();
@@ -293,6 +344,15 @@ impl Sandbox {
         let mut hooks = None;
         match network_req {
             NetRequest::None => {}
+            NetRequest::Fresh => {
+                let path = dir.join("netns");
+                network::create_netns(&path)?;
+                *net = Some(PodNetwork {
+                    netns: path,
+                    owned: true,
+                    config: None,
+                });
+            }
             NetRequest::Join(path) => {
                 *net = Some(PodNetwork {
                     netns: path,
@@ -387,6 +447,37 @@ impl Sandbox {
         Ok(vm)
     }
 
+    /// The host process that stands for the container in its [`NetRequest::Fresh`]
+    /// namespace: the pid to report for it.
+    pub fn host_pid(&self) -> Option<u32> {
+        self.holder_pid
+    }
+
+    /// Wire a [`NetRequest::Fresh`] namespace that was configured after the VM booted
+    /// (Docker 28 and later configure it between create and start), and give the guest
+    /// its network. Nothing to do when the namespace holds no configured interface
+    /// (`ctr run`), or when it was wired before.
+    pub async fn wire_late(&self) -> Result<()> {
+        let Some((net, exits)) = self.network.as_ref().filter(|_| self.holder_pid.is_some())
+        else {
+            return Ok(());
+        };
+        if self.late.lock().expect("late lock").is_some() {
+            return Ok(());
+        }
+        let (ns, ex) = (net.netns.clone(), exits.clone());
+        let wired = tokio::task::spawn_blocking(move || network::wire(&ns, &ex))
+            .await
+            .map_err(|e| Error::Backend(e.to_string()))??;
+        let Some(config) = wired else {
+            return Ok(());
+        };
+        *self.late.lock().expect("late lock") = Some(config.clone());
+        self.agent.configure_network(&config).await?;
+        log::info!(sandbox = self.id.as_str(), addresses:? = config.interface.addresses; "network configured after create: wired to the VM");
+        Ok(())
+    }
+
     /// The sandbox's state dir (`<state_dir>/vm/<hash>`).
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -460,6 +551,9 @@ impl Sandbox {
         if let Some(mut vm) = self.vm.lock().await.take() {
             vm.kill().await;
         }
+        if let Some(mut h) = self.holder.lock().await.take() {
+            h.kill().await;
+        }
         if let Some(cg) = self.cgroup.clone() {
             let removed = tokio::task::spawn_blocking(move || cg.remove()).await;
             if let Ok(Err(e)) = removed {
@@ -470,7 +564,18 @@ impl Sandbox {
             if let Some(f) = self.forwarder.lock().expect("forwarder lock").take() {
                 f.stop(exits);
             }
-            network::detach(net, exits);
+            let late = self.late.lock().expect("late lock").take();
+            match late {
+                Some(config) => network::detach(
+                    &PodNetwork {
+                        netns: net.netns.clone(),
+                        owned: net.owned,
+                        config: Some(config),
+                    },
+                    exits,
+                ),
+                None => network::detach(net, exits),
+            }
         }
         self.exits.close(VM_DIED_EXIT);
         log::debug!(sandbox = self.id.as_str(), console:% = crate::vm::hypervisor::console_tail(&self.dir.join("vm")); "guest console at teardown");
@@ -652,6 +757,12 @@ async fn claim_from_pool(
     };
     log::info!(sandbox = id, vcpus = config.hypervisor.vcpus, memory_mib = config.hypervisor.memory_mib, why = why.as_str(); "no VM from the warm pool: booting one");
     None
+}
+
+/// `pids` and `more`, if any.
+fn with(mut pids: Vec<u32>, more: Option<u32>) -> Vec<u32> {
+    pids.extend(more);
+    pids
 }
 
 /// Record the pids of `dir`'s helpers with their start times, for [`cleanup_dir`].
