@@ -8,9 +8,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use stockade_agent_protocol::asynchronous::agent::{
     ContainerRef, CreateContainerRequest, CreateSandboxRequest, Empty, EventsRequest,
-    EventsResponse, ExecRequest, ExitResponse, GuestDetailsResponse, GuestEvent, HealthResponse, Network,
-    PauseRequest, PidResponse, ProcessEntry, ProcessList, ProcessRef, ResizeRequest, SignalRequest,
-    StatsResponse, Stdio, UpdateRequest, VersionRequest, VersionResponse, guest_event::Kind,
+    EventsResponse, ExecRequest, ExitResponse, GuestDetailsResponse, GuestEvent, HealthResponse,
+    Network, PauseRequest, PidResponse, ProcessEntry, ProcessList, ProcessRef, ResizeRequest,
+    SignalRequest, StatsResponse, Stdio, UpdateRequest, VersionRequest, VersionResponse,
+    guest_event::Kind,
 };
 use stockade_agent_protocol::asynchronous::agent_ttrpc::Agent;
 use stockade_agent_protocol::{

@@ -88,7 +88,9 @@ fn main() -> Result<()> {
     let claimed = pool.status()?.claimed;
     drop(pool);
     let mp = median(&mut pooled);
-    println!("  ctr run --rm {IMAGE} true from the warm pool (claims: {claimed}): median {mp:.0} ms");
+    println!(
+        "  ctr run --rm {IMAGE} true from the warm pool (claims: {claimed}): median {mp:.0} ms"
+    );
     println!(
         "  = {:.1} % of the bare boot; {:.2}x the cold ctr run",
         mp / mb * 100.0,

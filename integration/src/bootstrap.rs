@@ -105,7 +105,14 @@ pub fn drive_start(
     let mut cmd = Command::new(&shim);
     cmd.args(["-namespace", namespace, "-address"])
         .arg(socket)
-        .args(["-publish-binary", "/usr/bin/containerd", "-id", id, "-debug", "start"])
+        .args([
+            "-publish-binary",
+            "/usr/bin/containerd",
+            "-id",
+            id,
+            "-debug",
+            "start",
+        ])
         .current_dir(bundle)
         .env("TTRPC_ADDRESS", &ttrpc)
         .env("GRPC_ADDRESS", socket)

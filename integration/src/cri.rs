@@ -189,7 +189,11 @@ fn shipped_runtime_table(config: &Path, name: &str) -> String {
     let (file, plugin, under) = if v3 {
         (DROP_IN, "io.containerd.cri.v1.runtime", "")
     } else {
-        ("configs/containerd-cri.toml", "io.containerd.grpc.v1.cri", "    ")
+        (
+            "configs/containerd-cri.toml",
+            "io.containerd.grpc.v1.cri",
+            "    ",
+        )
     };
     let path = crate::workspace_root().join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_default();

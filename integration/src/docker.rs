@@ -5,11 +5,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::RUNTIME;
 use crate::command::{Out, run};
 use crate::containerd::{TestContainerd, stop_daemon};
-use crate::paths::path_with_shim;
-use crate::RUNTIME;
 use crate::daemons::daemons;
+use crate::paths::path_with_shim;
 
 /// The bridge the private dockerd uses for its default network.
 pub const TEST_BRIDGE: &str = "stk-test0";
@@ -26,7 +26,10 @@ impl TestDocker {
     pub fn start(ctd: &TestContainerd) -> Result<TestDocker> {
         let dockerd = &daemons().dockerd;
         if !dockerd.exists() {
-            bail!("{} missing: run packaging/setup.sh --deps", dockerd.display());
+            bail!(
+                "{} missing: run packaging/setup.sh --deps",
+                dockerd.display()
+            );
         }
         let dir = tempfile::Builder::new()
             .prefix("stockade-dk-")
@@ -92,7 +95,10 @@ impl TestDocker {
     }
 
     pub fn docker(&self, args: &[&str]) -> Out {
-        run(Command::new(&daemons().docker).arg("-H").arg(&self.host).args(args))
+        run(Command::new(&daemons().docker)
+            .arg("-H")
+            .arg(&self.host)
+            .args(args))
     }
 
     pub fn docker_cmd(&self) -> Command {

@@ -1146,7 +1146,10 @@ fn warm_pool_cloud_kernel(s: &Suite, before: &HostSnapshot) -> Result<()> {
     let left = std::fs::read_dir(pool.state_dir.join("vm"))
         .map(|d| d.count())
         .unwrap_or(0);
-    ensure!(left == 0, "{left} VM dirs left in the cloud kernel's state dir");
+    ensure!(
+        left == 0,
+        "{left} VM dirs left in the cloud kernel's state dir"
+    );
     expect_back_to(s, before, "the cloud-kernel pool's pod")
 }
 

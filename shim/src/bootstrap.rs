@@ -253,6 +253,9 @@ mod tests {
         let answer = Input::Bootstrap(Box::new(params())).answer(&address);
         assert_eq!(answer.trim_ascii(), &answer[..]);
         let (version, addr, protocol) = decode_result(&answer).unwrap();
-        assert_eq!((version, addr.as_str(), protocol.as_str()), (2, address.as_str(), "ttrpc"));
+        assert_eq!(
+            (version, addr.as_str(), protocol.as_str()),
+            (2, address.as_str(), "ttrpc")
+        );
     }
 }

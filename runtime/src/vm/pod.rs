@@ -151,9 +151,10 @@ impl VmPod {
             no_new_privileges: config.container.no_new_privileges,
             ..ExecPolicy::of(spec)
         };
+        sandbox.note_guest_init(pid);
         Ok(Created {
             // Reported to containerd and its clients, who look the pid up on the host.
-            pid: sandbox.host_pid().unwrap_or(pid),
+            pid: sandbox.reported_pid(pid),
             io,
             exit: sandbox.subscribe_exit(pid),
             exec_policy,
@@ -291,7 +292,12 @@ impl Backend for VmPod {
     }
 
     async fn pids(&self, c: &Container) -> Result<Vec<(u32, Option<String>)>> {
-        self.vm().await?.agent().pids(&c.id).await
+        let vm = self.vm().await?;
+        let pids = vm.agent().pids(&c.id).await?;
+        Ok(pids
+            .into_iter()
+            .map(|(pid, info)| (vm.reported_pid(pid), info))
+            .collect())
     }
 
     async fn set_paused(&self, c: &Container, paused: bool) -> Result<()> {

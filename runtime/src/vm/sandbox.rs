@@ -49,6 +49,8 @@ pub struct Sandbox {
     /// The process asleep in a [`NetRequest::Fresh`] namespace, and its pid.
     holder: tokio::sync::Mutex<Option<crate::vm::watched::Watched>>,
     holder_pid: Option<u32>,
+    /// The guest pid the holder stands for (the container's init).
+    guest_init: Mutex<Option<u32>>,
     /// The network wired at start ([`Sandbox::wire_late`]), for teardown.
     late: Mutex<Option<network::NetConfig>>,
 }
@@ -211,6 +213,7 @@ impl Sandbox {
             pump: Mutex::new(None),
             holder: tokio::sync::Mutex::new(holder),
             holder_pid,
+            guest_init: Mutex::new(None),
             late: Mutex::new(None),
         });
         let guest_config = guest_config(config)?;
@@ -447,10 +450,24 @@ impl Sandbox {
         Ok(vm)
     }
 
-    /// The host process that stands for the container in its [`NetRequest::Fresh`]
-    /// namespace: the pid to report for it.
-    pub fn host_pid(&self) -> Option<u32> {
-        self.holder_pid
+    /// Record the guest pid of the sandbox's container's init: with a
+    /// [`NetRequest::Fresh`] namespace, the host process asleep there stands for it.
+    pub fn note_guest_init(&self, pid: u32) {
+        if self.holder_pid.is_some() {
+            *self.guest_init.lock().expect("guest init lock") = Some(pid);
+        }
+    }
+
+    /// The pid to report for guest process `pid`: the holder's for the init it stands
+    /// for (containerd's clients look it up on the host), else the guest's.
+    pub fn reported_pid(&self, pid: u32) -> u32 {
+        match (
+            self.holder_pid,
+            *self.guest_init.lock().expect("guest init lock"),
+        ) {
+            (Some(host), Some(init)) if init == pid => host,
+            _ => pid,
+        }
     }
 
     /// Wire a [`NetRequest::Fresh`] namespace that was configured after the VM booted
@@ -458,8 +475,7 @@ impl Sandbox {
     /// its network. Nothing to do when the namespace holds no configured interface
     /// (`ctr run`), or when it was wired before.
     pub async fn wire_late(&self) -> Result<()> {
-        let Some((net, exits)) = self.network.as_ref().filter(|_| self.holder_pid.is_some())
-        else {
+        let Some((net, exits)) = self.network.as_ref().filter(|_| self.holder_pid.is_some()) else {
             return Ok(());
         };
         if self.late.lock().expect("late lock").is_some() {
