@@ -184,6 +184,13 @@ state = "{state}"
             .args(args))
     }
 
+    /// `ctr run --rm --runtime stockade --config SPEC ID`: a whole spec of the test's
+    /// own, its rootfs named by its `root.path`.
+    pub fn run_rm_spec(&self, spec: &Path, id: &str) -> Out {
+        let spec = spec.display().to_string();
+        self.ctr(&["run", "--rm", "--runtime", RUNTIME, "--config", &spec, id])
+    }
+
     /// `ctr run --rm --runtime stockade IMAGE ID ARGS...`
     pub fn run_rm(&self, id: &str, args: &[&str]) -> Out {
         let mut a = vec!["run", "--rm", "--runtime", RUNTIME, IMAGE, id];

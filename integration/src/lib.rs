@@ -30,6 +30,7 @@ pub mod containerd;
 pub mod cri;
 pub mod daemons;
 pub mod docker;
+pub mod docker_options;
 pub mod escape;
 pub mod hostile;
 pub mod image;
@@ -37,6 +38,7 @@ pub mod paths;
 pub mod pool;
 pub mod pss;
 pub mod suite;
+pub mod timens;
 pub mod vm;
 
 pub use command::{Out, expect_code, in_tty, run, run_with_stdin};

@@ -355,15 +355,7 @@ fn bad_input_fails_cleanly(s: &Suite) -> Result<()> {
     v["root"]["path"] = rootfs.display().to_string().into();
     let path = s.ctd.dir.path().join("bad-spec.json");
     std::fs::write(&path, v.to_string())?;
-    let out = s.ctd.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        "--config",
-        &path.display().to_string(),
-        "bad3",
-    ]);
+    let out = s.ctd.run_rm_spec(&path, "bad3");
     ensure!(
         !out.ok() && out.stderr.contains("bad3"),
         "malformed spec: {out:?}"
@@ -1051,6 +1043,8 @@ fn main() {
         }
     };
     let cases: &[Case] = &[
+        ("docker_options_users_use", docker_options_users_use),
+        ("time_namespace", time_namespace),
         (
             "shim_start_speaks_each_daemons_protocol",
             shim_start_speaks_each_daemons_protocol,
@@ -1242,5 +1236,25 @@ fn shim_start_speaks_each_daemons_protocol(s: &Suite) -> Result<()> {
         );
         ensure!(!path.exists(), "{id}: the shim left its socket {path:?}");
     }
+    Ok(())
+}
+
+/// `docker run`'s most used options and Docker's commands, each for its effect
+/// (`stockade_integration::docker_options`).
+fn docker_options_users_use(s: &Suite) -> Result<()> {
+    use stockade_integration::docker_options::{Backend, check_all};
+    check_all(docker_of(s)?, Backend::Container)?;
+    ensure!(s.ctd.vm_leaks().is_empty(), "VM state left");
+    Ok(())
+}
+
+/// A spec with a private time namespace and clock offsets (Docker 29.5 adds one):
+/// created, and its offsets seen inside (`stockade_integration::timens`).
+fn time_namespace(s: &Suite) -> Result<()> {
+    stockade_integration::timens::check(&s.ctd, "timens1")?;
+    ensure!(
+        s.ctd.leaks(NAMESPACE, "timens1").is_empty(),
+        "timens1 left things behind"
+    );
     Ok(())
 }

@@ -934,6 +934,8 @@ fn main() {
         ),
         ("vm_host_namespace_pods", host_namespace_pods),
         ("vm_warm_pool_serves_ctr_run", warm_pool_serves_ctr_run),
+        ("vm_docker_options_users_use", docker_options_users_use),
+        ("vm_time_namespace", time_namespace),
     ];
     let (passed, failed) = stockade_integration::run_cases(&suite, cases, |s| s.ctd.log());
     drop(suite);
@@ -1577,4 +1579,19 @@ fn warm_pool_serves_ctr_run(s: &Suite) -> Result<()> {
     result?;
     ensure!(stopped? == 0, "the pool service's exit code");
     expect_clean(s, "vpooled1")
+}
+
+/// `docker run`'s most used options and Docker's commands, each for its effect, with
+/// every container in its own VM (`stockade_integration::docker_options`).
+fn docker_options_users_use(s: &Suite) -> Result<()> {
+    use stockade_integration::docker_options::{Backend, check_all};
+    check_all(docker_of(s)?, Backend::Vm)?;
+    expect_no_vm_leaks(s)
+}
+
+/// A spec with a private time namespace and clock offsets (Docker 29.5 adds one):
+/// created in the guest, and its offsets seen inside (`stockade_integration::timens`).
+fn time_namespace(s: &Suite) -> Result<()> {
+    stockade_integration::timens::check(&s.ctd, "vtimens1")?;
+    expect_clean(s, "vtimens1")
 }

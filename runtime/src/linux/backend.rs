@@ -37,6 +37,10 @@ impl ContainerBackend {
         if self.host.kernel == hardening::Kernel::Guest && pause::applies_to(spec) {
             return self.create_pause(req, spec, dirs).await;
         }
+        if hardening::drop_unsupported_time_namespace(spec, hardening::kernel_has_time_namespaces())
+        {
+            log::debug!(id = req.id.as_str(); "no time namespaces in this kernel: the container's private time namespace is dropped");
+        }
         let mut hardened =
             hardening::harden(spec, &req.bundle, &config.container, self.host.kernel)?;
         hardened.filters.compile()?;

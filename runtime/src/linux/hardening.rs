@@ -236,6 +236,29 @@ pub fn drop_v1_cgroup_mount_in_joined_pid_ns(spec: &mut Spec, cgroup_v1: bool) -
     mounts.len() != before
 }
 
+/// A private time namespace (Docker 29.5 puts one in every spec) where the kernel has
+/// none (`CONFIG_TIME_NS`, Linux 5.6 and later; `supported`): dropped with its clock
+/// offsets, so the container runs on the kernel's clocks rather than failing to start.
+/// Returns whether it was dropped.
+pub fn drop_unsupported_time_namespace(spec: &mut Spec, supported: bool) -> bool {
+    if supported || spec_namespace(spec, oci_spec::runtime::LinuxNamespaceType::Time).is_none() {
+        return false;
+    }
+    let Some(linux) = spec.linux_mut() else {
+        return false;
+    };
+    if let Some(namespaces) = linux.namespaces_mut() {
+        namespaces.retain(|n| n.typ() != oci_spec::runtime::LinuxNamespaceType::Time);
+    }
+    linux.set_time_offsets(None);
+    true
+}
+
+/// Whether this kernel has time namespaces.
+pub fn kernel_has_time_namespaces() -> bool {
+    std::path::Path::new("/proc/self/ns/time").exists()
+}
+
 /// What every exec of a container is held to: no capability outside the init's
 /// bounding set (unless privileged containers are allowed), no-new-privileges when the
 /// config forces it, and the container's seccomp filters.
@@ -378,6 +401,32 @@ mod tests {
         root.set_path(dir.to_path_buf());
         spec.set_root(Some(root));
         spec
+    }
+
+    #[test]
+    fn a_time_namespace_is_dropped_only_where_the_kernel_has_none() {
+        let spec: Spec = serde_json::from_str(
+            r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"pid"},{"type":"time"}],
+                "timeOffsets":{"monotonic":{"secs":10,"nanosecs":0}}}}"#,
+        )
+        .unwrap();
+        let mut kept = spec.clone();
+        assert!(!drop_unsupported_time_namespace(&mut kept, true));
+        assert_eq!(kept, spec);
+        let mut dropped = spec.clone();
+        assert!(drop_unsupported_time_namespace(&mut dropped, false));
+        let linux = dropped.linux().as_ref().unwrap();
+        let types: Vec<_> = linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.typ())
+            .collect();
+        assert_eq!(types, [oci_spec::runtime::LinuxNamespaceType::Pid]);
+        assert!(linux.time_offsets().is_none());
+        let mut none = Spec::default();
+        assert!(!drop_unsupported_time_namespace(&mut none, false));
     }
 
     #[test]
