@@ -20,10 +20,27 @@ pub struct TestDocker {
     pub dir: tempfile::TempDir,
     pub host: String,
     child: Child,
+    /// Whether it runs on [`TEST_BRIDGE`] (removed on drop).
+    bridged: bool,
+}
+
+/// How a [`TestDocker`] keeps images and networks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// Its graph driver, and [`TEST_BRIDGE`] as its default network.
+    Classic,
+    /// containerd's image store (`features.containerd-snapshotter`, Docker 29's
+    /// default), in a containerd namespace of its own, and no default bridge: it runs
+    /// beside a classic one on the same containerd.
+    ImageStore,
 }
 
 impl TestDocker {
     pub fn start(ctd: &TestContainerd) -> Result<TestDocker> {
+        Self::start_as(ctd, Flavor::Classic)
+    }
+
+    pub fn start_as(ctd: &TestContainerd, flavor: Flavor) -> Result<TestDocker> {
         let dockerd = &daemons().dockerd;
         if !dockerd.exists() {
             bail!(
@@ -36,26 +53,47 @@ impl TestDocker {
             .tempdir_in("/tmp")?;
         let d = dir.path();
         let daemon_json = d.join("daemon.json");
+        let bridged = flavor == Flavor::Classic;
+        let features = if bridged {
+            ""
+        } else {
+            r#", "features": {"containerd-snapshotter": true}"#
+        };
         std::fs::write(
             &daemon_json,
-            format!(r#"{{"runtimes": {{"stockade": {{"runtimeType": "{RUNTIME}"}}}}}}"#),
+            format!(r#"{{"runtimes": {{"stockade": {{"runtimeType": "{RUNTIME}"}}}}{features}}}"#),
         )?;
         let sock = d.join("docker.sock");
         // Our own bridge, so a node's docker0 (if any) is left alone; removed on drop.
-        let _ = run(Command::new("ip").args(["link", "del", TEST_BRIDGE]));
-        for args in [
-            vec!["link", "add", TEST_BRIDGE, "type", "bridge"],
-            vec!["addr", "add", TEST_BRIDGE_CIDR, "dev", TEST_BRIDGE],
-            vec!["link", "set", TEST_BRIDGE, "up"],
-        ] {
-            let o = run(Command::new("ip").args(&args));
+        let bridge_links: Vec<Vec<&str>> = if bridged {
+            let _ = run(Command::new("ip").args(["link", "del", TEST_BRIDGE]));
+            vec![
+                vec!["link", "add", TEST_BRIDGE, "type", "bridge"],
+                vec!["addr", "add", TEST_BRIDGE_CIDR, "dev", TEST_BRIDGE],
+                vec!["link", "set", TEST_BRIDGE, "up"],
+            ]
+        } else {
+            Vec::new()
+        };
+        for args in &bridge_links {
+            let o = run(Command::new("ip").args(args));
             if !o.ok() {
                 bail!("ip {}: {}", args.join(" "), o.stderr);
             }
         }
         let log = std::fs::File::create(d.join("dockerd.log"))?;
         let path = path_with_shim()?;
-        let child = Command::new(dockerd)
+        let mut cmd = Command::new(dockerd);
+        if bridged {
+            cmd.arg(format!("--bridge={TEST_BRIDGE}"));
+        } else {
+            cmd.args([
+                "--bridge=none",
+                "--containerd-namespace=moby-store",
+                "--containerd-plugins-namespace=plugins-moby-store",
+            ]);
+        }
+        let child = cmd
             .arg("--config-file")
             .arg(&daemon_json)
             .arg("--containerd")
@@ -68,7 +106,6 @@ impl TestDocker {
             .arg(d.join("docker.pid"))
             .arg("-H")
             .arg(format!("unix://{}", sock.display()))
-            .arg(format!("--bridge={TEST_BRIDGE}"))
             .arg("--ip6tables=false")
             .env("PATH", path)
             .stdin(Stdio::null())
@@ -80,6 +117,7 @@ impl TestDocker {
             host: format!("unix://{}", sock.display()),
             dir,
             child,
+            bridged,
         };
         let start = Instant::now();
         loop {
@@ -119,6 +157,8 @@ impl Drop for TestDocker {
             let _ = self.docker(&["rm", "-f", "-v", id]);
         }
         stop_daemon(&mut self.child, Duration::from_secs(15), self.dir.path());
-        let _ = run(Command::new("ip").args(["link", "del", TEST_BRIDGE]));
+        if self.bridged {
+            let _ = run(Command::new("ip").args(["link", "del", TEST_BRIDGE]));
+        }
     }
 }

@@ -297,3 +297,39 @@ fn check(d: &TestDocker, backend: Backend, made: &mut Vec<String>) -> Result<()>
     );
     Ok(())
 }
+
+/// A second dockerd on the same containerd with containerd's image store (Docker 29's
+/// default; `features.containerd-snapshotter`): the image loaded into containerd's
+/// store, a container run and exec'd through Stockade, its rootfs coming from
+/// containerd's snapshotter as mounts in CreateTask.
+pub fn image_store(ctd: &crate::TestContainerd, image_tar: &std::path::Path) -> Result<()> {
+    let d = TestDocker::start_as(ctd, crate::docker::Flavor::ImageStore)?;
+    let info = d.docker(&["info", "-f", "{{.Driver}}"]);
+    ensure!(
+        info.stdout.contains("overlayfs") || info.stdout.contains("snapshotter"),
+        "not containerd's image store: {info:?}"
+    );
+    expect_code(
+        &d.docker(&["load", "-i", &image_tar.display().to_string()]),
+        0,
+        "docker load into containerd's store",
+    )?;
+    let out = run_rm(
+        &d,
+        &["--network", "none"],
+        &["sh", "-c", "echo from-the-store"],
+    );
+    expect_code(&out, 0, "docker run from containerd's store")?;
+    ensure!(out.stdout == "from-the-store\n", "{out:?}");
+    let id = detached(&d, &["--network", "none"], &["sleep", "300"])?;
+    let out = d.docker(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "echo in-exec > /tmp/x && cat /tmp/x",
+    ]);
+    let _ = d.docker(&["rm", "-f", &id]);
+    ensure!(out.stdout == "in-exec\n", "docker exec: {out:?}");
+    Ok(())
+}

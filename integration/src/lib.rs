@@ -28,6 +28,7 @@ pub mod bootstrap;
 pub mod command;
 pub mod containerd;
 pub mod cri;
+pub mod ctr_cni;
 pub mod daemons;
 pub mod docker;
 pub mod docker_options;

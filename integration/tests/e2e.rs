@@ -1045,6 +1045,8 @@ fn main() {
     let cases: &[Case] = &[
         ("docker_options_users_use", docker_options_users_use),
         ("time_namespace", time_namespace),
+        ("docker_image_store", docker_image_store),
+        ("ctr_run_cni", ctr_run_cni),
         (
             "shim_start_speaks_each_daemons_protocol",
             shim_start_speaks_each_daemons_protocol,
@@ -1255,6 +1257,27 @@ fn time_namespace(s: &Suite) -> Result<()> {
     ensure!(
         s.ctd.leaks(NAMESPACE, "timens1").is_empty(),
         "timens1 left things behind"
+    );
+    Ok(())
+}
+
+/// Docker with containerd's image store (Docker 29's default) beside the classic one.
+fn docker_image_store(s: &Suite) -> Result<()> {
+    stockade_integration::docker_options::image_store(
+        &s.ctd,
+        &s.ctd.dir.path().join("busybox.tar"),
+    )?;
+    ensure!(s.ctd.vm_leaks().is_empty(), "VM state left");
+    Ok(())
+}
+
+/// `ctr run --cni` (nerdctl's path): CNI configures the namespace of the task's pid
+/// between create and start; the container has the address CNI gave.
+fn ctr_run_cni(s: &Suite) -> Result<()> {
+    stockade_integration::ctr_cni::check(&s.ctd, "cni1")?;
+    ensure!(
+        s.ctd.leaks(NAMESPACE, "cni1").is_empty(),
+        "cni1 left things behind"
     );
     Ok(())
 }

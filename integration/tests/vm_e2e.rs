@@ -936,6 +936,8 @@ fn main() {
         ("vm_warm_pool_serves_ctr_run", warm_pool_serves_ctr_run),
         ("vm_docker_options_users_use", docker_options_users_use),
         ("vm_time_namespace", time_namespace),
+        ("vm_docker_image_store", docker_image_store),
+        ("vm_ctr_run_cni", ctr_run_cni),
     ];
     let (passed, failed) = stockade_integration::run_cases(&suite, cases, |s| s.ctd.log());
     drop(suite);
@@ -1594,4 +1596,21 @@ fn docker_options_users_use(s: &Suite) -> Result<()> {
 fn time_namespace(s: &Suite) -> Result<()> {
     stockade_integration::timens::check(&s.ctd, "vtimens1")?;
     expect_clean(s, "vtimens1")
+}
+
+/// Docker with containerd's image store (Docker 29's default) beside the classic one,
+/// each container in its own VM.
+fn docker_image_store(s: &Suite) -> Result<()> {
+    stockade_integration::docker_options::image_store(
+        &s.ctd,
+        &s.ctd.dir.path().join("busybox.tar"),
+    )?;
+    expect_no_vm_leaks(s)
+}
+
+/// `ctr run --cni` (nerdctl's path): CNI configures the namespace of the task's pid
+/// between create and start; the container has the address CNI gave.
+fn ctr_run_cni(s: &Suite) -> Result<()> {
+    stockade_integration::ctr_cni::check(&s.ctd, "cni1")?;
+    expect_clean(s, "cni1")
 }
