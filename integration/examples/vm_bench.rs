@@ -31,6 +31,16 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     let bare_dir = ctd.dir.path().join("bare");
+    // Milliseconds of one `ctr run --rm IMAGE true` as container `id`.
+    let timed_run = |id: String| -> Result<f64> {
+        let start = Instant::now();
+        let out = ctd.run_rm(&id, &["true"]);
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        if !out.ok() {
+            bail!("ctr run {id}: {}", out.stderr);
+        }
+        Ok(ms)
+    };
 
     let (mut bare, mut stockade) = (Vec::new(), Vec::new());
     // One of each to warm the page cache.
@@ -44,13 +54,7 @@ fn main() -> Result<()> {
         ))?;
         let t = start.elapsed().as_secs_f64() * 1000.0;
         rt.block_on(vm.shutdown())?;
-        let id = format!("bench{i}");
-        let start = Instant::now();
-        let out = ctd.run_rm(&id, &["true"]);
-        let s = start.elapsed().as_secs_f64() * 1000.0;
-        if !out.ok() {
-            bail!("ctr run {id}: {}", out.stderr);
-        }
+        let s = timed_run(format!("bench{i}"))?;
         if i > 0 {
             bare.push(t);
             stockade.push(s);
@@ -74,13 +78,7 @@ fn main() -> Result<()> {
         pool.wait_until(Duration::from_secs(120), "full and idle", |s| {
             s.ready.len() == 1 && s.booting == 0
         })?;
-        let id = format!("pooled{i}");
-        let start = Instant::now();
-        let out = ctd.run_rm(&id, &["true"]);
-        let t = start.elapsed().as_secs_f64() * 1000.0;
-        if !out.ok() {
-            bail!("ctr run {id}: {}", out.stderr);
-        }
+        let t = timed_run(format!("pooled{i}"))?;
         if i > 0 {
             pooled.push(t);
         }

@@ -91,45 +91,34 @@ impl TestContainerd {
             d.join("state").display().to_string(),
             socket.display().to_string(),
         );
-        let text = if daemons().config_version >= 3 {
-            // containerd 2.x: NRI is on by default, at a socket every daemon shares.
-            format!(
-                r#"version = 3
-root = "{root}"
-state = "{state}"
-imports = ["{d}/conf.d/*.toml"]
-[grpc]
-  address = "{sock}"
-[ttrpc]
-  address = "{sock}.ttrpc"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{d}/opt"
-[plugins."io.containerd.nri.v1.nri"]
-  disable = true
-[plugins."io.containerd.cri.v1.runtime"]
-  restrict_oom_score_adj = true
-{cri}"#,
-                cri = cri(d),
-                d = d.display()
+        // containerd 2.x (config version 3): the CRI plugin's runtime options moved, it
+        // imports drop-ins, and NRI is on by default at a socket every daemon shares.
+        let (version, extra_top, cri_plugin, nri) = if daemons().config_version >= 3 {
+            (
+                3,
+                format!("imports = [\"{}/conf.d/*.toml\"]\n", d.display()),
+                "io.containerd.cri.v1.runtime",
+                "[plugins.\"io.containerd.nri.v1.nri\"]\n  disable = true\n",
             )
         } else {
-            format!(
-                r#"version = 2
+            (2, String::new(), "io.containerd.grpc.v1.cri", "")
+        };
+        let text = format!(
+            r#"version = {version}
 root = "{root}"
 state = "{state}"
-[grpc]
+{extra_top}[grpc]
   address = "{sock}"
 [ttrpc]
   address = "{sock}.ttrpc"
 [plugins."io.containerd.internal.v1.opt"]
   path = "{d}/opt"
-[plugins."io.containerd.grpc.v1.cri"]
+{nri}[plugins."{cri_plugin}"]
   restrict_oom_score_adj = true
 {cri}"#,
-                cri = cri(d),
-                d = d.display()
-            )
-        };
+            cri = cri(d),
+            d = d.display()
+        );
         std::fs::write(&ctd_config, text)?;
         let path = path_with_shim()?;
         let log = std::fs::File::create(d.join("containerd.log"))?;

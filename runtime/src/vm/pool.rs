@@ -509,15 +509,7 @@ impl Service {
         if dir.exists() {
             crate::vm::sandbox::cleanup_dir(&dir)?;
         }
-        std::fs::create_dir_all(&dir).map_err(Error::io(format!("create {}", dir.display())))?;
-        crate::private::restrict_dir(&dir);
-        let share = match Share::create(&dir.join("share")) {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(e);
-            }
-        };
+        let share = crate::vm::sandbox::new_vm_dir(&dir)?;
         let tap = format!("stk-p{n}");
         let booted = async {
             let (ns, name) = (self.netns.clone(), tap.clone());

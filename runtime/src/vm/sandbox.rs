@@ -135,16 +135,7 @@ impl Sandbox {
                 (share, started)
             }
             None => {
-                std::fs::create_dir_all(&dir)
-                    .map_err(Error::io(format!("create {}", dir.display())))?;
-                crate::private::restrict_dir(&dir);
-                let share = match Share::create(&dir.join("share")) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let _ = std::fs::remove_dir_all(&dir);
-                        return Err(e);
-                    }
-                };
+                let share = new_vm_dir(&dir)?;
                 let started =
                     Self::start_vm(config, id, &dir, &share, network_req, host_exits, &mut net)
                         .await;
@@ -277,13 +268,7 @@ impl Sandbox {
             let path = match network_req {
                 NetRequest::Join(path) => path,
                 NetRequest::Fresh => {
-                    let path = dir.join("netns");
-                    network::create_netns(&path)?;
-                    *net = Some(PodNetwork {
-                        netns: path.clone(),
-                        owned: true,
-                        config: None,
-                    });
+                    let path = own_netns(dir, net)?;
                     let ex = host_exits.clone();
                     return tokio::task::spawn_blocking(move || {
                         network::claim_tap(&pool_netns, &tap, &path, &ex)
@@ -348,13 +333,7 @@ impl Sandbox {
         match network_req {
             NetRequest::None => {}
             NetRequest::Fresh => {
-                let path = dir.join("netns");
-                network::create_netns(&path)?;
-                *net = Some(PodNetwork {
-                    netns: path,
-                    owned: true,
-                    config: None,
-                });
+                own_netns(dir, net)?;
             }
             NetRequest::Join(path) => {
                 *net = Some(PodNetwork {
@@ -364,13 +343,7 @@ impl Sandbox {
                 })
             }
             NetRequest::Hooks { hooks: h, bundle } => {
-                let path = dir.join("netns");
-                network::create_netns(&path)?;
-                *net = Some(PodNetwork {
-                    netns: path,
-                    owned: true,
-                    config: None,
-                });
+                own_netns(dir, net)?;
                 hooks = Some((h, bundle));
             }
         }
@@ -773,6 +746,29 @@ async fn claim_from_pool(
     };
     log::info!(sandbox = id, vcpus = config.hypervisor.vcpus, memory_mib = config.hypervisor.memory_mib, why = why.as_str(); "no VM from the warm pool: booting one");
     None
+}
+
+/// A new VM's state dir at `dir`, root's only, with its share in it (nothing is left
+/// when the share cannot be made).
+pub(crate) fn new_vm_dir(dir: &Path) -> Result<Share> {
+    std::fs::create_dir_all(dir).map_err(Error::io(format!("create {}", dir.display())))?;
+    crate::private::restrict_dir(dir);
+    Share::create(&dir.join("share")).inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(dir);
+    })
+}
+
+/// The sandbox's own network namespace, `dir/netns`, made and recorded in `net` (owned:
+/// removed with the sandbox).
+fn own_netns(dir: &Path, net: &mut Option<PodNetwork>) -> Result<PathBuf> {
+    let path = dir.join("netns");
+    network::create_netns(&path)?;
+    *net = Some(PodNetwork {
+        netns: path.clone(),
+        owned: true,
+        config: None,
+    });
+    Ok(path)
 }
 
 /// `pids` and `more`, if any.
