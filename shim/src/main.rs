@@ -4,6 +4,7 @@ mod bootstrap;
 mod debug;
 mod error;
 mod events;
+mod install;
 mod metrics;
 mod options;
 mod pool;
@@ -39,6 +40,16 @@ fn main() {
                 std::process::exit(1);
             }
         }
+    }
+    if args
+        .get(1)
+        .is_some_and(|a| install::COMMANDS.contains(&a.as_str()))
+    {
+        if let Err(e) = install::main(args[1..].to_vec()) {
+            eprintln!("containerd-shim-stockade-v2: {e:#}");
+            std::process::exit(1);
+        }
+        return;
     }
     if args.get(1).map(String::as_str) == Some(pool::COMMAND) {
         if let Err(e) = pool::main(args[2..].to_vec()) {
