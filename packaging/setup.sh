@@ -26,6 +26,7 @@ BOOKWORM_PKGS=(
   libseccomp-dev libelf-dev libcap-ng-dev
   containernetworking-plugins
   qemu-system-x86 cpio xz-utils kmod
+  lintian
 )
 
 need_apt=0

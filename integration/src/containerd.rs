@@ -42,6 +42,10 @@ pub(crate) fn stop_daemon(child: &mut Child, grace: Duration, dir: &Path) {
     )));
 }
 
+/// The `PATH` of daemons that must find only what is installed: not `/usr/local/bin`
+/// (a developer's `setup.sh` puts a shim there) and not the build tree.
+pub const SYSTEM_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// A private containerd: own root, state, sockets and config, stopped on drop.
 pub struct TestContainerd {
     pub dir: tempfile::TempDir,
@@ -71,20 +75,46 @@ impl TestContainerd {
         extra: &str,
         cri: impl FnOnce(&Path) -> String,
     ) -> Result<TestContainerd> {
+        Self::start_inner(Some((mode, extra)), cri, |_| Ok(()))
+    }
+
+    /// A private containerd that finds only what is installed on the machine: the shim
+    /// on the system `PATH` (`/usr/bin`, not the build tree), and Stockade's config from
+    /// `/etc/stockade` or its CRI runtime's options (no `$STOCKADE_CONFIG`). `edit` gets
+    /// containerd's config file before the daemon starts (to `install` the runtime).
+    pub fn start_installed(
+        cri: impl FnOnce(&Path) -> String,
+        edit: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<TestContainerd> {
+        Self::start_inner(None, cri, edit)
+    }
+
+    fn start_inner(
+        stockade: Option<(&str, &str)>,
+        cri: impl FnOnce(&Path) -> String,
+        edit: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<TestContainerd> {
         let dir = tempfile::Builder::new()
             .prefix("stockade-it-")
             .tempdir_in("/tmp")?;
         let d = dir.path();
         let socket = d.join("containerd.sock");
-        let stockade_state = d.join("stockade-state");
         let config = d.join("stockade.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[runtime]\nmode = \"{mode}\"\nstate_dir = \"{}\"\n{extra}",
-                stockade_state.display()
-            ),
-        )?;
+        let stockade_state = match stockade {
+            Some((mode, extra)) => {
+                let state = d.join("stockade-state");
+                std::fs::write(
+                    &config,
+                    format!(
+                        "[runtime]\nmode = \"{mode}\"\nstate_dir = \"{}\"\n{extra}",
+                        state.display()
+                    ),
+                )?;
+                state
+            }
+            // The installed configuration's default.
+            None => PathBuf::from("/run/stockade"),
+        };
         let ctd_config = d.join("containerd.toml");
         let (root, state, sock) = (
             d.join("root").display().to_string(),
@@ -120,14 +150,24 @@ state = "{state}"
             d = d.display()
         );
         std::fs::write(&ctd_config, text)?;
-        let path = path_with_shim()?;
+        edit(&ctd_config)?;
         let log = std::fs::File::create(d.join("containerd.log"))?;
-        let child = Command::new(&daemons().containerd)
+        let mut cmd = Command::new(&daemons().containerd);
+        match stockade {
+            Some(_) => {
+                cmd.env("PATH", path_with_shim()?)
+                    .env("STOCKADE_CONFIG", &config)
+                    .env("STOCKADE_LOG_LEVEL", "debug");
+            }
+            None => {
+                cmd.env_remove("STOCKADE_CONFIG")
+                    .env_remove("STOCKADE_LOG_LEVEL")
+                    .env("PATH", daemons().path_with(SYSTEM_PATH));
+            }
+        }
+        let child = cmd
             .arg("--config")
             .arg(&ctd_config)
-            .env("PATH", path)
-            .env("STOCKADE_CONFIG", &config)
-            .env("STOCKADE_LOG_LEVEL", "debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -33,6 +33,16 @@ const CNI_BIN_DIR: &str = "/usr/lib/cni";
 /// network config as a side effect; for containerd 2.x, also the shipped drop-in
 /// (`configs/containerd2-cri.toml`) into `dir/conf.d/`, which its config imports.
 pub fn cri_config(dir: &Path) -> String {
+    cri_tables(dir, true)
+}
+
+/// [`cri_config`] without Stockade's runtimes (runc's alone): for a config that the
+/// shim's `install containerd` is to add them to.
+pub fn cri_config_without_stockade(dir: &Path) -> String {
+    cri_tables(dir, false)
+}
+
+fn cri_tables(dir: &Path, stockade: bool) -> String {
     let conf_dir = dir.join("cni");
     let _ = std::fs::create_dir_all(&conf_dir);
     let net = serde_json::json!({
@@ -59,7 +69,9 @@ pub fn cri_config(dir: &Path) -> String {
     let conf = conf_dir.display();
     if crate::daemons::daemons().config_version >= 3 {
         // The `stockade` handler comes from the shipped drop-in, as an admin installs it.
-        let _ = install_drop_in(dir, &dir.join("stockade.toml"));
+        if stockade {
+            let _ = install_drop_in(dir, &dir.join("stockade.toml"));
+        }
         let runtime = r#"[plugins."io.containerd.cri.v1.runtime""#;
         return format!(
             r#"[plugins."io.containerd.cri.v1.images"]
@@ -77,8 +89,12 @@ pub fn cri_config(dir: &Path) -> String {
   {runtime}.containerd.runtimes.runc]
     runtime_type = "io.containerd.runc.v2"
 {stockade}"#,
-            stockade = shipped_runtime_table(&following_kubernetes(dir), HANDLER_FOLLOWING_K8S)
-                + &shipped_runtime_table(&cloud_kernel(dir), HANDLER_CLOUD_KERNEL),
+            stockade = if stockade {
+                shipped_runtime_table(&following_kubernetes(dir), HANDLER_FOLLOWING_K8S)
+                    + &shipped_runtime_table(&cloud_kernel(dir), HANDLER_CLOUD_KERNEL)
+            } else {
+                String::new()
+            },
         );
     }
     format!(
@@ -94,9 +110,13 @@ pub fn cri_config(dir: &Path) -> String {
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
 {stockade}"#,
-        stockade = shipped_runtime_table(&dir.join("stockade.toml"), HANDLER)
-            + &shipped_runtime_table(&following_kubernetes(dir), HANDLER_FOLLOWING_K8S)
-            + &shipped_runtime_table(&cloud_kernel(dir), HANDLER_CLOUD_KERNEL),
+        stockade = if stockade {
+            shipped_runtime_table(&dir.join("stockade.toml"), HANDLER)
+                + &shipped_runtime_table(&following_kubernetes(dir), HANDLER_FOLLOWING_K8S)
+                + &shipped_runtime_table(&cloud_kernel(dir), HANDLER_CLOUD_KERNEL)
+        } else {
+            String::new()
+        },
     )
 }
 
@@ -251,7 +271,23 @@ impl CriEnv {
         crate::suite::print_daemons();
         let _ = run(Command::new("ip").args(["link", "del", CNI_BRIDGE]));
         forward_between_pods(true);
-        let ctd = TestContainerd::start_full(mode, extra, cri_config)?;
+        Self::connect(TestContainerd::start_full(mode, extra, cri_config)?)
+    }
+
+    /// On a containerd that finds only what is installed
+    /// ([`TestContainerd::start_installed`]): its CRI config has runc's runtime alone
+    /// until `edit` (given the config file) adds Stockade's.
+    pub fn start_installed(edit: impl FnOnce(&Path) -> Result<()>) -> Result<CriEnv> {
+        crate::suite::print_daemons();
+        let _ = run(Command::new("ip").args(["link", "del", CNI_BRIDGE]));
+        forward_between_pods(true);
+        Self::connect(TestContainerd::start_installed(
+            cri_config_without_stockade,
+            edit,
+        )?)
+    }
+
+    fn connect(ctd: TestContainerd) -> Result<CriEnv> {
         for (tar, reference, entrypoint) in [
             ("busybox.tar", IMAGE, "null"),
             ("pause.tar", PAUSE_IMAGE, r#"["/pause"]"#),

@@ -1,5 +1,6 @@
 //! A private dockerd for the tests, on a private containerd and its own bridge.
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -7,7 +8,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::RUNTIME;
 use crate::command::{Out, run};
-use crate::containerd::{TestContainerd, stop_daemon};
+use crate::containerd::{SYSTEM_PATH, TestContainerd, stop_daemon};
 use crate::daemons::daemons;
 use crate::paths::path_with_shim;
 
@@ -41,6 +42,20 @@ impl TestDocker {
     }
 
     pub fn start_as(ctd: &TestContainerd, flavor: Flavor) -> Result<TestDocker> {
+        Self::start_inner(ctd, flavor, None)
+    }
+
+    /// A classic dockerd with the admin's `daemon_json` (not one of the harness's), that
+    /// finds only what is installed on the machine ([`SYSTEM_PATH`]).
+    pub fn start_installed(ctd: &TestContainerd, daemon_json: &Path) -> Result<TestDocker> {
+        Self::start_inner(ctd, Flavor::Classic, Some(daemon_json))
+    }
+
+    fn start_inner(
+        ctd: &TestContainerd,
+        flavor: Flavor,
+        admin_json: Option<&Path>,
+    ) -> Result<TestDocker> {
         let dockerd = &daemons().dockerd;
         if !dockerd.exists() {
             bail!(
@@ -52,17 +67,25 @@ impl TestDocker {
             .prefix("stockade-dk-")
             .tempdir_in("/tmp")?;
         let d = dir.path();
-        let daemon_json = d.join("daemon.json");
         let bridged = flavor == Flavor::Classic;
-        let features = if bridged {
-            ""
-        } else {
-            r#", "features": {"containerd-snapshotter": true}"#
+        let daemon_json = match admin_json {
+            Some(p) => p.to_path_buf(),
+            None => {
+                let daemon_json = d.join("daemon.json");
+                let features = if bridged {
+                    ""
+                } else {
+                    r#", "features": {"containerd-snapshotter": true}"#
+                };
+                std::fs::write(
+                    &daemon_json,
+                    format!(
+                        r#"{{"runtimes": {{"stockade": {{"runtimeType": "{RUNTIME}"}}}}{features}}}"#
+                    ),
+                )?;
+                daemon_json
+            }
         };
-        std::fs::write(
-            &daemon_json,
-            format!(r#"{{"runtimes": {{"stockade": {{"runtimeType": "{RUNTIME}"}}}}{features}}}"#),
-        )?;
         let sock = d.join("docker.sock");
         // Our own bridge, so a node's docker0 (if any) is left alone; removed on drop.
         let bridge_links: Vec<Vec<&str>> = if bridged {
@@ -82,7 +105,10 @@ impl TestDocker {
             }
         }
         let log = std::fs::File::create(d.join("dockerd.log"))?;
-        let path = path_with_shim()?;
+        let path = match admin_json {
+            None => path_with_shim()?,
+            Some(_) => daemons().path_with(SYSTEM_PATH),
+        };
         let mut cmd = Command::new(dockerd);
         if bridged {
             cmd.arg(format!("--bridge={TEST_BRIDGE}"));

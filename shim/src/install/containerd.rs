@@ -177,11 +177,15 @@ pub(super) fn plan(o: &Options) -> Result<(Vec<Edit>, Vec<String>)> {
         && !ours_in_main
         && runtime_in(d, version, &o.name).is_some()
     {
-        notes.push(format!(
-            "note: {} already defines runtime {:?} (not written by install); leaving it",
+        let what = format!(
+            "{} already defines runtime {:?}, and install did not write it",
             path.display(),
             o.name
-        ));
+        );
+        if o.action == Action::Install {
+            bail!("{what}: remove it, or choose another --runtime-name");
+        }
+        notes.push(format!("unchanged: {what}; leaving it"));
         return Ok((Vec::new(), notes));
     }
 
@@ -193,10 +197,11 @@ pub(super) fn plan(o: &Options) -> Result<(Vec<Edit>, Vec<String>)> {
         if let Some(old) = &old
             && !old.starts_with(DROP_IN_MARK)
         {
-            notes.push(format!(
-                "note: {} exists and is not Stockade's; leaving it",
-                drop_in.display()
-            ));
+            let what = format!("{} exists and install did not write it", drop_in.display());
+            if o.action == Action::Install {
+                bail!("{what}: remove it, or choose another --runtime-name");
+            }
+            notes.push(format!("unchanged: {what}; leaving it"));
             return Ok((Vec::new(), notes));
         }
         let text = format!(
@@ -207,7 +212,7 @@ pub(super) fn plan(o: &Options) -> Result<(Vec<Edit>, Vec<String>)> {
         let change = match o.action {
             Action::Install if old.as_deref() == Some(text.as_str()) => None,
             Action::Install => Some(Change::Write(text)),
-            Action::Uninstall => old.is_some().then_some(Change::Remove),
+            Action::Uninstall => old.is_some().then_some(Change::RemoveWithEmptyDir),
         };
         if let Some(change) = change {
             edits.push(Edit {
@@ -352,6 +357,8 @@ mod tests {
         assert_eq!(rt["options"]["ConfigPath"].as_str(), Some("/opt/s/c.toml"));
         run(root.path(), &["uninstall", "containerd"]);
         assert!(!drop_in.exists());
+        // The dir install made for it goes too.
+        assert!(!drop_in.parent().unwrap().exists());
     }
 
     #[test]
@@ -400,7 +407,15 @@ mod tests {
         std::fs::create_dir_all(file.parent().unwrap()).unwrap();
         let original = format!("version = 2\n{}", runtime_toml(2, "stockade", "/x.toml"));
         std::fs::write(&file, &original).unwrap();
-        assert_eq!(run(root.path(), &["install", "containerd"]), 0);
+        let o = parse(&[
+            "install".into(),
+            "containerd".into(),
+            "--root".into(),
+            root.path().display().to_string(),
+        ])
+        .unwrap();
+        let err = plan(&o).unwrap_err();
+        assert!(format!("{err}").contains("did not write it"), "{err}");
         assert_eq!(run(root.path(), &["uninstall", "containerd"]), 0);
         assert_eq!(std::fs::read_to_string(&file).unwrap(), original);
     }

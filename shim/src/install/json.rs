@@ -219,17 +219,6 @@ pub fn remove(text: &str, obj: &Object, i: usize) -> String {
     format!("{}{}", &text[..from], &text[to..])
 }
 
-/// The text with member `m`'s value replaced by `value`, laid out at the member's indentation.
-pub fn replace_value(text: &str, m: &Member, value: &Value, unit: &str) -> String {
-    let base = indent_of_line(text, m.start);
-    format!(
-        "{}{}{}",
-        &text[..m.value_start],
-        pretty(value, unit, base),
-        &text[m.end..]
-    )
-}
-
 /// The indentation step the file uses: that of its top object's first member, or two
 /// spaces (Docker's documentation) when the file does not show one.
 pub fn indent_unit(text: &str, top: &Object) -> String {

@@ -126,6 +126,9 @@ fn under(root: &Path, path: &Path) -> PathBuf {
 pub(crate) enum Change {
     Write(String),
     Remove,
+    /// A drop-in: removed, and its directory too if that leaves it empty (install
+    /// creates the directory when containerd imports one that does not exist).
+    RemoveWithEmptyDir,
 }
 
 /// A planned change of one file (`path` as the machine sees it; `at` where it is read
@@ -172,12 +175,21 @@ fn write_atomic(at: &Path, text: &str) -> Result<()> {
 fn apply(edit: &Edit) -> Result<()> {
     match &edit.change {
         Change::Write(text) => write_atomic(&edit.at, text),
-        Change::Remove => match std::fs::remove_file(&edit.at) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(e).with_context(|| format!("remove {}", edit.at.display()))
+        Change::Remove | Change::RemoveWithEmptyDir => {
+            match std::fs::remove_file(&edit.at) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("remove {}", edit.at.display()));
+                }
+                _ => {}
             }
-            _ => Ok(()),
-        },
+            if edit.change == Change::RemoveWithEmptyDir
+                && let Some(dir) = edit.at.parent()
+            {
+                // Fails, as it should, when anything else is in it.
+                let _ = std::fs::remove_dir(dir);
+            }
+            Ok(())
+        }
     }
 }
 
@@ -188,8 +200,11 @@ pub fn main(args: Vec<String>) -> Result<()> {
         "docker" => docker(&o)?,
         _ => containerd::plan(&o)?,
     };
-    for note in &notes {
-        println!("{note}");
+    if edits.is_empty() && !notes.is_empty() {
+        for note in &notes {
+            println!("{note}");
+        }
+        return Ok(());
     }
     let verb = match o.action {
         Action::Install => "install",
@@ -211,7 +226,7 @@ pub fn main(args: Vec<String>) -> Result<()> {
     for e in &edits {
         let after = match &e.change {
             Change::Write(t) => Some(t.as_str()),
-            Change::Remove => None,
+            Change::Remove | Change::RemoveWithEmptyDir => None,
         };
         if o.dry_run {
             print!(
@@ -224,7 +239,7 @@ pub fn main(args: Vec<String>) -> Result<()> {
                 "changed: {} {}",
                 e.path.display(),
                 match (&e.change, &e.before) {
-                    (Change::Remove, _) => "removed",
+                    (Change::Remove | Change::RemoveWithEmptyDir, _) => "removed",
                     (_, None) => "created",
                     _ => "updated",
                 }
@@ -277,10 +292,17 @@ fn docker(o: &Options) -> Result<(Vec<Edit>, Vec<String>)> {
                         Some(m) => {
                             let old: serde_json::Value =
                                 serde_json::from_str(&text[m.value_start..m.end])?;
-                            if old == entry {
+                            if old.get("runtimeType").and_then(|t| t.as_str()) == Some(RUNTIME_TYPE)
+                            {
+                                // Stockade's, as install writes it or with the admin's options.
                                 return Ok((Vec::new(), Vec::new()));
                             }
-                            json::replace_value(&text, m, &entry, &unit)
+                            bail!(
+                                "{}: runtime {:?} is already there, and not Stockade's (its runtimeType is {}): remove it, or choose another --runtime-name",
+                                ctx(),
+                                o.name,
+                                old.get("runtimeType").unwrap_or(&serde_json::Value::Null)
+                            );
                         }
                     }
                 }
@@ -413,8 +435,10 @@ mod tests {
         let file = root.path().join("etc/docker/daemon.json");
         std::fs::create_dir_all(file.parent().unwrap()).unwrap();
         std::fs::write(&file, r#"{"runtimes": {"stockade": {"path": "/bin/x"}}}"#).unwrap();
-        let err = docker(&opts("uninstall", "docker", root.path())).unwrap_err();
-        assert!(format!("{err:#}").contains("not Stockade's"), "{err:#}");
+        for action in ["install", "uninstall"] {
+            let err = docker(&opts(action, "docker", root.path())).unwrap_err();
+            assert!(format!("{err:#}").contains("not Stockade's"), "{err:#}");
+        }
     }
 
     #[test]
