@@ -60,7 +60,9 @@ fi
 
 # The agent is PID 1 of a guest with no libc: link it statically, libseccomp included
 # (the guest's containers get the same seccomp hardening as the container backend's).
-(cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
+# Without SOURCE_DATE_EPOCH (packaging/deb/build.sh sets it for the archive below): a
+# build script tracks it, and a new value would rebuild the agent's dependency chain.
+(cd "$ROOT" && env -u SOURCE_DATE_EPOCH RUSTFLAGS="-C target-feature=+crt-static" \
   LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
   cargo build --release --locked -p stockade-agent --target "$TARGET" "${FEATURES[@]}")
 agent=$ROOT/target/$TARGET/release/stockade-agent
@@ -162,7 +164,14 @@ mkdir -p "$OUT"
 # copies it instead of inflating it (QEMU loads it either way).
 compress="gzip -6"
 [ "$KIND" = stockade ] && compress=cat
-(cd "$work" && find . -print0 | sort -z | cpio --null -o -H newc --quiet --owner=0:0) | $compress >"$OUT/initrd.img.tmp"
+cpio_opts=()
+if [ -n "${SOURCE_DATE_EPOCH:-}" ]; then
+  # A reproducible archive (packaging/deb/build.sh sets it): fixed mtimes, and inode
+  # and device numbers that do not depend on this build's temp dir.
+  find "$work" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+  cpio_opts=(--reproducible)
+fi
+(cd "$work" && find . -print0 | sort -z | cpio --null -o -H newc --quiet --owner=0:0 "${cpio_opts[@]}") | $compress >"$OUT/initrd.img.tmp"
 mv "$OUT/initrd.img.tmp" "$OUT/initrd.img"
 if [ "$KIND" = cloud ]; then
   install -m 0644 "$KROOT/boot/vmlinuz-$kver" "$OUT/vmlinuz.tmp"
