@@ -28,6 +28,10 @@ fi
 # misbehaviours, in an initramfs of its own under target/ (never installed).
 echo "== hostile guest initramfs"
 bash packaging/guest/build.sh --hostile "$ROOT/target/guest-hostile"
+# Among them `package` builds the Debian package (packaging/deb/build.sh), installs it
+# with apt-get, runs containers through the installed files only and purges it again; a
+# developer's setup.sh install is moved aside meanwhile. `node_installer` runs the
+# Kubernetes node installer against scratch roots.
 echo "== tests (containerd 1.7 + Docker 26)"
 cargo test --locked --workspace --no-fail-fast
 # The version matrix's second column (README, "Compatibility"): the end-to-end suites

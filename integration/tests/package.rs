@@ -189,7 +189,7 @@ fn shim_is_installed_one(ctd: &TestContainerd) -> Result<()> {
 /// `docker exec`, `uninstall docker`: the admin's daemon.json comes back byte for byte.
 fn docker(tmp: &Path) -> Result<()> {
     let json = tmp.join("daemon.json");
-    let admin = "{\n    \"log-level\": \"info\",\n    \"default-ulimits\": {\n        \"nofile\": {\"Name\": \"nofile\", \"Hard\": 65536, \"Soft\": 65536}\n    },\n    \"live-restore\": false\n}\n";
+    let admin = "{\n    \"log-level\": \"info\",\n    \"default-ulimits\": {\n        \"nofile\": {\"Name\": \"nofile\", \"Hard\": 4096, \"Soft\": 2048}\n    },\n    \"live-restore\": false\n}\n";
     std::fs::write(&json, admin)?;
     let cfg = json.display().to_string();
     let dry = shim(&["install", "docker", "--config", &cfg, "--dry-run"])?.stdout;
@@ -227,12 +227,15 @@ fn docker(tmp: &Path) -> Result<()> {
             IMAGE,
             "sh",
             "-c",
-            "echo hi; grep NoNewPrivs /proc/self/status",
+            "echo hi; grep NoNewPrivs /proc/self/status; ulimit -n",
         ]),
         "docker run --runtime stockade",
     )?;
+    // The admin's other keys still hold: default-ulimits.
     ensure!(
-        hi.stdout.starts_with("hi\n") && hi.stdout.contains("NoNewPrivs:\t1"),
+        hi.stdout.starts_with("hi\n")
+            && hi.stdout.contains("NoNewPrivs:\t1")
+            && hi.stdout.ends_with("\n2048\n"),
         "{:?}",
         hi.stdout
     );

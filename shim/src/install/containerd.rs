@@ -420,6 +420,26 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&file).unwrap(), original);
     }
 
+    /// install writes the table the shipped snippets document (and the CRI tests use).
+    #[test]
+    fn writes_the_shipped_snippets_table() {
+        for (version, shipped) in [
+            (2, include_str!("../../../configs/containerd-cri.toml")),
+            (3, include_str!("../../../configs/containerd2-cri.toml")),
+        ] {
+            let shipped: toml::Table = shipped.parse().unwrap();
+            let ours: toml::Table =
+                runtime_toml(version, "stockade", "/etc/stockade/configuration.toml")
+                    .parse()
+                    .unwrap();
+            assert_eq!(
+                runtime_in(&shipped, version, "stockade"),
+                runtime_in(&ours, version, "stockade"),
+                "version {version}"
+            );
+        }
+    }
+
     #[test]
     fn versions_parse() {
         let o = |v: &str| {
