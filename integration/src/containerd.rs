@@ -75,22 +75,26 @@ impl TestContainerd {
         extra: &str,
         cri: impl FnOnce(&Path) -> String,
     ) -> Result<TestContainerd> {
-        Self::start_inner(Some((mode, extra)), cri, |_| Ok(()))
+        Self::start_inner(Ok((mode, extra)), cri, |_| Ok(()))
     }
 
     /// A private containerd that finds only what is installed on the machine: the shim
     /// on the system `PATH` (`/usr/bin`, not the build tree), and Stockade's config from
     /// `/etc/stockade` or its CRI runtime's options (no `$STOCKADE_CONFIG`). `edit` gets
     /// containerd's config file before the daemon starts (to `install` the runtime).
+    /// `path` is the daemon's `PATH` ([`SYSTEM_PATH`], or with a node installer's dir).
     pub fn start_installed(
+        path: &str,
         cri: impl FnOnce(&Path) -> String,
         edit: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<TestContainerd> {
-        Self::start_inner(None, cri, edit)
+        Self::start_inner(Err(path), cri, edit)
     }
 
+    /// `stockade`: the mode and extra config of the build tree's shim, or the `PATH` of
+    /// an installed one.
     fn start_inner(
-        stockade: Option<(&str, &str)>,
+        stockade: std::result::Result<(&str, &str), &str>,
         cri: impl FnOnce(&Path) -> String,
         edit: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<TestContainerd> {
@@ -101,7 +105,7 @@ impl TestContainerd {
         let socket = d.join("containerd.sock");
         let config = d.join("stockade.toml");
         let stockade_state = match stockade {
-            Some((mode, extra)) => {
+            Ok((mode, extra)) => {
                 let state = d.join("stockade-state");
                 std::fs::write(
                     &config,
@@ -113,7 +117,7 @@ impl TestContainerd {
                 state
             }
             // The installed configuration's default.
-            None => PathBuf::from("/run/stockade"),
+            Err(_) => PathBuf::from("/run/stockade"),
         };
         let ctd_config = d.join("containerd.toml");
         let (root, state, sock) = (
@@ -154,15 +158,15 @@ state = "{state}"
         let log = std::fs::File::create(d.join("containerd.log"))?;
         let mut cmd = Command::new(&daemons().containerd);
         match stockade {
-            Some(_) => {
+            Ok(_) => {
                 cmd.env("PATH", path_with_shim()?)
                     .env("STOCKADE_CONFIG", &config)
                     .env("STOCKADE_LOG_LEVEL", "debug");
             }
-            None => {
+            Err(path) => {
                 cmd.env_remove("STOCKADE_CONFIG")
                     .env_remove("STOCKADE_LOG_LEVEL")
-                    .env("PATH", daemons().path_with(SYSTEM_PATH));
+                    .env("PATH", daemons().path_with(path));
             }
         }
         let child = cmd

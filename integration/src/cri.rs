@@ -277,11 +277,13 @@ impl CriEnv {
     /// On a containerd that finds only what is installed
     /// ([`TestContainerd::start_installed`]): its CRI config has runc's runtime alone
     /// until `edit` (given the config file) adds Stockade's.
-    pub fn start_installed(edit: impl FnOnce(&Path) -> Result<()>) -> Result<CriEnv> {
+    /// `path` is containerd's `PATH` (see [`TestContainerd::start_installed`]).
+    pub fn start_installed(path: &str, edit: impl FnOnce(&Path) -> Result<()>) -> Result<CriEnv> {
         crate::suite::print_daemons();
         let _ = run(Command::new("ip").args(["link", "del", CNI_BRIDGE]));
         forward_between_pods(true);
         Self::connect(TestContainerd::start_installed(
+            path,
             cri_config_without_stockade,
             edit,
         )?)

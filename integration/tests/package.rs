@@ -4,7 +4,9 @@
 //! installed config and guest assets alone: the daemons' `PATH` has neither the build
 //! tree nor `/usr/local/bin`, and no `$STOCKADE_CONFIG` is set. The shim's `install` and
 //! `uninstall` register it with each daemon, and their round trips must leave
-//! daemon.json and containerd's config byte-identical. `apt-get purge` must leave
+//! daemon.json and containerd's config byte-identical. The Kubernetes node installer
+//! then runs on this machine as its DaemonSet would, with the package's tree as its
+//! payload, and pods must run from `/opt/stockade` alone. `apt-get purge` must leave
 //! nothing of Stockade on disk.
 //!
 //! A developer's own install (setup.sh's `/usr/share/stockade`, `/etc/stockade`) is
@@ -14,20 +16,26 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
+use stockade_integration::containerd::SYSTEM_PATH;
 use stockade_integration::cri::CriEnv;
 use stockade_integration::{
     IMAGE, Out, TestContainerd, TestDocker, build_image, run, skip_reason, workspace_root,
 };
 
 const SHIM: &str = "/usr/bin/containerd-shim-stockade-v2";
+/// Where the node installer puts Stockade, and the link it puts on containerd's PATH.
+const OPT: &str = "/opt/stockade";
+const NODE_LINK: &str = "/usr/local/bin/containerd-shim-stockade-v2";
 /// What the package may own or make; none may be left after a purge.
-const OURS: [&str; 6] = [
+const OURS: [&str; 8] = [
     "/etc/stockade",
     "/usr/share/stockade",
     "/usr/libexec/stockade",
     "/usr/share/doc/stockade",
     "/run/stockade",
     SHIM,
+    OPT,
+    NODE_LINK,
 ];
 
 fn must(out: Out, what: &str) -> Result<Out> {
@@ -54,9 +62,13 @@ fn installed() -> bool {
 }
 
 fn shim(args: &[&str]) -> Result<Out> {
+    shim_at(Path::new(SHIM), args)
+}
+
+fn shim_at(bin: &Path, args: &[&str]) -> Result<Out> {
     must(
-        run(Command::new(SHIM).args(args)),
-        &format!("containerd-shim-stockade-v2 {}", args.join(" ")),
+        run(Command::new(bin).args(args)),
+        &format!("{} {}", bin.display(), args.join(" ")),
     )
 }
 
@@ -66,8 +78,11 @@ struct Aside(Vec<(PathBuf, PathBuf)>);
 
 impl Aside {
     fn take() -> Result<Aside> {
+        if Path::new(OPT).exists() {
+            bail!("{OPT} exists (a node installer's?): the package test installs there");
+        }
         let mut moved = Vec::new();
-        for p in ["/usr/share/stockade", "/etc/stockade"] {
+        for p in ["/usr/share/stockade", "/etc/stockade", NODE_LINK] {
             let p = PathBuf::from(p);
             let aside = p.with_file_name(".stockade-package-test-aside");
             if aside.exists() {
@@ -77,7 +92,7 @@ impl Aside {
                     p.display()
                 );
             }
-            if p.exists() {
+            if p.exists() || p.is_symlink() {
                 std::fs::rename(&p, &aside)
                     .with_context(|| format!("move {} aside", p.display()))?;
                 moved.push((p, aside));
@@ -92,8 +107,15 @@ impl Drop for Aside {
         if installed() {
             let _ = apt(&["purge", "-y", "-qq", "stockade"]);
         }
+        // What a failed node-installer step left (nothing was there before).
+        let _ = std::fs::remove_dir_all(OPT);
+        if std::fs::read_link(NODE_LINK).is_ok_and(|t| t.starts_with(OPT)) {
+            let _ = std::fs::remove_file(NODE_LINK);
+        }
         for (p, aside) in &self.0 {
-            let _ = std::fs::remove_dir_all(p);
+            if p.is_dir() {
+                let _ = std::fs::remove_dir_all(p);
+            }
             if let Err(e) = std::fs::rename(aside, p) {
                 eprintln!(
                     "could not move {} back to {}: {e}",
@@ -173,16 +195,20 @@ fn installed_files() -> Result<()> {
     Ok(())
 }
 
-/// The shim process serving a container of this containerd runs the installed binary.
-fn shim_is_installed_one(ctd: &TestContainerd) -> Result<()> {
+/// The shim processes serving this containerd's containers run the installed binary.
+fn shim_is_installed_one(ctd: &TestContainerd, want: &dyn Fn(&Path) -> bool) -> Result<()> {
     let shims = ctd.shims();
     ensure!(!shims.is_empty(), "no shim of this containerd is running");
     for line in shims {
         let pid = line.split_whitespace().next().unwrap_or_default();
         let exe = std::fs::read_link(format!("/proc/{pid}/exe"))?;
-        ensure!(exe == Path::new(SHIM), "shim {pid} runs {}", exe.display());
+        ensure!(want(&exe), "shim {pid} runs {}", exe.display());
     }
     Ok(())
+}
+
+fn is_package_shim(exe: &Path) -> bool {
+    exe == Path::new(SHIM)
 }
 
 /// `install docker`, dockerd restarted on it, `docker run --runtime stockade` and
@@ -208,7 +234,7 @@ fn docker(tmp: &Path) -> Result<()> {
             .starts_with("unchanged:")
     );
 
-    let ctd = TestContainerd::start_installed(|_| String::new(), |_| Ok(()))?;
+    let ctd = TestContainerd::start_installed(SYSTEM_PATH, |_| String::new(), |_| Ok(()))?;
     let dockerd = TestDocker::start_installed(&ctd, &json)?;
     let tar = tmp.join("busybox.tar");
     build_image(&tar)?;
@@ -253,7 +279,7 @@ fn docker(tmp: &Path) -> Result<()> {
         ]),
         "docker run -d",
     )?;
-    shim_is_installed_one(&ctd)?;
+    shim_is_installed_one(&ctd, &is_package_shim)?;
     let exec = must(
         dockerd.docker(&[
             "exec",
@@ -320,54 +346,38 @@ fn machine_containerd_config(tmp: &Path) -> Result<()> {
     Ok(())
 }
 
-/// containerd's CRI with the runtime `install`ed into its config: a pod of the default
-/// handler (this node's backend: the container backend where KVM is not usable) and a
-/// VM pod (a second handler whose Stockade config is the installed one with mode = vm),
-/// each with a container and an ExecSync; then `uninstall` both handlers.
-fn cri_pods(tmp: &Path) -> Result<()> {
-    // The VM handler's config: the installed one, as an admin would copy and edit it.
-    let text = std::fs::read_to_string("/etc/stockade/configuration.toml")?;
-    let mut cfg: toml::Table = text.parse()?;
-    let kvm = shim(&["check"])?.stdout.contains("kvm: usable");
-    let set = |cfg: &mut toml::Table, table: &str, key: &str, value: &str| {
+/// `base` (an installed Stockade config) with `mode = "vm"` (and TCG where KVM is not
+/// usable), as `out`: what an admin who wants a VM handler copies and edits.
+fn vm_variant(base: &Path, out: &Path) -> Result<()> {
+    let mut cfg: toml::Table = std::fs::read_to_string(base)?.parse()?;
+    let kvm = shim_at(
+        &Path::new(OPT).join("bin/containerd-shim-stockade-v2"),
+        &["check"],
+    )
+    .or_else(|_| shim(&["check"]))?
+    .stdout
+    .contains("kvm: usable");
+    let mut set = |table: &str, key: &str, value: &str| {
         if let Some(t) = cfg.get_mut(table).and_then(|t| t.as_table_mut()) {
             t.insert(key.into(), toml::Value::String(value.into()));
         }
     };
-    set(&mut cfg, "runtime", "mode", "vm");
-    set(
-        &mut cfg,
-        "hypervisor",
-        "accel",
-        if kvm { "kvm" } else { "tcg" },
-    );
-    let vm_config = tmp.join("vm.toml");
-    std::fs::write(&vm_config, toml::to_string(&cfg)?)?;
+    set("runtime", "mode", "vm");
+    set("hypervisor", "accel", if kvm { "kvm" } else { "tcg" });
+    std::fs::write(out, toml::to_string(&cfg)?)?;
+    Ok(())
+}
 
-    let before = std::sync::Mutex::new(Vec::new());
-    let cri = CriEnv::start_installed(|config| {
-        *before.lock().expect("lock") = std::fs::read(config)?;
-        let c = config.display().to_string();
-        shim(&["install", "containerd", "--config", &c])?;
-        shim(&[
-            "install",
-            "containerd",
-            "--config",
-            &c,
-            "--runtime-name",
-            "stockade-vm",
-            "--shim-config",
-            &vm_config.display().to_string(),
-        ])?;
-        Ok(())
-    })?;
-    let config_file = cri.ctd.dir.path().join("containerd.toml");
-
+/// A pod of the handler `stockade` (this node's backend: the container backend where KVM
+/// is not usable) and one of `stockade-vm`, each with a container and an ExecSync whose
+/// `uname -r` is the host's, then the guest kernel's (`guest_release`'s); the shims must
+/// run the binary `shim_exe` accepts. Nothing of the VM is left after.
+fn run_pods(cri: &CriEnv, shim_exe: &dyn Fn(&Path) -> bool, guest_release: &Path) -> Result<()> {
     let host = nix::sys::utsname::uname()?
         .release()
         .to_string_lossy()
         .into_owned();
-    let guest = std::fs::read_to_string("/usr/share/stockade/guest-kernel-release")?;
+    let guest = std::fs::read_to_string(guest_release)?;
     for (handler, release) in [("stockade", host.as_str()), ("stockade-vm", guest.trim())] {
         let name = format!("pkg-{handler}");
         let pod_config = cri.pod_config(&name, None);
@@ -379,7 +389,7 @@ fn cri_pods(tmp: &Path) -> Result<()> {
             &pod_config,
             cri.container_config("app", &["sleep", "600"]),
         )?;
-        shim_is_installed_one(&cri.ctd)?;
+        shim_is_installed_one(&cri.ctd, shim_exe)?;
         let exec = cri.exec_sync(
             &c,
             &["sh", "-c", "uname -r; grep NoNewPrivs /proc/self/status"],
@@ -402,7 +412,38 @@ fn cri_pods(tmp: &Path) -> Result<()> {
         .map(|e| e.path().display().to_string())
         .collect();
     ensure!(leftovers.is_empty(), "VM sandboxes left: {leftovers:?}");
+    Ok(())
+}
 
+/// containerd's CRI with the runtime `install`ed into its config: the default handler,
+/// and a VM handler whose Stockade config is the installed one with mode = vm; pods of
+/// both ([`run_pods`]); then `uninstall` of both gives the config its bytes back.
+fn cri_pods(tmp: &Path) -> Result<()> {
+    let vm_config = tmp.join("vm.toml");
+    vm_variant(Path::new("/etc/stockade/configuration.toml"), &vm_config)?;
+    let before = std::sync::Mutex::new(Vec::new());
+    let cri = CriEnv::start_installed(SYSTEM_PATH, |config| {
+        *before.lock().expect("lock") = std::fs::read(config)?;
+        let c = config.display().to_string();
+        shim(&["install", "containerd", "--config", &c])?;
+        shim(&[
+            "install",
+            "containerd",
+            "--config",
+            &c,
+            "--runtime-name",
+            "stockade-vm",
+            "--shim-config",
+            &vm_config.display().to_string(),
+        ])?;
+        Ok(())
+    })?;
+    run_pods(
+        &cri,
+        &is_package_shim,
+        Path::new("/usr/share/stockade/guest-kernel-release"),
+    )?;
+    let config_file = cri.ctd.dir.path().join("containerd.toml");
     let c = config_file.display().to_string();
     shim(&["uninstall", "containerd", "--config", &c])?;
     shim(&[
@@ -418,6 +459,111 @@ fn cri_pods(tmp: &Path) -> Result<()> {
         "containerd's config after install + uninstall differs"
     );
     drop(cri);
+    Ok(())
+}
+
+/// The Kubernetes node installer (`packaging/node/stockade-deploy.sh`) run on this
+/// machine as its DaemonSet runs it on a node, with the host's `/` as `HOST_ROOT` and
+/// the package's tree (`dpkg-deb -x`, as its image holds it) as the payload; a private
+/// containerd's config stands for the node's, and kubectl and the restart are recorded
+/// (no cluster, no systemd here: containerd starts after the install). containerd's
+/// `PATH` is systemd's: `/usr/local/bin` first. CRI pods of both backends must run from
+/// `/opt/stockade` alone; `uninstall` must give the config its bytes back and leave
+/// nothing in `/opt` or `/usr/local/bin`.
+fn node_installer(tmp: &Path, deb: &Path) -> Result<()> {
+    let payload = tmp.join("payload");
+    must(
+        run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&payload)),
+        "dpkg-deb -x",
+    )?;
+    let payload_shim = payload.join("usr/bin/containerd-shim-stockade-v2");
+    let calls = tmp.join("kubectl.log");
+    let kubectl = tmp.join("kubectl");
+    std::fs::write(
+        &kubectl,
+        format!("#!/bin/sh\necho \"$*\" >> {}\n", calls.display()),
+    )?;
+    std::fs::set_permissions(
+        &kubectl,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    let script = workspace_root().join("packaging/node/stockade-deploy.sh");
+    let deploy = |verb: &str, config: &Path| {
+        must(
+            run(Command::new("sh")
+                .arg(&script)
+                .arg(verb)
+                .env("HOST_ROOT", "/")
+                .env("PAYLOAD", &payload)
+                .env("NODE_NAME", "stockade-test-node")
+                .env("KUBECTL", &kubectl)
+                .env("RESTART_CONTAINERD", "true")
+                .env("CONTAINERD_CONFIG", config)),
+            &format!("stockade-deploy.sh {verb}"),
+        )
+    };
+    let vm_config = tmp.join("node-vm.toml");
+    let before = std::sync::Mutex::new(Vec::new());
+    let cri = CriEnv::start_installed(&format!("/usr/local/bin:{SYSTEM_PATH}"), |config| {
+        *before.lock().expect("lock") = std::fs::read(config)?;
+        deploy("install", config)?;
+        vm_variant(&Path::new(OPT).join("etc/configuration.toml"), &vm_config)?;
+        shim_at(
+            &payload_shim,
+            &[
+                "install",
+                "containerd",
+                "--config",
+                &config.display().to_string(),
+                "--runtime-name",
+                "stockade-vm",
+                "--shim-config",
+                &vm_config.display().to_string(),
+            ],
+        )?;
+        Ok(())
+    })?;
+    let config_file = cri.ctd.dir.path().join("containerd.toml");
+    run_pods(
+        &cri,
+        &|exe| exe.starts_with(Path::new(OPT).join("releases")),
+        &Path::new(OPT).join("share/guest-kernel-release"),
+    )?;
+    let c = config_file.display().to_string();
+    shim_at(
+        &payload_shim,
+        &[
+            "uninstall",
+            "containerd",
+            "--config",
+            &c,
+            "--runtime-name",
+            "stockade-vm",
+        ],
+    )?;
+    deploy("uninstall", &config_file)?;
+    ensure!(
+        std::fs::read(&config_file)? == *before.lock().expect("lock"),
+        "containerd's config after the node installer's install + uninstall differs"
+    );
+    drop(cri);
+    ensure!(!Path::new(OPT).exists(), "{OPT} left");
+    ensure!(
+        !Path::new(NODE_LINK).exists() && !Path::new(NODE_LINK).is_symlink(),
+        "{NODE_LINK} left"
+    );
+    let calls = std::fs::read_to_string(&calls)?;
+    for want in [
+        "label node stockade-test-node stockade.io/runtime=true --overwrite",
+        "apply -f /",
+        "label node stockade-test-node stockade.io/runtime-",
+        "delete -f /",
+    ] {
+        ensure!(
+            calls.contains(want),
+            "kubectl was not called with {want:?}:\n{calls}"
+        );
+    }
     Ok(())
 }
 
@@ -456,9 +602,11 @@ fn main() {
         let tmp = tempfile::Builder::new()
             .prefix("stockade-pkg-")
             .tempdir_in("/tmp")?;
-        let steps: [(&str, &dyn Fn() -> Result<()>); 6] = [
+        let deb = std::cell::RefCell::new(PathBuf::new());
+        let steps: [(&str, &dyn Fn() -> Result<()>); 7] = [
             ("build, lintian, apt-get install", &|| {
-                build_and_install().map(|_| ())
+                *deb.borrow_mut() = build_and_install()?;
+                Ok(())
             }),
             ("installed files", &installed_files),
             ("docker: install, run, exec, uninstall", &|| {
@@ -468,6 +616,10 @@ fn main() {
                 machine_containerd_config(tmp.path())
             }),
             ("cri: install, pods, uninstall", &|| cri_pods(tmp.path())),
+            (
+                "node installer: install, pods from /opt/stockade, uninstall",
+                &|| node_installer(tmp.path(), &deb.borrow()),
+            ),
             ("apt-get purge leaves nothing", &purge),
         ];
         for (name, step) in steps {
