@@ -154,7 +154,11 @@ impl Host {
     ) -> Host {
         Host {
             namespace: namespace.into(),
-            helpers: Arc::new(LinuxBackend::new(exits.clone(), seal_exe)),
+            helpers: Arc::new(LinuxBackend::new(
+                exits.clone(),
+                seal_exe,
+                kernel == Kernel::Guest,
+            )),
             exits,
             kernel,
             oom,

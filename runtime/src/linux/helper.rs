@@ -95,13 +95,15 @@ impl HelperExe {
     }
 }
 
-/// Run one request in a helper process (shim side).
+/// Run one request in a helper process (shim side). A `spare` helper, started ahead (see `spare.rs`), takes the request if it is still
+/// there; otherwise one is started for it.
 pub async fn run(
     exe: &HelperExe,
     exits: &Exits,
     scratch: &Path,
     req: &Request,
     stdio: [Option<OwnedFd>; 3],
+    spare: Option<crate::linux::spare::Spare>,
 ) -> Result<Response> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let name = format!(
@@ -115,37 +117,18 @@ pub async fn run(
     let req_path = scratch.join(format!("{name}.req.json"));
     let json = serde_json::to_vec(req).map_err(|e| Error::Backend(e.to_string()))?;
     crate::private::write_new(&req_path, &json).map_err(Error::io("write the helper request"))?;
-    let raw: [i32; 3] = [0, 1, 2].map(|i| stdio[i].as_ref().map_or(-1, |f| f.as_raw_fd()));
-    let mut cmd = Command::new(exe.path());
-    cmd.arg(HELPER_ARG)
-        .arg(&req_path)
-        .arg(&resp_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    // SAFETY: the closure only calls dup2, which is async-signal-safe, on fds that
-    // stay open in the parent until spawn returns.
-    unsafe {
-        cmd.pre_exec(move || {
-            for (i, fd) in raw.iter().enumerate() {
-                if *fd >= 0 && libc::dup2(*fd, 3 + i as i32) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    let child = cmd.spawn();
-    let child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = std::fs::remove_file(&req_path);
-            return Err(Error::io("spawn libcontainer helper")(e));
-        }
+    let handed = spare.and_then(|s| {
+        s.hand(&req_path, &resp_path, &stdio)
+            .inspect_err(|e| log::debug!(error:% = e; "spare helper gone: starting one"))
+            .ok()
+    });
+    let pid = match handed {
+        Some(pid) => pid,
+        None => spawn(exe, &req_path, &resp_path, &stdio)?,
     };
     // Our copies of the container's stdio must close, or readers never see EOF.
     drop(stdio);
-    let code = exits.wait(child.id() as i32).await;
+    let code = exits.wait(pid).await;
     let text = std::fs::read_to_string(&resp_path).unwrap_or_default();
     let _ = std::fs::remove_file(&resp_path);
     let _ = std::fs::remove_file(&req_path);
@@ -162,8 +145,47 @@ pub async fn run(
     Ok(resp)
 }
 
+/// Start a helper for the request in `req_path`, the container's stdio at fds 3 to 5.
+fn spawn(
+    exe: &HelperExe,
+    req_path: &Path,
+    resp_path: &Path,
+    stdio: &[Option<OwnedFd>; 3],
+) -> Result<i32> {
+    let raw: [i32; 3] = [0, 1, 2].map(|i| stdio[i].as_ref().map_or(-1, |f| f.as_raw_fd()));
+    let mut cmd = Command::new(exe.path());
+    cmd.arg(HELPER_ARG)
+        .arg(req_path)
+        .arg(resp_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    // SAFETY: the closure only calls dup2, which is async-signal-safe, on fds that
+    // stay open in the parent until spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (i, fd) in raw.iter().enumerate() {
+                if *fd >= 0 && libc::dup2(*fd, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    match cmd.spawn() {
+        Ok(c) => Ok(c.id() as i32),
+        Err(e) => {
+            let _ = std::fs::remove_file(req_path);
+            Err(Error::io("spawn libcontainer helper")(e))
+        }
+    }
+}
+
 /// The helper's own `main` (helper side). Returns the process exit code.
 pub fn main(args: &[String]) -> i32 {
+    if args.first().map(String::as_str) == Some(crate::linux::spare::SPARE_ARG) {
+        return crate::linux::spare::main();
+    }
     let (Some(req_path), Some(resp_path)) = (args.first(), args.get(1)) else {
         eprintln!("usage: {HELPER_ARG} <request-file> <response-file>");
         return 2;

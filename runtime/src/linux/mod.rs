@@ -9,17 +9,20 @@ pub mod oom;
 pub mod pause;
 pub mod sealed;
 pub mod seccomp;
+pub mod spare;
 pub mod stats;
 pub mod trace;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::exits::Exits;
 pub use helper::Confinement;
 use helper::{HelperExe, Request};
 use sealed::SealedExe;
+use spare::Spare;
 
 /// Where one container's backend state lives: `<state_dir>/<namespace>/<id>/`.
 #[derive(Debug, Clone)]
@@ -48,13 +51,54 @@ impl ContainerDirs {
 pub struct LinuxBackend {
     exits: Exits,
     seal_exe: bool,
+    /// The helper started ahead for the next create or exec (`spare.rs`); None where
+    /// none is kept.
+    spare: Option<Arc<Mutex<Option<Spare>>>>,
 }
+
+/// How long the guest must have been quiet, after a spare helper was used, before the
+/// next one starts: its start-up would otherwise compete for the guest's CPU with the
+/// container's start that usually follows a create.
+const SPARE_AFTER: std::time::Duration = std::time::Duration::from_millis(300);
 
 impl LinuxBackend {
     /// `seal_exe`: run container-entering helpers from a sealed memfd copy. Only a
-    /// binary on a read-only filesystem (the guest agent's) may skip it.
-    pub fn new(exits: Exits, seal_exe: bool) -> LinuxBackend {
-        LinuxBackend { exits, seal_exe }
+    /// binary on a read-only filesystem (the guest agent's) may skip it. `keep_spare`:
+    /// keep one helper started ahead of its request (the guest agent; never with
+    /// `seal_exe`).
+    pub fn new(exits: Exits, seal_exe: bool, keep_spare: bool) -> LinuxBackend {
+        let spare = (keep_spare && !seal_exe).then(|| {
+            let first = Spare::spawn(&PathBuf::from("/proc/self/exe"))
+                .inspect_err(|e| log::debug!(error:% = e; "no spare helper"))
+                .ok();
+            Arc::new(Mutex::new(first))
+        });
+        LinuxBackend {
+            exits,
+            seal_exe,
+            spare,
+        }
+    }
+
+    /// The spare helper for a container-entering call, if one is waiting; the next one
+    /// starts once the guest has been quiet for [`SPARE_AFTER`].
+    fn take_spare(&self) -> Option<Spare> {
+        let slot = self.spare.as_ref()?;
+        let taken = slot.lock().expect("spare lock").take();
+        let refill = slot.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(SPARE_AFTER).await;
+            let started =
+                tokio::task::spawn_blocking(|| Spare::spawn(&PathBuf::from("/proc/self/exe")))
+                    .await;
+            if let Ok(Ok(s)) = started {
+                let mut slot = refill.lock().expect("spare lock");
+                if slot.is_none() {
+                    *slot = Some(s);
+                }
+            }
+        });
+        taken
     }
 
     /// The binary the runtime runs as (the guest's pause process re-executes it).
@@ -77,9 +121,16 @@ impl LinuxBackend {
         } else {
             HelperExe::Host
         };
-        Ok(helper::run(&exe, &self.exits, &dirs.state, &req, stdio)
-            .await?
-            .pid)
+        let spare = if enters_container {
+            self.take_spare()
+        } else {
+            None
+        };
+        Ok(
+            helper::run(&exe, &self.exits, &dirs.state, &req, stdio, spare)
+                .await?
+                .pid,
+        )
     }
 
     pub async fn create(

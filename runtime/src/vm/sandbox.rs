@@ -208,22 +208,43 @@ impl Sandbox {
             late: Mutex::new(None),
         });
         let guest_config = guest_config(config)?;
-        let ready = match qemu_exit {
-            Ok(exit) => agent
-                .create_sandbox(
-                    id,
-                    hostname,
-                    guest_config,
-                    sandbox
-                        .network
-                        .as_ref()
-                        .and_then(|(n, _)| n.config.as_ref()),
-                    !from_pool,
-                )
-                .await
-                .map(|_| exit),
-            Err(e) => Err(e),
+        let creating = async {
+            match qemu_exit {
+                Ok(exit) => agent
+                    .create_sandbox(
+                        id,
+                        hostname,
+                        guest_config,
+                        sandbox
+                            .network
+                            .as_ref()
+                            .and_then(|(n, _)| n.config.as_ref()),
+                        !from_pool,
+                    )
+                    .await
+                    .map(|_| exit),
+                Err(e) => Err(e),
+            }
         };
+        // A namespace the spec names (CNI's) is where containerd dials for PortForward.
+        // Without the forwarder the pod still runs; only port-forward is refused. Its
+        // listener (host work) is made while the guest creates the sandbox.
+        let forwarding = async {
+            match sandbox.network.as_ref().filter(|(n, _)| !n.owned) {
+                Some((net, exits)) => {
+                    Some(PortForwarder::start(id, &net.netns, agent.clone(), exits).await)
+                }
+                None => None,
+            }
+        };
+        let (ready, forwarder) = tokio::join!(creating, forwarding);
+        match forwarder {
+            Some(Ok(f)) => *sandbox.forwarder.lock().expect("forwarder lock") = Some(f),
+            Some(Err(e)) => {
+                log::warn!(sandbox = id, error:% = e; "no port forwarding into this pod")
+            }
+            None => {}
+        }
         let qemu_exit = match ready {
             Ok(exit) => exit,
             Err(e) => {
@@ -231,16 +252,6 @@ impl Sandbox {
                 return Err(e);
             }
         };
-        // A namespace the spec names (CNI's) is where containerd dials for PortForward.
-        // Without the forwarder the pod still runs; only port-forward is refused.
-        if let Some((net, exits)) = sandbox.network.as_ref().filter(|(n, _)| !n.owned) {
-            match PortForwarder::start(id, &net.netns, agent.clone(), exits).await {
-                Ok(f) => *sandbox.forwarder.lock().expect("forwarder lock") = Some(f),
-                Err(e) => {
-                    log::warn!(sandbox = id, error:% = e; "no port forwarding into this pod")
-                }
-            }
-        }
         let pump = tokio::spawn(pump(Arc::downgrade(&sandbox), qemu_exit, on_oom));
         *sandbox.pump.lock().expect("pump lock") = Some(pump);
         log::info!(sandbox = id, dir:% = dir.display(); "VM sandbox ready");
@@ -262,9 +273,11 @@ impl Sandbox {
             tap,
             pool_netns,
         } = claimed;
-        let mut vm = MicroVm::adopt(&dir.join("vm"), vm, crate::vm::pool::ADOPT_TIMEOUT).await?;
-        let taken = async {
-            crate::vm::cgroup::join_own(&vm.helper_pids());
+        // The agent's handshake (guest work) and the tap's move and wiring (host work)
+        // overlap; a failure of either undoes both (the caller detaches `net`).
+        let vm_dir = dir.join("vm");
+        let adopting = MicroVm::adopt(&vm_dir, vm, crate::vm::pool::ADOPT_TIMEOUT);
+        let networking = async {
             let path = match network_req {
                 NetRequest::Join(path) => path,
                 NetRequest::Fresh => {
@@ -307,9 +320,11 @@ impl Sandbox {
                 n.config = wired;
             }
             Ok(())
-        }
-        .await;
-        match taken {
+        };
+        let (adopted, networked) = tokio::join!(adopting, networking);
+        let mut vm = adopted?;
+        crate::vm::cgroup::join_own(&vm.helper_pids());
+        match networked {
             Ok(()) => Ok(vm),
             Err(e) => {
                 vm.kill().await;
