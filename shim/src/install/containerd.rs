@@ -34,17 +34,30 @@ fn end_mark(name: &str) -> String {
     format!("# stockade: END runtime {name:?}")
 }
 
-/// The CRI plugin's runtimes table for a config version.
-fn runtimes_table(version: i64) -> &'static str {
-    match version {
-        1 => "plugins.cri.containerd.runtimes",
-        2 => "plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes",
-        _ => "plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes",
-    }
+/// The keys of the CRI plugin's runtimes table for a config version.
+fn runtimes_keys(version: i64) -> [&'static str; 4] {
+    let plugin = match version {
+        1 => "cri",
+        2 => "io.containerd.grpc.v1.cri",
+        _ => "io.containerd.cri.v1.runtime",
+    };
+    ["plugins", plugin, "containerd", "runtimes"]
 }
 
 fn runtime_toml(version: i64, name: &str, shim_config: &str) -> String {
-    let table = format!("{}.{name}", runtimes_table(version));
+    // A plugin id holds dots: quoted in the table's header.
+    let table = runtimes_keys(version)
+        .iter()
+        .map(|k| {
+            if k.contains('.') {
+                format!("{k:?}")
+            } else {
+                k.to_string()
+            }
+        })
+        .chain([name.to_string()])
+        .collect::<Vec<_>>()
+        .join(".");
     format!(
         "[{table}]\n  runtime_type = \"{RUNTIME_TYPE}\"\n  # Pod annotations the shim reads (io.stockade.mode = \"vm\" asks for a VM).\n  pod_annotations = [\"io.stockade.*\"]\n  [{table}.options]\n    ConfigPath = {}\n",
         toml::Value::String(shim_config.to_string())
@@ -77,23 +90,7 @@ fn containerd_version(o: &Options) -> Result<(u32, u32)> {
 /// The runtime at `table.name` in a parsed config, if any.
 fn runtime_in<'a>(doc: &'a toml::Table, version: i64, name: &str) -> Option<&'a toml::Value> {
     let mut v: &toml::Table = doc;
-    // The keys of [`runtimes_table`]'s path (the plugin ids hold dots).
-    let keys: Vec<&str> = match version {
-        1 => vec!["plugins", "cri", "containerd", "runtimes"],
-        2 => vec![
-            "plugins",
-            "io.containerd.grpc.v1.cri",
-            "containerd",
-            "runtimes",
-        ],
-        _ => vec![
-            "plugins",
-            "io.containerd.cri.v1.runtime",
-            "containerd",
-            "runtimes",
-        ],
-    };
-    for k in keys {
+    for k in runtimes_keys(version) {
         v = v.get(k)?.as_table()?;
     }
     v.get(name)
@@ -130,13 +127,21 @@ pub(super) fn plan(o: &Options) -> Result<(Vec<Edit>, Vec<String>)> {
         .transpose()
         .with_context(|| format!("{}: not valid TOML", path.display()))?;
     let mut notes = Vec::new();
+    // containerd's version, asked at most once (it may run `containerd --version`).
+    let asked = std::cell::OnceCell::new();
+    let containerd_version = || -> Result<(u32, u32)> {
+        asked
+            .get_or_init(|| containerd_version(o).map_err(|e| format!("{e:#}")))
+            .clone()
+            .map_err(anyhow::Error::msg)
+    };
     // containerd reads a config without `version` as version 1.
     let version = match &doc {
         Some(d) => d
             .get("version")
             .and_then(toml::Value::as_integer)
             .unwrap_or(1),
-        None => match containerd_version(o) {
+        None => match containerd_version() {
             Ok((major, _)) if major >= 2 => 3,
             Ok(_) => 2,
             // Nothing to remove, whatever the version.
@@ -158,11 +163,9 @@ pub(super) fn plan(o: &Options) -> Result<(Vec<Edit>, Vec<String>)> {
         Some(d) => Some(d),
         None => {
             let new_enough = match &o.containerd_version {
-                Some(_) => containerd_version(o)? >= (2, 2),
+                Some(_) => containerd_version()? >= (2, 2),
                 // Only the machine's own containerd can say; under --root, ask for it.
-                None if o.root == Path::new("/") => {
-                    containerd_version(o).is_ok_and(|v| v >= (2, 2))
-                }
+                None if o.root == Path::new("/") => containerd_version().is_ok_and(|v| v >= (2, 2)),
                 None => false,
             };
             new_enough.then(|| PathBuf::from(DEFAULT_DROP_INS))
@@ -298,20 +301,8 @@ fn check(text: &str, version: i64, name: &str, present: bool) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{apply, parse};
+    use super::super::{parse, run_in as run};
     use super::*;
-
-    fn run(root: &Path, args: &[&str]) -> usize {
-        let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        a.push("--root".into());
-        a.push(root.display().to_string());
-        let o = parse(&a).unwrap();
-        let (edits, _) = plan(&o).unwrap();
-        for e in &edits {
-            apply(e).unwrap();
-        }
-        edits.len()
-    }
 
     const V2: &str = "version = 2\nroot = \"/var/lib/containerd\"\n\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"registry.k8s.io/pause:3.9\"\n  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n    runtime_type = \"io.containerd.runc.v2\"\n";
 

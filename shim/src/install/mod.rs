@@ -196,10 +196,7 @@ fn apply(edit: &Edit) -> Result<()> {
 /// Run `install` or `uninstall`; `args` are the words after the binary's name.
 pub fn main(args: Vec<String>) -> Result<()> {
     let o = parse(&args)?;
-    let (edits, notes) = match o.target.as_str() {
-        "docker" => docker(&o)?,
-        _ => containerd::plan(&o)?,
-    };
+    let (edits, notes) = plan(&o)?;
     if edits.is_empty() && !notes.is_empty() {
         for note in &notes {
             println!("{note}");
@@ -259,6 +256,27 @@ pub fn main(args: Vec<String>) -> Result<()> {
     Ok(())
 }
 
+/// The edits `o` asks for, and what to say when there are none.
+fn plan(o: &Options) -> Result<(Vec<Edit>, Vec<String>)> {
+    match o.target.as_str() {
+        "docker" => docker(o),
+        _ => containerd::plan(o),
+    }
+}
+
+/// The command line `args` (after the binary's name) run against the root `root`, as
+/// [`main`] runs it, without its output: how many files it changed.
+#[cfg(test)]
+fn run_in(root: &Path, args: &[&str]) -> usize {
+    let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    a.extend(["--root".to_string(), root.display().to_string()]);
+    let (edits, _) = plan(&parse(&a).unwrap()).unwrap();
+    for e in &edits {
+        apply(e).unwrap();
+    }
+    edits.len()
+}
+
 /// Docker: `runtimes.<name> = {"runtimeType": "io.containerd.stockade.v2"}`.
 fn docker(o: &Options) -> Result<(Vec<Edit>, Vec<String>)> {
     let path = o
@@ -269,26 +287,26 @@ fn docker(o: &Options) -> Result<(Vec<Edit>, Vec<String>)> {
     let before = read(&at)?;
     let entry = serde_json::json!({ "runtimeType": RUNTIME_TYPE });
     let ctx = || format!("{}", path.display());
-    let text = before.clone().unwrap_or_default();
+    let text = before.as_deref().unwrap_or_default();
     let blank = text.trim().is_empty();
     let change = match o.action {
         Action::Install => {
             let (text, top) = if blank {
-                ("{}\n".to_string(), json::top("{}")?)
+                ("{}\n", json::top("{}")?)
             } else {
-                (text.clone(), json::top(&text).with_context(ctx)?)
+                (text, json::top(text).with_context(ctx)?)
             };
-            let unit = json::indent_unit(&text, &top);
+            let unit = json::indent_unit(text, &top);
             let new = match top.get("runtimes") {
                 None => {
                     let value = serde_json::json!({ o.name.clone(): entry });
-                    json::insert(&text, &top, "runtimes", &value, &unit)
+                    json::insert(text, &top, "runtimes", &value, &unit)
                 }
                 Some(rt) => {
-                    let runtimes = json::object_at(&text, rt.value_start)
+                    let runtimes = json::object_at(text, rt.value_start)
                         .with_context(|| format!("{}: \"runtimes\" is not an object", ctx()))?;
                     match runtimes.get(&o.name) {
-                        None => json::insert(&text, &runtimes, &o.name, &entry, &unit),
+                        None => json::insert(text, &runtimes, &o.name, &entry, &unit),
                         Some(m) => {
                             let old: serde_json::Value =
                                 serde_json::from_str(&text[m.value_start..m.end])?;
@@ -314,11 +332,11 @@ fn docker(o: &Options) -> Result<(Vec<Edit>, Vec<String>)> {
             if blank {
                 return Ok((Vec::new(), Vec::new()));
             }
-            let top = json::top(&text).with_context(ctx)?;
+            let top = json::top(text).with_context(ctx)?;
             let Some(rt) = top.get("runtimes") else {
                 return Ok((Vec::new(), Vec::new()));
             };
-            let runtimes = json::object_at(&text, rt.value_start)
+            let runtimes = json::object_at(text, rt.value_start)
                 .with_context(|| format!("{}: \"runtimes\" is not an object", ctx()))?;
             let Some(i) = runtimes.members.iter().position(|m| m.key == o.name) else {
                 return Ok((Vec::new(), Vec::new()));
@@ -336,9 +354,9 @@ fn docker(o: &Options) -> Result<(Vec<Edit>, Vec<String>)> {
             let new = if runtimes.members.len() == 1 {
                 // The "runtimes" object was install's (or holds nothing else): it goes.
                 let i = top.members.iter().position(|m| m.key == "runtimes");
-                json::remove(&text, &top, i.expect("runtimes is a member"))
+                json::remove(text, &top, i.expect("runtimes is a member"))
             } else {
-                json::remove(&text, &runtimes, i)
+                json::remove(text, &runtimes, i)
             };
             check_docker(&new, &o.name, None).with_context(ctx)?;
             if json::top(&new)?.members.is_empty() {
@@ -349,12 +367,11 @@ fn docker(o: &Options) -> Result<(Vec<Edit>, Vec<String>)> {
             }
         }
     };
-    let before_clone = before.clone();
     Ok((
         vec![Edit {
             path,
             at,
-            before: before_clone,
+            before,
             change,
         }],
         Vec::new(),
@@ -382,17 +399,6 @@ mod tests {
         o
     }
 
-    fn run(o: &Options) -> Vec<Edit> {
-        let (edits, _) = match o.target.as_str() {
-            "docker" => docker(o).unwrap(),
-            _ => containerd::plan(o).unwrap(),
-        };
-        for e in &edits {
-            apply(e).unwrap();
-        }
-        edits
-    }
-
     #[test]
     fn docker_round_trip_keeps_every_byte() {
         let root = tempfile::tempdir().unwrap();
@@ -404,15 +410,15 @@ mod tests {
             "{\n  \"features\": {\"containerd-snapshotter\": true}\n}\n",
         ] {
             std::fs::write(&file, original).unwrap();
-            assert_eq!(run(&opts("install", "docker", root.path())).len(), 1);
+            assert_eq!(run_in(root.path(), &["install", "docker"]), 1);
             let v: serde_json::Value =
                 serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
             assert_eq!(v["runtimes"]["stockade"]["runtimeType"], RUNTIME_TYPE);
             // Idempotent.
-            assert!(run(&opts("install", "docker", root.path())).is_empty());
-            assert_eq!(run(&opts("uninstall", "docker", root.path())).len(), 1);
+            assert_eq!(run_in(root.path(), &["install", "docker"]), 0);
+            assert_eq!(run_in(root.path(), &["uninstall", "docker"]), 1);
             assert_eq!(std::fs::read_to_string(&file).unwrap(), original);
-            assert!(run(&opts("uninstall", "docker", root.path())).is_empty());
+            assert_eq!(run_in(root.path(), &["uninstall", "docker"]), 0);
         }
     }
 
@@ -420,12 +426,12 @@ mod tests {
     fn docker_without_a_file_creates_and_removes_it() {
         let root = tempfile::tempdir().unwrap();
         let file = root.path().join("etc/docker/daemon.json");
-        run(&opts("install", "docker", root.path()));
+        run_in(root.path(), &["install", "docker"]);
         assert_eq!(
             std::fs::read_to_string(&file).unwrap(),
             "{\n  \"runtimes\": {\n    \"stockade\": {\n      \"runtimeType\": \"io.containerd.stockade.v2\"\n    }\n  }\n}\n"
         );
-        run(&opts("uninstall", "docker", root.path()));
+        run_in(root.path(), &["uninstall", "docker"]);
         assert!(!file.exists());
     }
 
