@@ -6,7 +6,7 @@
 //! the helper does one libcontainer call and writes a [`Response`]. The container's
 //! stdio arrive as fds 3, 4 and 5.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -145,6 +145,51 @@ pub async fn run(
     Ok(resp)
 }
 
+/// Where a helper finds the container's stdio: this fd and the two after it.
+pub(crate) const STDIO_FD: RawFd = 3;
+
+/// Put each fd `from` at `to` (pairs whose `from` is negative are skipped), the copies
+/// not close-on-exec, whatever the numbers: a `from` may already be some pair's `to`,
+/// its own included (where `dup2` alone would keep close-on-exec or clobber another).
+/// With `close_sources`, the `from` fds are closed. Async-signal-safe: it may run
+/// between fork and exec.
+pub(crate) fn place_fds(moves: &[(RawFd, RawFd)], close_sources: bool) -> std::io::Result<()> {
+    const MAX: usize = 4;
+    if moves.len() > MAX {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // First out of the way of every target, then to the targets.
+    let mut high = [-1; MAX];
+    for (i, &(from, _)) in moves.iter().enumerate() {
+        if from >= 0 {
+            // SAFETY: fcntl on an fd the caller owns.
+            high[i] = unsafe { libc::fcntl(from, libc::F_DUPFD_CLOEXEC, 10) };
+            if high[i] < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    if close_sources {
+        for &(from, _) in moves.iter().filter(|(from, _)| *from >= 0) {
+            // SAFETY: closing an fd the caller gave up; its copy is in `high`.
+            unsafe { libc::close(from) };
+        }
+    }
+    for (i, &(_, to)) in moves.iter().enumerate() {
+        if high[i] < 0 {
+            continue;
+        }
+        // SAFETY: dup2 and close on fds this call made.
+        unsafe {
+            if libc::dup2(high[i], to) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(high[i]);
+        }
+    }
+    Ok(())
+}
+
 /// Start a helper for the request in `req_path`, the container's stdio at fds 3 to 5.
 fn spawn(
     exe: &HelperExe,
@@ -160,17 +205,11 @@ fn spawn(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
-    // SAFETY: the closure only calls dup2, which is async-signal-safe, on fds that
-    // stay open in the parent until spawn returns.
+    let moves = [0, 1, 2].map(|i| (raw[i], STDIO_FD + i as i32));
+    // SAFETY: place_fds only calls fcntl, dup2 and close (async-signal-safe), on fds
+    // that stay open in the parent until spawn returns.
     unsafe {
-        cmd.pre_exec(move || {
-            for (i, fd) in raw.iter().enumerate() {
-                if *fd >= 0 && libc::dup2(*fd, 3 + i as i32) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
+        cmd.pre_exec(move || place_fds(&moves, false));
     }
     match cmd.spawn() {
         Ok(c) => Ok(c.id() as i32),
@@ -246,8 +285,8 @@ fn stdio_fds(present: [bool; 3]) -> std::result::Result<[OwnedFd; 3], String> {
     let mut out = Vec::with_capacity(3);
     for (i, p) in present.iter().enumerate() {
         if *p {
-            // SAFETY: the shim dup2'ed an open fd to 3+i before exec; we take it over once.
-            out.push(unsafe { OwnedFd::from_raw_fd(3 + i as i32) });
+            // SAFETY: the shim put an open fd at STDIO_FD + i before exec; taken over once.
+            out.push(unsafe { OwnedFd::from_raw_fd(STDIO_FD + i as i32) });
         } else {
             let f = std::fs::OpenOptions::new()
                 .read(i == 0)
@@ -362,4 +401,50 @@ pub fn start_in_process(root: &Path) -> std::result::Result<bool, String> {
         .save()
         .map_err(|e| e.to_string())?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::IntoRawFd;
+
+    fn inode(fd: RawFd) -> u64 {
+        // SAFETY: fstat into a zeroed stat buffer of our own.
+        unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            assert_eq!(libc::fstat(fd, &mut st), 0);
+            st.st_ino
+        }
+    }
+
+    fn cloexec(fd: RawFd) -> bool {
+        // SAFETY: F_GETFD on an open fd.
+        unsafe { libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0 }
+    }
+
+    /// Two fds swapped, and one put onto itself: each lands where asked, none
+    /// close-on-exec, though they were.
+    #[test]
+    fn place_fds_swaps_and_clears_close_on_exec() {
+        let (a, _wa) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let (b, _wb) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let (c, _wc) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let (a, b, c) = (a.into_raw_fd(), b.into_raw_fd(), c.into_raw_fd());
+        let (ia, ib, ic) = (inode(a), inode(b), inode(c));
+        assert!(cloexec(a) && cloexec(c));
+        place_fds(&[(a, b), (b, a), (c, c), (-1, 99)], false).unwrap();
+        assert_eq!((inode(b), inode(a), inode(c)), (ia, ib, ic));
+        assert!(!cloexec(a) && !cloexec(b) && !cloexec(c));
+        // SAFETY: closing fds this test made.
+        unsafe {
+            assert_eq!(
+                libc::fcntl(99, libc::F_GETFD),
+                -1,
+                "a skipped pair made an fd"
+            );
+            libc::close(a);
+            libc::close(b);
+            libc::close(c);
+        }
+    }
 }

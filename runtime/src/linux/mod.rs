@@ -56,9 +56,9 @@ pub struct LinuxBackend {
     spare: Option<Arc<Mutex<Option<Spare>>>>,
 }
 
-/// How long the guest must have been quiet, after a spare helper was used, before the
-/// next one starts: its start-up would otherwise compete for the guest's CPU with the
-/// container's start that usually follows a create.
+/// How long after a spare helper is used the next one starts: its start-up would
+/// otherwise compete for the guest's CPU with the container's start that usually
+/// follows a create.
 const SPARE_AFTER: std::time::Duration = std::time::Duration::from_millis(300);
 
 impl LinuxBackend {
@@ -81,10 +81,10 @@ impl LinuxBackend {
     }
 
     /// The spare helper for a container-entering call, if one is waiting; the next one
-    /// starts once the guest has been quiet for [`SPARE_AFTER`].
+    /// starts [`SPARE_AFTER`] later. (An empty slot already has its refill on the way.)
     fn take_spare(&self) -> Option<Spare> {
         let slot = self.spare.as_ref()?;
-        let taken = slot.lock().expect("spare lock").take();
+        let taken = slot.lock().expect("spare lock").take()?;
         let refill = slot.clone();
         tokio::spawn(async move {
             tokio::time::sleep(SPARE_AFTER).await;
@@ -93,12 +93,10 @@ impl LinuxBackend {
                     .await;
             if let Ok(Ok(s)) = started {
                 let mut slot = refill.lock().expect("spare lock");
-                if slot.is_none() {
-                    *slot = Some(s);
-                }
+                *slot = Some(s);
             }
         });
-        taken
+        Some(taken)
     }
 
     /// The binary the runtime runs as (the guest's pause process re-executes it).

@@ -6,7 +6,7 @@
 //! started and waiting: `<binary> __stockade-linux-helper --spare` blocks reading its
 //! socket ([`SPARE_FD`]) until the runtime sends it the request's and the response's
 //! paths with the container's stdio (`SCM_RIGHTS`), then works as a helper started for
-//! that request would. The runtime starts the next one when the guest is idle again.
+//! that request would. The runtime starts the next one a little later (`SPARE_AFTER`).
 //!
 //! Only the guest agent keeps a spare: its binary is on the guest's read-only initramfs
 //! (no sealed copy is needed), and the guest holds one pod. A host shim never does.
@@ -23,14 +23,12 @@ use nix::sys::socket::{
 };
 
 use crate::error::{Error, Result};
-use crate::linux::helper::HELPER_ARG;
+use crate::linux::helper::{HELPER_ARG, STDIO_FD, place_fds};
 
 /// The word after [`HELPER_ARG`] that makes a helper wait for its request.
 pub const SPARE_ARG: &str = "--spare";
 /// The spare's end of its socket.
 const SPARE_FD: RawFd = 6;
-/// The container's stdio, in the helper, start here (see `helper::stdio_fds`).
-const STDIO_FD: RawFd = 3;
 
 /// A helper process waiting for one request.
 pub struct Spare {
@@ -55,21 +53,10 @@ impl Spare {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
-        // SAFETY: dup2 or fcntl only (async-signal-safe), on an fd open until spawn
-        // returns; what is at SPARE_FD then is not close-on-exec.
+        // SAFETY: place_fds only calls fcntl, dup2 and close (async-signal-safe), on an
+        // fd open until spawn returns.
         unsafe {
-            cmd.pre_exec(move || {
-                // dup2 onto itself keeps close-on-exec: clear it instead.
-                let kept = if raw == SPARE_FD {
-                    libc::fcntl(raw, libc::F_SETFD, 0)
-                } else {
-                    libc::dup2(raw, SPARE_FD)
-                };
-                if kept < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            cmd.pre_exec(move || place_fds(&[(raw, SPARE_FD)], false));
         }
         let child = cmd.spawn().map_err(Error::io("start a spare helper"))?;
         drop(theirs);
@@ -150,32 +137,17 @@ fn receive() -> std::result::Result<Option<(String, String)>, String> {
     if present.len() != 3 || present.iter().filter(|p| **p).count() != fds.len() {
         return Err(format!("{} fds for stdio mask {mask}", fds.len()));
     }
-    // The received fds may sit anywhere, 3 to 5 included: move them out of the way
-    // first, then to STDIO_FD + i in order.
-    let mut high = Vec::with_capacity(fds.len());
-    for fd in fds {
-        // SAFETY: fcntl and close on fds this process just received and owns.
-        let moved = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10) };
-        if moved < 0 {
-            return Err(format!("dup: {}", std::io::Error::last_os_error()));
-        }
-        // SAFETY: as above.
-        unsafe { libc::close(fd) };
-        high.push(moved);
-    }
-    let mut next = high.into_iter();
+    // The received fds may sit anywhere, 3 to 5 included.
+    let mut received = fds.into_iter();
+    let mut moves = [(-1, -1); 3];
     for (i, p) in present.iter().enumerate() {
         if *p {
-            let fd = next.next().expect("counted above");
-            // SAFETY: dup2 and close on fds this process owns; dup2's copy is not
-            // close-on-exec, as an inherited stdio fd would not be.
-            unsafe {
-                if libc::dup2(fd, STDIO_FD + i as RawFd) < 0 {
-                    return Err(format!("dup2: {}", std::io::Error::last_os_error()));
-                }
-                libc::close(fd);
-            }
+            moves[i] = (
+                received.next().expect("counted above"),
+                STDIO_FD + i as RawFd,
+            );
         }
     }
+    place_fds(&moves, true).map_err(|e| format!("stdio: {e}"))?;
     Ok(Some((req.to_string(), resp.to_string())))
 }
