@@ -46,6 +46,14 @@ pub(crate) fn stop_daemon(child: &mut Child, grace: Duration, dir: &Path) {
 /// (a developer's `setup.sh` puts a shim there) and not the build tree.
 pub const SYSTEM_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// Which shim a private containerd's shims are, and with which Stockade config.
+enum Shim<'a> {
+    /// The build tree's, with `[runtime] mode` and more config for `$STOCKADE_CONFIG`.
+    Tree { mode: &'a str, extra: &'a str },
+    /// The machine's installed one, found on `path`, with its installed config.
+    Installed { path: &'a str },
+}
+
 /// A private containerd: own root, state, sockets and config, stopped on drop.
 pub struct TestContainerd {
     pub dir: tempfile::TempDir,
@@ -75,7 +83,7 @@ impl TestContainerd {
         extra: &str,
         cri: impl FnOnce(&Path) -> String,
     ) -> Result<TestContainerd> {
-        Self::start_inner(Ok((mode, extra)), cri, |_| Ok(()))
+        Self::start_inner(Shim::Tree { mode, extra }, cri, |_| Ok(()))
     }
 
     /// A private containerd that finds only what is installed on the machine: the shim
@@ -88,13 +96,11 @@ impl TestContainerd {
         cri: impl FnOnce(&Path) -> String,
         edit: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<TestContainerd> {
-        Self::start_inner(Err(path), cri, edit)
+        Self::start_inner(Shim::Installed { path }, cri, edit)
     }
 
-    /// `stockade`: the mode and extra config of the build tree's shim, or the `PATH` of
-    /// an installed one.
     fn start_inner(
-        stockade: std::result::Result<(&str, &str), &str>,
+        shim: Shim<'_>,
         cri: impl FnOnce(&Path) -> String,
         edit: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<TestContainerd> {
@@ -104,8 +110,8 @@ impl TestContainerd {
         let d = dir.path();
         let socket = d.join("containerd.sock");
         let config = d.join("stockade.toml");
-        let stockade_state = match stockade {
-            Ok((mode, extra)) => {
+        let stockade_state = match shim {
+            Shim::Tree { mode, extra } => {
                 let state = d.join("stockade-state");
                 std::fs::write(
                     &config,
@@ -117,7 +123,7 @@ impl TestContainerd {
                 state
             }
             // The installed configuration's default.
-            Err(_) => PathBuf::from("/run/stockade"),
+            Shim::Installed { .. } => PathBuf::from("/run/stockade"),
         };
         let ctd_config = d.join("containerd.toml");
         let (root, state, sock) = (
@@ -157,13 +163,13 @@ state = "{state}"
         edit(&ctd_config)?;
         let log = std::fs::File::create(d.join("containerd.log"))?;
         let mut cmd = Command::new(&daemons().containerd);
-        match stockade {
-            Ok(_) => {
+        match shim {
+            Shim::Tree { .. } => {
                 cmd.env("PATH", path_with_shim()?)
                     .env("STOCKADE_CONFIG", &config)
                     .env("STOCKADE_LOG_LEVEL", "debug");
             }
-            Err(path) => {
+            Shim::Installed { path } => {
                 cmd.env_remove("STOCKADE_CONFIG")
                     .env_remove("STOCKADE_LOG_LEVEL")
                     .env("PATH", daemons().path_with(path));

@@ -275,6 +275,21 @@ impl Node {
     }
 
     /// The stand-ins' calls since the last look, the payload's path written <payload>.
+    /// The root's files are as `before` says, or the test fails naming `what` changed.
+    fn assert_root_is(&self, before: &BTreeMap<PathBuf, Entry>, what: &str) {
+        let d = diff(before, &snapshot(&self.root()));
+        assert!(d.is_empty(), "{what}: {d:#?}");
+    }
+
+    /// Install again over an installed root: nothing on disk changes, containerd is not
+    /// restarted.
+    fn reinstall_changes_nothing(&self) {
+        let installed = snapshot(&self.root());
+        self.deploy_ok("install");
+        assert_eq!(self.calls(), install_calls(false));
+        self.assert_root_is(&installed, "a second install changed");
+    }
+
     fn calls(&self) -> Vec<String> {
         let text = fs::read_to_string(self.calls_log()).unwrap_or_default();
         fs::remove_file(self.calls_log()).ok();
@@ -531,11 +546,7 @@ fn version_2_config_install_upgrade_uninstall() {
     }
 
     // Again: nothing on disk changes, containerd is not restarted.
-    let installed = snapshot(&node.root());
-    node.deploy_ok("install");
-    assert_eq!(node.calls(), install_calls(false));
-    let d = diff(&installed, &snapshot(&node.root()));
-    assert!(d.is_empty(), "a second install changed: {d:#?}");
+    node.reinstall_changes_nothing();
 
     // An upgrade: a new payload becomes a new release behind `current`, the old one goes;
     // the administrator's edit of the node's config stays; containerd's config is the
@@ -568,15 +579,13 @@ fn version_2_config_install_upgrade_uninstall() {
     fs::write(node.dir.path().join("other-nodes"), "node/node-b\n").unwrap();
     node.deploy_ok("uninstall");
     assert_eq!(node.calls(), uninstall_calls(false, true));
-    let d = diff(&before, &snapshot(&node.root()));
-    assert!(d.is_empty(), "uninstall left the root changed: {d:#?}");
+    node.assert_root_is(&before, "uninstall left the root changed");
 
     // Again, as the last node: nothing to remove, no restart; the RuntimeClass goes.
     fs::remove_file(node.dir.path().join("other-nodes")).unwrap();
     node.deploy_ok("uninstall");
     assert_eq!(node.calls(), uninstall_calls(true, false));
-    let d = diff(&before, &snapshot(&node.root()));
-    assert!(d.is_empty(), "a second uninstall changed the root: {d:#?}");
+    node.assert_root_is(&before, "a second uninstall changed the root");
 }
 
 #[test]
@@ -638,20 +647,14 @@ fn version_3_config_with_imports_takes_the_drop_in() {
         );
     }
 
-    let installed = snapshot(&node.root());
-    node.deploy_ok("install");
-    assert_eq!(node.calls(), install_calls(false));
-    let d = diff(&installed, &snapshot(&node.root()));
-    assert!(d.is_empty(), "a second install changed: {d:#?}");
+    node.reinstall_changes_nothing();
 
     node.deploy_ok("uninstall");
     assert_eq!(node.calls(), uninstall_calls(true, true));
-    let d = diff(&before, &snapshot(&node.root()));
-    assert!(d.is_empty(), "uninstall left the root changed: {d:#?}");
+    node.assert_root_is(&before, "uninstall left the root changed");
     node.deploy_ok("uninstall");
     assert_eq!(node.calls(), uninstall_calls(true, false));
-    let d = diff(&before, &snapshot(&node.root()));
-    assert!(d.is_empty(), "a second uninstall changed the root: {d:#?}");
+    node.assert_root_is(&before, "a second uninstall changed the root");
 }
 
 /// A shim in /usr/local/bin that is not the installer's link (a manual install, or a
@@ -681,8 +684,7 @@ fn foreign_shim_on_path_refused_before_any_change() {
             out.stderr
         );
         assert!(node.calls().is_empty());
-        let d = diff(&before, &snapshot(&node.root()));
-        assert!(d.is_empty(), "a refused install changed the root: {d:#?}");
+        node.assert_root_is(&before, "a refused install changed the root");
     }
 }
 
@@ -708,8 +710,7 @@ fn missing_config_created_for_the_containerd_version_and_removed() {
         out.stderr
     );
     assert!(node.calls().is_empty());
-    let d = diff(&before, &snapshot(&node.root()));
-    assert!(d.is_empty(), "a refused install changed the root: {d:#?}");
+    node.assert_root_is(&before, "a refused install changed the root");
 
     let v21 = [("CONTAINERD_VERSION", "2.1")];
     node.deploy_ok_with("install", &v21);
@@ -723,16 +724,11 @@ fn missing_config_created_for_the_containerd_version_and_removed() {
         check_stockade_runtime(&dump, CRI_V3, "containerd 2.1's config dump");
     }
     // Now that the file exists its own version counts; the variable is not needed.
-    let installed = snapshot(&node.root());
-    node.deploy_ok("install");
-    assert_eq!(node.calls(), install_calls(false));
-    let d = diff(&installed, &snapshot(&node.root()));
-    assert!(d.is_empty(), "a second install changed: {d:#?}");
+    node.reinstall_changes_nothing();
 
     node.deploy_ok("uninstall");
     assert_eq!(node.calls(), uninstall_calls(true, true));
-    let d = diff(&before, &snapshot(&node.root()));
-    assert!(d.is_empty(), "uninstall left the root changed: {d:#?}");
+    node.assert_root_is(&before, "uninstall left the root changed");
 }
 
 /// Uninstall stops at a kubectl failure before it touches the host: the node keeps its
@@ -759,12 +755,10 @@ fn uninstall_changes_nothing_when_kubectl_fails() {
         node.calls(),
         [format!("kubectl label node {NODE} stockade.io/runtime-")]
     );
-    let d = diff(&installed, &snapshot(&node.root()));
-    assert!(d.is_empty(), "a failed uninstall changed the root: {d:#?}");
+    node.assert_root_is(&installed, "a failed uninstall changed the root");
 
     fs::remove_file(&fails).unwrap();
     node.deploy_ok("uninstall");
     assert_eq!(node.calls(), uninstall_calls(true, true));
-    let d = diff(&before, &snapshot(&node.root()));
-    assert!(d.is_empty(), "uninstall left the root changed: {d:#?}");
+    node.assert_root_is(&before, "uninstall left the root changed");
 }

@@ -26,6 +26,8 @@ const SHIM: &str = "/usr/bin/containerd-shim-stockade-v2";
 /// Where the node installer puts Stockade, and the link it puts on containerd's PATH.
 const OPT: &str = "/opt/stockade";
 const NODE_LINK: &str = "/usr/local/bin/containerd-shim-stockade-v2";
+/// The second CRI handler the suite adds: a VM pod's.
+const VM_HANDLER: &str = "stockade-vm";
 /// What the package may own or make; none may be left after a purge.
 const OURS: [&str; 8] = [
     "/etc/stockade",
@@ -346,17 +348,13 @@ fn machine_containerd_config(tmp: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `base` (an installed Stockade config) with `mode = "vm"` (and TCG where KVM is not
-/// usable), as `out`: what an admin who wants a VM handler copies and edits.
-fn vm_variant(base: &Path, out: &Path) -> Result<()> {
+/// The CRI handler `stockade-vm`, added to containerd's `config` by `bin`'s `install
+/// containerd`: its Stockade config is `base` (an installed one) with `mode = "vm"` (and
+/// TCG where `bin check` finds KVM unusable), written to `vm_config`, as an admin who
+/// wants a VM handler copies and edits it.
+fn install_vm_handler(bin: &Path, base: &Path, config: &Path, vm_config: &Path) -> Result<()> {
     let mut cfg: toml::Table = std::fs::read_to_string(base)?.parse()?;
-    let kvm = shim_at(
-        &Path::new(OPT).join("bin/containerd-shim-stockade-v2"),
-        &["check"],
-    )
-    .or_else(|_| shim(&["check"]))?
-    .stdout
-    .contains("kvm: usable");
+    let kvm = shim_at(bin, &["check"])?.stdout.contains("kvm: usable");
     let mut set = |table: &str, key: &str, value: &str| {
         if let Some(t) = cfg.get_mut(table).and_then(|t| t.as_table_mut()) {
             t.insert(key.into(), toml::Value::String(value.into()));
@@ -364,7 +362,36 @@ fn vm_variant(base: &Path, out: &Path) -> Result<()> {
     };
     set("runtime", "mode", "vm");
     set("hypervisor", "accel", if kvm { "kvm" } else { "tcg" });
-    std::fs::write(out, toml::to_string(&cfg)?)?;
+    std::fs::write(vm_config, toml::to_string(&cfg)?)?;
+    shim_at(
+        bin,
+        &[
+            "install",
+            "containerd",
+            "--config",
+            &config.display().to_string(),
+            "--runtime-name",
+            VM_HANDLER,
+            "--shim-config",
+            &vm_config.display().to_string(),
+        ],
+    )?;
+    Ok(())
+}
+
+fn uninstall_vm_handler(bin: &Path, config: &Path) -> Result<()> {
+    let c = config.display().to_string();
+    shim_at(
+        bin,
+        &[
+            "uninstall",
+            "containerd",
+            "--config",
+            &c,
+            "--runtime-name",
+            VM_HANDLER,
+        ],
+    )?;
     Ok(())
 }
 
@@ -378,7 +405,7 @@ fn run_pods(cri: &CriEnv, shim_exe: &dyn Fn(&Path) -> bool, guest_release: &Path
         .to_string_lossy()
         .into_owned();
     let guest = std::fs::read_to_string(guest_release)?;
-    for (handler, release) in [("stockade", host.as_str()), ("stockade-vm", guest.trim())] {
+    for (handler, release) in [("stockade", host.as_str()), (VM_HANDLER, guest.trim())] {
         let name = format!("pkg-{handler}");
         let pod_config = cri.pod_config(&name, None);
         let pod = cri
@@ -419,24 +446,21 @@ fn run_pods(cri: &CriEnv, shim_exe: &dyn Fn(&Path) -> bool, guest_release: &Path
 /// and a VM handler whose Stockade config is the installed one with mode = vm; pods of
 /// both ([`run_pods`]); then `uninstall` of both gives the config its bytes back.
 fn cri_pods(tmp: &Path) -> Result<()> {
-    let vm_config = tmp.join("vm.toml");
-    vm_variant(Path::new("/etc/stockade/configuration.toml"), &vm_config)?;
     let before = std::sync::Mutex::new(Vec::new());
     let cri = CriEnv::start_installed(SYSTEM_PATH, |config| {
         *before.lock().expect("lock") = std::fs::read(config)?;
-        let c = config.display().to_string();
-        shim(&["install", "containerd", "--config", &c])?;
         shim(&[
             "install",
             "containerd",
             "--config",
-            &c,
-            "--runtime-name",
-            "stockade-vm",
-            "--shim-config",
-            &vm_config.display().to_string(),
+            &config.display().to_string(),
         ])?;
-        Ok(())
+        install_vm_handler(
+            Path::new(SHIM),
+            Path::new("/etc/stockade/configuration.toml"),
+            config,
+            &tmp.join("vm.toml"),
+        )
     })?;
     run_pods(
         &cri,
@@ -444,16 +468,13 @@ fn cri_pods(tmp: &Path) -> Result<()> {
         Path::new("/usr/share/stockade/guest-kernel-release"),
     )?;
     let config_file = cri.ctd.dir.path().join("containerd.toml");
-    let c = config_file.display().to_string();
-    shim(&["uninstall", "containerd", "--config", &c])?;
     shim(&[
         "uninstall",
         "containerd",
         "--config",
-        &c,
-        "--runtime-name",
-        "stockade-vm",
+        &config_file.display().to_string(),
     ])?;
+    uninstall_vm_handler(Path::new(SHIM), &config_file)?;
     ensure!(
         std::fs::read(&config_file)? == *before.lock().expect("lock"),
         "containerd's config after install + uninstall differs"
@@ -502,26 +523,16 @@ fn node_installer(tmp: &Path, deb: &Path) -> Result<()> {
             &format!("stockade-deploy.sh {verb}"),
         )
     };
-    let vm_config = tmp.join("node-vm.toml");
     let before = std::sync::Mutex::new(Vec::new());
     let cri = CriEnv::start_installed(&format!("/usr/local/bin:{SYSTEM_PATH}"), |config| {
         *before.lock().expect("lock") = std::fs::read(config)?;
         deploy("install", config)?;
-        vm_variant(&Path::new(OPT).join("etc/configuration.toml"), &vm_config)?;
-        shim_at(
+        install_vm_handler(
             &payload_shim,
-            &[
-                "install",
-                "containerd",
-                "--config",
-                &config.display().to_string(),
-                "--runtime-name",
-                "stockade-vm",
-                "--shim-config",
-                &vm_config.display().to_string(),
-            ],
-        )?;
-        Ok(())
+            &Path::new(OPT).join("etc/configuration.toml"),
+            config,
+            &tmp.join("node-vm.toml"),
+        )
     })?;
     let config_file = cri.ctd.dir.path().join("containerd.toml");
     run_pods(
@@ -529,18 +540,7 @@ fn node_installer(tmp: &Path, deb: &Path) -> Result<()> {
         &|exe| exe.starts_with(Path::new(OPT).join("releases")),
         &Path::new(OPT).join("share/guest-kernel-release"),
     )?;
-    let c = config_file.display().to_string();
-    shim_at(
-        &payload_shim,
-        &[
-            "uninstall",
-            "containerd",
-            "--config",
-            &c,
-            "--runtime-name",
-            "stockade-vm",
-        ],
-    )?;
+    uninstall_vm_handler(&payload_shim, &config_file)?;
     deploy("uninstall", &config_file)?;
     ensure!(
         std::fs::read(&config_file)? == *before.lock().expect("lock"),
