@@ -16,12 +16,15 @@ pub fn fatal(msg: &str) -> ! {
     std::process::exit(1)
 }
 
+/// Stockade's seccomp profiles as the guest's build compiled them (see `main.rs`).
+pub const PRECOMPILED_FILTERS: &str = "/lib/stockade/seccomp-filters";
+
 /// Set in the environment of the re-executed init once the root is a tmpfs.
 const SWITCHED: &str = "STOCKADE_ROOT_SWITCHED";
 
 /// The initramfs is the kernel's `rootfs`, which pivot_root(2) cannot leave, and
-/// libcontainer pivots into every container's root. So the agent first copies itself
-/// and its modules to a tmpfs, moves that over `/`, chroots into it and re-executes
+/// libcontainer pivots into every container's root. So the agent first copies itself,
+/// its modules and its precompiled filters to a tmpfs, moves that over `/`, chroots into it and re-executes
 /// itself there (the busybox `switch_root` dance). Returns only if already switched.
 pub fn switch_root_to_tmpfs() {
     if std::env::var_os(SWITCHED).is_some() {
@@ -50,6 +53,14 @@ fn switch_root_inner() -> std::io::Result<()> {
         for e in entries.flatten() {
             std::fs::copy(e.path(), new.join(modules).join(e.file_name()))?;
         }
+    }
+    let filters = Path::new(PRECOMPILED_FILTERS);
+    if filters.exists() {
+        let to = new.join(filters.strip_prefix("/").unwrap_or(filters));
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::copy(filters, to)?;
     }
     for d in ["proc", "sys", "dev", "run", "tmp"] {
         std::fs::create_dir_all(new.join(d))?;
@@ -180,17 +191,11 @@ pub fn set_hostname(name: &str) {
     }
 }
 
-/// Let child cgroups use every controller the guest kernel offers (limits inside the
-/// guest are applied to the container's own cgroup).
-pub fn enable_cgroup_controllers() {
-    let root = Path::new("/sys/fs/cgroup");
-    let Ok(available) = std::fs::read_to_string(root.join("cgroup.controllers")) else {
-        return;
-    };
-    for c in available.split_whitespace() {
-        if let Err(e) = std::fs::write(root.join("cgroup.subtree_control"), format!("+{c}")) {
-            log::warn!(controller = c, error:% = e; "cannot enable cgroup controller");
-        }
+/// The guest's cgroups, ready for containers (`stockade_runtime::linux::guest`).
+pub fn prepare_cgroups() {
+    let root = Path::new(stockade_runtime::linux::guest::CGROUP_ROOT);
+    for (what, e) in stockade_runtime::linux::guest::prepare_cgroups(root) {
+        log::warn!(cgroup = what.as_str(), error:% = e; "cannot prepare the containers' cgroup");
     }
 }
 

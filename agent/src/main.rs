@@ -29,6 +29,9 @@ use stockade_agent_protocol::{AGENT_PORT, FORWARD_PORT, SECRET_FW_CFG, SECRET_LE
 use stockade_runtime::exits::Exits;
 use stockade_runtime::linux::helper;
 
+/// `stockade-agent --precompile-filters`: print Stockade's seccomp profiles compiled.
+const PRECOMPILE_ARG: &str = "--precompile-filters";
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     // The libcontainer helper: single-threaded, before any thread exists.
@@ -38,6 +41,15 @@ fn main() {
     // The pod's sandbox process (stockade_runtime::linux::pause).
     if args.get(1).map(String::as_str) == Some(stockade_runtime::linux::pause::PAUSE_ARG) {
         stockade_runtime::linux::pause::main();
+    }
+    // The guest's build, on the host: Stockade's seccomp profiles compiled, for the
+    // initramfs (`init::PRECOMPILED_FILTERS`), so that no guest compiles them.
+    if args.get(1).map(String::as_str) == Some(PRECOMPILE_ARG) {
+        print!(
+            "{}",
+            stockade_runtime::linux::seccomp::Filters::precompiled()
+        );
+        std::process::exit(0);
     }
     // The kernel's usermode modprobe (modprobe.rs): `/init -q -- <module or alias>`.
     if modprobe::called_as_modprobe(&args) {
@@ -56,7 +68,10 @@ fn main() {
     logger::init();
     let loaded = init::load_modules(std::path::Path::new(modprobe::DIR));
     modprobe::install();
-    init::enable_cgroup_controllers();
+    init::prepare_cgroups();
+    let precompiled = std::fs::read_to_string(init::PRECOMPILED_FILTERS)
+        .map(|t| stockade_runtime::linux::bpf::import(&t))
+        .unwrap_or(0);
     init::set_hostname("stockade");
     net::loopback_up();
     let exits = Exits::default();
@@ -65,9 +80,9 @@ fn main() {
     std::thread::spawn(|| {
         // SAFETY: setpriority on this thread only.
         unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
-        stockade_runtime::linux::seccomp::Filters::warm_up();
+        stockade_runtime::linux::guest::warm_up();
     });
-    log::info!(modules:% = loaded.join(" "); "modules loaded");
+    log::info!(modules:% = loaded.join(" "), precompiled_filters = precompiled; "modules loaded");
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -6,7 +6,8 @@
 #   OUT/initrd.img   a gzip'd cpio: stockade-agent as /init; with the cloud kernel also the
 #                    modules it loads at boot (virtio-mmio, vsock, virtiofs, overlay) and
 #                    those a pod may load on demand; the agent runs the guest's containers
-#                    with libcontainer
+#                    with libcontainer; Stockade's seccomp profiles compiled by it
+#                    (lib/stockade/seccomp-filters)
 #   OUT/guest-kernel            `stockade` or `cloud`
 #   OUT/guest-kernel-release    the kernel's release
 #
@@ -71,6 +72,11 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work"/{proc,sys,dev,run,tmp,lib/modules/stockade}
 install -m 0755 "$agent" "$work/init"
+# Stockade's seccomp profiles, compiled once here by the agent itself (the same binary
+# hashes and loads them): otherwise every guest compiles them at boot, which under TCG
+# takes about 65 ms of a cold pod's first create.
+mkdir -p "$work/lib/stockade"
+"$agent" --precompile-filters >"$work/lib/stockade/seccomp-filters"
 if [ "$KIND" = cloud ]; then
   # Dependency order: a module after everything it needs.
   modules=(

@@ -145,18 +145,26 @@ impl ContainerBackend {
         let cgroup_path = cgroup_path_of(spec, &req.id);
         std::fs::write(dirs.state.join(pause::MARK), b"")
             .map_err(Error::io("mark the pause container"))?;
-        let pid = pause::spawn(&self.host.helpers.exe_path(), spec)?;
+        // Under the guest's prepared parent the process joins its cgroup itself, before
+        // its exec; anywhere else libcgroups moves it there after it started.
+        let cgroup = crate::linux::guest::open_cgroup(&cgroup_path)?;
+        let pid = pause::spawn(&self.host.helpers.exe_path(), spec, cgroup.as_ref())?;
         let exit = self.host.exits.subscribe(pid);
-        let (path, id) = (cgroup_path.clone(), req.id.clone());
-        let placed = tokio::task::spawn_blocking(move || {
-            use libcgroups::common::CgroupManager;
-            stats::manager(&path, false, &id)?
-                .add_task(nix::unistd::Pid::from_raw(pid))
-                .map_err(|e| Error::Backend(format!("cgroup {}: {e}", path.display())))
-        })
-        .await
-        .map_err(|e| Error::Backend(e.to_string()))
-        .and_then(|r| r);
+        let placed = match cgroup {
+            Some(_) => Ok(()),
+            None => {
+                let (path, id) = (cgroup_path.clone(), req.id.clone());
+                tokio::task::spawn_blocking(move || {
+                    use libcgroups::common::CgroupManager;
+                    stats::manager(&path, false, &id)?
+                        .add_task(nix::unistd::Pid::from_raw(pid))
+                        .map_err(|e| Error::Backend(format!("cgroup {}: {e}", path.display())))
+                })
+                .await
+                .map_err(|e| Error::Backend(e.to_string()))
+                .and_then(|r| r)
+            }
+        };
         if let Err(e) = placed {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),

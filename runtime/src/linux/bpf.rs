@@ -45,6 +45,14 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Option<Arc<Vec<u8>>>> {
     if let Some(p) = cache().lock().expect("bpf cache").get(&key) {
         return Ok(Some(p.clone()));
     }
+    // One build at a time: a create that needs the profile the guest agent's warm-up is
+    // compiling waits for that result (the warm-up thread, however low its priority,
+    // then has the CPU) rather than compiling it a second time beside it.
+    static BUILDING: Mutex<()> = Mutex::new(());
+    let _building = BUILDING.lock().expect("bpf build lock");
+    if let Some(p) = cache().lock().expect("bpf cache").get(&key) {
+        return Ok(Some(p.clone()));
+    }
     let Some(program) = build(profile)? else {
         return Ok(None);
     };
@@ -54,6 +62,57 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Option<Arc<Vec<u8>>>> {
         c.insert(key, program.clone());
     }
     Ok(Some(program))
+}
+
+/// The cache as text, one `<key> <program>` line (both hex) per profile: a guest's build
+/// compiles Stockade's profiles once and ships them in its initramfs ([`import`]).
+pub fn export() -> String {
+    let cache = cache().lock().expect("bpf cache");
+    let mut lines: Vec<String> = cache
+        .iter()
+        .map(|(k, p)| {
+            let hex: String = p.iter().map(|b| format!("{b:02x}")).collect();
+            format!("{k:016x} {hex}\n")
+        })
+        .collect();
+    lines.sort();
+    lines.concat()
+}
+
+/// Put the programs of an [`export`] into the cache (the same binary's: the keys hash
+/// profiles as this build does); how many. A line that is not a whole program is
+/// skipped.
+pub fn import(text: &str) -> usize {
+    /// `struct sock_filter`: 8 bytes; the kernel takes at most 4,096 of them.
+    const INSN: usize = 8;
+    const MAX_INSNS: usize = 4096;
+    let mut cache = cache().lock().expect("bpf cache");
+    let mut n = 0;
+    for line in text.lines() {
+        let Some((key, hex)) = line.split_once(' ') else {
+            continue;
+        };
+        let Ok(key) = u64::from_str_radix(key, 16) else {
+            continue;
+        };
+        let program: Option<Vec<u8>> = (0..hex.len())
+            .step_by(2)
+            .map(|i| {
+                hex.get(i..i + 2)
+                    .and_then(|b| u8::from_str_radix(b, 16).ok())
+            })
+            .collect();
+        let Some(program) =
+            program.filter(|p| !p.is_empty() && p.len() % INSN == 0 && p.len() / INSN <= MAX_INSNS)
+        else {
+            continue;
+        };
+        if cache.len() < MAX_CACHED {
+            cache.insert(key, Arc::new(program));
+            n += 1;
+        }
+    }
+    n
 }
 
 fn build(profile: &LinuxSeccomp) -> Result<Option<Vec<u8>>> {
@@ -243,5 +302,31 @@ mod tests {
         }))
         .unwrap();
         assert!(compile(&notify).unwrap().is_none());
+    }
+
+    #[test]
+    fn exported_programs_come_back_and_broken_lines_do_not() {
+        let profile: LinuxSeccomp = serde_json::from_value(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["getpgid"], "action": "SCMP_ACT_ERRNO"}]
+        }))
+        .unwrap();
+        let program = compile(&profile).unwrap().unwrap();
+        let text = export();
+        let hex: String = program.iter().map(|b| format!("{b:02x}")).collect();
+        let line = text
+            .lines()
+            .find(|l| l.ends_with(&format!(" {hex}")))
+            .expect("exported");
+        assert!(import(line) == 1, "a whole program comes back");
+        for broken in [
+            "zz 0011223344556677".to_string(),
+            "0000000000000001 00112233".to_string(),
+            "0000000000000002 0g11223344556677".to_string(),
+            "0000000000000003".to_string(),
+            format!("0000000000000004 {}", "00".repeat(8 * 4097)),
+        ] {
+            assert_eq!(import(&broken), 0, "{}", &broken[..broken.len().min(40)]);
+        }
     }
 }

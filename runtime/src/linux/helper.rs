@@ -394,12 +394,17 @@ pub fn start_in_process(root: &Path) -> std::result::Result<bool, String> {
     }
     let dir = std::fs::File::open(root).map_err(|e| format!("open {}: {e}", root.display()))?;
     let socket = format!("/proc/self/fd/{}/{NOTIFY_FILE}", dir.as_raw_fd());
-    std::os::unix::net::UnixStream::connect(&socket)
-        .and_then(|mut s| s.write_all(b"start container"))
-        .map_err(|e| format!("notify the container's init: {e}"))?;
+    // Saved first: once told, the init execs the workload, which then competes with
+    // anything left to do here (for a guest's only vCPU, say).
     c.set_status(ContainerStatus::Running)
         .save()
         .map_err(|e| e.to_string())?;
+    let notified = std::os::unix::net::UnixStream::connect(&socket)
+        .and_then(|mut s| s.write_all(b"start container"));
+    if let Err(e) = notified {
+        let _ = c.set_status(ContainerStatus::Created).save();
+        return Err(format!("notify the container's init: {e}"));
+    }
     Ok(true)
 }
 

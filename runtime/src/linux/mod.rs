@@ -3,6 +3,7 @@
 pub mod backend;
 pub mod bpf;
 pub mod confine;
+pub mod guest;
 pub mod hardening;
 pub mod helper;
 pub mod oom;
@@ -68,10 +69,17 @@ impl LinuxBackend {
     /// `seal_exe`).
     pub fn new(exits: Exits, seal_exe: bool, keep_spare: bool) -> LinuxBackend {
         let spare = (keep_spare && !seal_exe).then(|| {
-            let first = Spare::spawn(&PathBuf::from("/proc/self/exe"))
-                .inspect_err(|e| log::debug!(error:% = e; "no spare helper"))
-                .ok();
-            Arc::new(Mutex::new(first))
+            // Started beside the caller (a booting guest's agent answers first); a
+            // create that comes before it is ready starts a helper as usual.
+            let slot = Arc::new(Mutex::new(None));
+            let first = slot.clone();
+            std::thread::spawn(
+                move || match Spare::spawn(&PathBuf::from("/proc/self/exe")) {
+                    Ok(s) => *first.lock().expect("spare lock") = Some(s),
+                    Err(e) => log::debug!(error:% = e; "no spare helper"),
+                },
+            );
+            slot
         });
         LinuxBackend {
             exits,

@@ -80,8 +80,10 @@ fn clone_flags(spec: &Spec) -> nix::sched::CloneFlags {
 }
 
 /// Start the pause process for `spec` from binary `exe`; its pid (in the caller's PID
-/// namespace). Its exit reaches the caller's reaper like any child's.
-pub fn spawn(exe: &Path, spec: &Spec) -> Result<i32> {
+/// namespace). Its exit reaches the caller's reaper like any child's. `cgroup`: a
+/// `cgroup.procs` the process writes itself into before its exec (it exits 125 if it
+/// cannot).
+pub fn spawn(exe: &Path, spec: &Spec, cgroup: Option<&std::fs::File>) -> Result<i32> {
     std::fs::create_dir_all(EMPTY_ROOT).map_err(Error::io("create the pause root"))?;
     {
         use std::os::unix::fs::PermissionsExt;
@@ -111,12 +113,16 @@ pub fn spawn(exe: &Path, spec: &Spec) -> Result<i32> {
         .open("/dev/null")
         .map_err(Error::io("open /dev/null"))?;
     let null_fd = null.as_raw_fd();
+    let cgroup_fd = cgroup.map_or(-1, |f| f.as_raw_fd());
     let mut stack = vec![0u8; 64 * 1024];
     let child = Box::new(move || {
         // Only async-signal-safe calls between clone and exec: the parent has threads.
-        // SAFETY: dup2 on fds open in this process, execv with NUL-terminated strings
-        // built before the clone; on failure the child exits at once.
+        // SAFETY: write and dup2 on fds open in this process, execv with NUL-terminated
+        // strings built before the clone; on failure the child exits at once.
         unsafe {
+            if cgroup_fd >= 0 && libc::write(cgroup_fd, b"0".as_ptr().cast(), 1) != 1 {
+                libc::_exit(125);
+            }
             if !hostname.is_empty()
                 && libc::sethostname(hostname.as_ptr().cast(), hostname.len()) != 0
             {

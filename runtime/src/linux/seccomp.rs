@@ -623,6 +623,13 @@ impl Filters {
         }
     }
 
+    /// Stockade's guard and default profile compiled, as [`crate::linux::bpf::export`]
+    /// text: what a guest's build puts in its initramfs, so that no guest compiles them.
+    pub fn precompiled() -> String {
+        Self::warm_up();
+        crate::linux::bpf::export()
+    }
+
     /// The compiled programs, in load order (empty when not compiled).
     pub fn programs(&self) -> std::result::Result<Vec<Vec<u8>>, String> {
         self.bpf

@@ -92,6 +92,16 @@ impl Spare {
 /// The spare's side (`HELPER_ARG --spare`): wait for the request, put the stdio where a
 /// helper expects it, and run it as [`super::helper::main`] would. Returns the exit code.
 pub fn main() -> i32 {
+    // While nothing is asked of it, at the lowest priority (a VM still booting its pod
+    // comes first): what its request will run first (its own pages). Then back to the
+    // priority it was started with.
+    // SAFETY: getpriority and setpriority on this process only.
+    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    // SAFETY: as above.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+    crate::linux::guest::warm_up_parsing();
+    // SAFETY: as above.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
     match receive() {
         Ok(Some((req, resp))) => super::helper::main(&[req, resp]),
         // The runtime went away without a request for it.

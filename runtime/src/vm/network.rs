@@ -93,6 +93,13 @@ fn tc(exits: &Exits, args: &[&str]) -> Result<String> {
     run_tool(exits, Command::new("tc").args(args), "")
 }
 
+/// One `tc -batch -` for several commands (one process instead of one each): it stops
+/// at the first that fails.
+fn tc_batch(exits: &Exits, commands: &[Vec<&str>]) -> Result<String> {
+    let input: String = commands.iter().map(|c| c.join(" ") + "\n").collect();
+    run_tool(exits, Command::new("tc").args(["-batch", "-"]), &input)
+}
+
 /// Run `f` on a new thread that has joined the network namespace at `netns`.
 fn in_netns<T: Send + 'static>(
     netns: &Path,
@@ -108,10 +115,20 @@ fn in_netns<T: Send + 'static>(
     .map_err(|_| Error::Backend("network setup thread panicked".into()))?
 }
 
+/// Parse `ip -j -batch -` of `addr show` and `route show`: the pod's interface and
+/// its routes (see [`parse_interface`] and [`parse_routes`]).
+fn parse_config(json: &str) -> Option<NetConfig> {
+    let mut outputs = serde_json::Deserializer::from_str(json).into_iter::<serde_json::Value>();
+    let links = outputs.next()?.ok()?;
+    let routes = outputs.next().and_then(|r| r.ok()).unwrap_or_default();
+    let interface = parse_interface(&links)?;
+    let routes = parse_routes(&routes, &interface.name);
+    Some(NetConfig { interface, routes })
+}
+
 /// Parse `ip -j addr show`: the first Ethernet interface with an IPv4 address.
-fn parse_interface(json: &str) -> Option<Interface> {
-    let links: Vec<serde_json::Value> = serde_json::from_str(json).ok()?;
-    links.iter().find_map(|l| {
+fn parse_interface(links: &serde_json::Value) -> Option<Interface> {
+    links.as_array()?.iter().find_map(|l| {
         if l["link_type"] != "ether" || l["ifname"] == TAP_NAME {
             return None;
         }
@@ -139,10 +156,13 @@ fn parse_interface(json: &str) -> Option<Interface> {
     })
 }
 
-/// Parse `ip -j -4 route show`: the routes through `dev` that have a gateway.
-fn parse_routes(json: &str, dev: &str) -> Vec<Route> {
-    let routes: Vec<serde_json::Value> = serde_json::from_str(json).unwrap_or_default();
+/// Parse `ip -j route show` (IPv4's main table): the routes through `dev` that have a
+/// gateway.
+fn parse_routes(routes: &serde_json::Value, dev: &str) -> Vec<Route> {
     routes
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
         .iter()
         .filter(|r| r["dev"] == dev)
         .filter_map(|r| {
@@ -183,28 +203,37 @@ pub fn create_tap(netns: &Path, exits: &Exits) -> Result<OwnedFd> {
     })
 }
 
-/// A warm-pool VM's tap: `name` in the pool's namespace at `netns`, left down (nothing
-/// crosses it until a pod claims the VM).
-pub fn create_parked_tap(netns: &Path, name: &str) -> Result<OwnedFd> {
+/// A tap `name` in the namespace at `netns`, left down: a warm-pool VM's in the pool's
+/// namespace (nothing crosses it until a pod claims the VM), or a pod's own that
+/// [`mirror`] sets up once QEMU boots with it.
+pub fn create_tap_down(netns: &Path, name: &str) -> Result<OwnedFd> {
     let name = name.to_string();
     in_netns(netns, move || open_tap(&name))
 }
 
 /// A claimed warm-pool VM's tap into the pod's namespace: moved out of the pool's
-/// (`pool_netns`) and renamed [`TAP_NAME`], up; [`wire`] then wires it as any other.
-pub fn claim_tap(pool_netns: &Path, name: &str, netns: &Path, exits: &Exits) -> Result<()> {
+/// (`pool_netns`), renamed [`TAP_NAME`], given the pod interface's `mtu` (none: the
+/// tap's own) and set up, all in one request; [`mirror`] (or [`wire`]) then wires it
+/// as any other. On failure it is left in the pool's namespace, where it goes with
+/// its VM.
+pub fn claim_tap(
+    pool_netns: &Path,
+    name: &str,
+    netns: &Path,
+    mtu: Option<u32>,
+    exits: &Exits,
+) -> Result<()> {
     let (parked, target, ex) = (name.to_string(), netns.display().to_string(), exits.clone());
     in_netns(pool_netns, move || {
-        ip(&ex, &["link", "set", "dev", &parked, "netns", &target]).map(|_| ())
-    })?;
-    let (name, ex) = (name.to_string(), exits.clone());
-    in_netns(netns, move || {
-        let moved = ip(&ex, &["link", "set", "dev", &name, "name", TAP_NAME])
-            .and_then(|_| ip(&ex, &["link", "set", TAP_NAME, "up"]));
-        if moved.is_err() {
-            let _ = ip(&ex, &["link", "del", &name]);
+        let mtu = mtu.map(|m| m.to_string());
+        let mut args = vec![
+            "link", "set", "dev", &parked, "netns", &target, "name", TAP_NAME,
+        ];
+        if let Some(m) = &mtu {
+            args.extend(["mtu", m]);
         }
-        moved.map(|_| ())
+        args.push("up");
+        ip(&ex, &args).map(|_| ())
     })
 }
 
@@ -217,42 +246,57 @@ pub fn drop_parked_tap(pool_netns: &Path, name: &str, exits: &Exits) -> Result<(
     })
 }
 
-/// Mirror the pod's interface and the tap onto each other. `None` when the namespace
-/// has no interface with an IPv4 address (`--network none`): the guest's NIC stays down.
-pub fn wire(netns: &Path, exits: &Exits) -> Result<Option<NetConfig>> {
+/// The pod's interface and routes in the namespace at `netns` (one `ip`), as the guest
+/// gets them. `None` when it has no interface with an IPv4 address (`--network none`).
+pub fn read_config(netns: &Path, exits: &Exits) -> Result<Option<NetConfig>> {
     let exits = exits.clone();
     in_netns(netns, move || {
-        let Some(interface) = parse_interface(&ip(&exits, &["-j", "addr", "show"])?) else {
-            return Ok(None);
-        };
-        let routes = parse_routes(
-            &ip(&exits, &["-j", "-4", "route", "show"])?,
-            &interface.name,
-        );
+        let out = run_tool(
+            &exits,
+            Command::new("ip").args(["-j", "-batch", "-"]),
+            "addr show\nroute show\n",
+        )?;
+        Ok(parse_config(&out))
+    })
+}
+
+/// Mirror the pod's `interface` and the tap (up, with the interface's MTU: `set_mtu`
+/// unless it has it already) onto each other: one `tc` for every filter.
+pub fn mirror(netns: &Path, interface: &Interface, set_mtu: bool, exits: &Exits) -> Result<()> {
+    let (exits, interface) = (exits.clone(), interface.clone());
+    in_netns(netns, move || {
         let dev = interface.name.as_str();
         let mtu = interface.mtu.to_string();
-        let wired = (|| -> Result<()> {
+        if set_mtu {
             ip(&exits, &["link", "set", TAP_NAME, "mtu", &mtu, "up"])?;
-            // Into the guest: every frame.
-            tc(&exits, &["qdisc", "add", "dev", dev, "ingress"])?;
-            tc(&exits, &mirror_filter(dev, TAP_NAME, "1", "all", &[]))?;
-            // Out of the guest: only what carries its own MAC and addresses.
-            tc(&exits, &["qdisc", "add", "dev", TAP_NAME, "ingress"])?;
-            for (prio, protocol, matches) in guest_frames(&interface)? {
-                tc(
-                    &exits,
-                    &mirror_filter(TAP_NAME, dev, &prio, protocol, &matches),
-                )?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = wired {
+        }
+        // Into the guest: every frame. Out of the guest: only what carries its own MAC
+        // and addresses.
+        let frames = guest_frames(&interface)?;
+        let mut commands = vec![
+            vec!["qdisc", "add", "dev", dev, "ingress"],
+            mirror_filter(dev, TAP_NAME, "1", "all", &[]),
+            vec!["qdisc", "add", "dev", TAP_NAME, "ingress"],
+        ];
+        for (prio, protocol, matches) in &frames {
+            commands.push(mirror_filter(TAP_NAME, dev, prio, protocol, matches));
+        }
+        if let Err(e) = tc_batch(&exits, &commands) {
             let _ = tc(&exits, &["qdisc", "del", "dev", dev, "ingress"]);
             let _ = tc(&exits, &["qdisc", "del", "dev", TAP_NAME, "ingress"]);
             return Err(e);
         }
-        Ok(Some(NetConfig { interface, routes }))
+        Ok(())
     })
+}
+
+/// [`read_config`], then [`mirror`] the tap already in the namespace.
+pub fn wire(netns: &Path, exits: &Exits) -> Result<Option<NetConfig>> {
+    let Some(config) = read_config(netns, exits)? else {
+        return Ok(None);
+    };
+    mirror(netns, &config.interface, true, exits)?;
+    Ok(Some(config))
 }
 
 /// `tc filter add dev <from> ingress ... u32 <matches> action mirred egress redirect
@@ -529,25 +573,26 @@ mod tests {
 
     #[test]
     fn the_pod_interface_and_its_routes_are_read_from_ip_json() {
-        let addrs = r#"[{"ifname":"lo","link_type":"loopback","address":"00:00:00:00:00:00","mtu":65536,"addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8}]},
-            {"ifname":"eth0","link_type":"ether","address":"02:42:ac:11:00:02","mtu":1450,"addr_info":[{"family":"inet","local":"172.17.0.2","prefixlen":16},{"family":"inet6","local":"fe80::1","prefixlen":64}]}]"#;
-        let i = parse_interface(addrs).unwrap();
-        assert_eq!(i.name, "eth0");
-        assert_eq!(i.mac, "02:42:ac:11:00:02");
-        assert_eq!(i.mtu, 1450);
-        assert_eq!(i.addresses, vec!["172.17.0.2/16".to_string()]);
-        let routes = r#"[{"dst":"default","gateway":"172.17.0.1","dev":"eth0"},{"dst":"172.17.0.0/16","dev":"eth0","scope":"link"}]"#;
+        // `ip -j -batch -` prints each command's array, one after the other.
+        let out = r#"[{"ifname":"lo","link_type":"loopback","address":"00:00:00:00:00:00","mtu":65536,"addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8}]},
+            {"ifname":"eth0","link_type":"ether","address":"02:42:ac:11:00:02","mtu":1450,"addr_info":[{"family":"inet","local":"172.17.0.2","prefixlen":16},{"family":"inet6","local":"fe80::1","prefixlen":64}]}]
+[{"dst":"default","gateway":"172.17.0.1","dev":"eth0"},{"dst":"172.17.0.0/16","dev":"eth0","scope":"link"},{"dst":"default","gateway":"10.0.0.1","dev":"eth1"}]
+"#;
+        let c = parse_config(out).unwrap();
+        assert_eq!(c.interface.name, "eth0");
+        assert_eq!(c.interface.mac, "02:42:ac:11:00:02");
+        assert_eq!(c.interface.mtu, 1450);
+        assert_eq!(c.interface.addresses, vec!["172.17.0.2/16".to_string()]);
         assert_eq!(
-            parse_routes(routes, "eth0"),
+            c.routes,
             vec![Route {
                 dest: "default".into(),
                 gateway: "172.17.0.1".into()
             }]
         );
-        assert_eq!(
-            parse_interface(r#"[{"ifname":"lo","link_type":"loopback","addr_info":[]}]"#),
-            None
-        );
+        let only_lo = r#"[{"ifname":"lo","link_type":"loopback","addr_info":[]}] []"#;
+        assert_eq!(parse_config(only_lo), None);
+        assert_eq!(parse_config(""), None);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! guest runs the container backend's code.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -445,7 +445,11 @@ fn guest_spec(spec: &mut Spec, id: &str, how: GuestSpec, pod_pids: &[u32]) {
                 );
             }
         }
-        linux.set_cgroups_path(Some(PathBuf::from(format!("/stockade/{id}"))));
+        linux.set_cgroups_path(Some(
+            Path::new("/")
+                .join(crate::linux::guest::CGROUP_PARENT)
+                .join(id),
+        ));
         if privileged {
             linux.set_devices(None);
         }

@@ -513,10 +513,9 @@ impl Service {
         let tap = format!("stk-p{n}");
         let booted = async {
             let (ns, name) = (self.netns.clone(), tap.clone());
-            let tap_fd =
-                tokio::task::spawn_blocking(move || network::create_parked_tap(&ns, &name))
-                    .await
-                    .map_err(|e| Error::Backend(e.to_string()))??;
+            let tap_fd = tokio::task::spawn_blocking(move || network::create_tap_down(&ns, &name))
+                .await
+                .map_err(|e| Error::Backend(e.to_string()))??;
             let nic = Nic {
                 fd: tap_fd.as_raw_fd(),
                 mac: PARKED_MAC.into(),

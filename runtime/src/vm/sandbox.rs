@@ -53,6 +53,31 @@ pub struct Sandbox {
     guest_init: Mutex<Option<u32>>,
     /// The network wired at start ([`Sandbox::wire_late`]), for teardown.
     late: Mutex<Option<network::NetConfig>>,
+    /// A claimed VM's tap on its way into the pod's network ([`Sandbox::wired`]).
+    wiring: tokio::sync::Mutex<Wiring>,
+}
+
+/// A claimed warm-pool VM's tap being moved into the pod's network namespace and
+/// mirrored onto the pod's interface: host work (two `ip`/`tc` runs) that goes on while
+/// the guest creates the sandbox. Nothing in the pod starts before it is done
+/// ([`Sandbox::wired`]), and teardown waits for it before undoing it.
+enum Wiring {
+    Pending(tokio::task::JoinHandle<Result<()>>),
+    Done,
+    Failed(String),
+}
+
+impl Wiring {
+    /// Wait until it is done or failed (a caller that gives up leaves it pending).
+    async fn finish(&mut self) {
+        if let Wiring::Pending(h) = self {
+            *self = match h.await {
+                Ok(Ok(())) => Wiring::Done,
+                Ok(Err(e)) => Wiring::Failed(e.to_string()),
+                Err(e) => Wiring::Failed(e.to_string()),
+            };
+        }
+    }
 }
 
 /// How a sandbox gets its network.
@@ -128,10 +153,16 @@ impl Sandbox {
         let from_pool = claimed.is_some();
         let fresh = matches!(network_req, NetRequest::Fresh);
         let mut net: Option<PodNetwork> = None;
+        let mut wiring = None;
         let (share, started) = match claimed {
             Some(c) => {
                 let share = Share::adopt(&dir.join("share"));
-                let started = Self::take_claimed(*c, &dir, network_req, host_exits, &mut net).await;
+                let started = Self::take_claimed(*c, &dir, network_req, host_exits, &mut net)
+                    .await
+                    .map(|(vm, w)| {
+                        wiring = w;
+                        vm
+                    });
                 (share, started)
             }
             None => {
@@ -178,6 +209,9 @@ impl Sandbox {
                 if let Some(cg) = &cgroup {
                     let _ = cg.remove();
                 }
+                if let Some(w) = wiring.as_mut() {
+                    w.finish().await;
+                }
                 if let Some(n) = &net {
                     network::detach(n, host_exits);
                 }
@@ -206,6 +240,7 @@ impl Sandbox {
             holder_pid,
             guest_init: Mutex::new(None),
             late: Mutex::new(None),
+            wiring: tokio::sync::Mutex::new(wiring.unwrap_or(Wiring::Done)),
         });
         let guest_config = guest_config(config)?;
         let creating = async {
@@ -267,67 +302,80 @@ impl Sandbox {
         network_req: NetRequest,
         host_exits: &Exits,
         net: &mut Option<PodNetwork>,
-    ) -> Result<MicroVm> {
+    ) -> Result<(MicroVm, Option<Wiring>)> {
         let crate::vm::pool::Claimed {
             vm,
             tap,
             pool_netns,
         } = claimed;
-        // The agent's handshake (guest work) and the tap's move and wiring (host work)
-        // overlap; a failure of either undoes both (the caller detaches `net`).
+        // The agent's handshake (guest work) overlaps reading the pod's network (host
+        // work); moving and mirroring the tap goes on in the background (see
+        // [`Wiring`]). A failure of either undoes both (the caller detaches `net`).
         let vm_dir = dir.join("vm");
         let adopting = MicroVm::adopt(&vm_dir, vm, crate::vm::pool::ADOPT_TIMEOUT);
         let networking = async {
-            let path = match network_req {
-                NetRequest::Join(path) => path,
+            let ex = host_exits.clone();
+            match network_req {
+                NetRequest::Join(path) => {
+                    let (ns, ex2) = (path.clone(), ex.clone());
+                    let config =
+                        tokio::task::spawn_blocking(move || network::read_config(&ns, &ex2))
+                            .await
+                            .map_err(|e| Error::Backend(e.to_string()))??;
+                    *net = Some(PodNetwork {
+                        netns: path.clone(),
+                        owned: false,
+                        config: config.clone(),
+                    });
+                    Ok(Some(tokio::task::spawn_blocking(move || {
+                        let mtu = config.as_ref().map(|c| c.interface.mtu);
+                        network::claim_tap(&pool_netns, &tap, &path, mtu, &ex)?;
+                        match &config {
+                            Some(c) => network::mirror(&path, &c.interface, false, &ex),
+                            None => Ok(()),
+                        }
+                    })))
+                }
                 NetRequest::Fresh => {
+                    // Wired at start, once whoever made the namespace configured it.
                     let path = own_netns(dir, net)?;
-                    let ex = host_exits.clone();
-                    return tokio::task::spawn_blocking(move || {
-                        network::claim_tap(&pool_netns, &tap, &path, &ex)
-                    })
-                    .await
-                    .map_err(|e| Error::Backend(e.to_string()))?;
+                    Ok(Some(tokio::task::spawn_blocking(move || {
+                        network::claim_tap(&pool_netns, &tap, &path, None, &ex)
+                    })))
                 }
                 NetRequest::None => {
                     // Only loopback in the guest: its NIC loses its backend for good.
-                    let ex = host_exits.clone();
-                    return tokio::task::spawn_blocking(move || {
+                    tokio::task::spawn_blocking(move || {
                         network::drop_parked_tap(&pool_netns, &tap, &ex)
                     })
                     .await
-                    .map_err(|e| Error::Backend(e.to_string()))?;
+                    .map_err(|e| Error::Backend(e.to_string()))??;
+                    Ok(None)
                 }
-                NetRequest::Hooks { .. } => {
-                    return Err(Error::Backend(
-                        "a claimed VM cannot serve network hooks".into(),
-                    ));
-                }
-            };
-            *net = Some(PodNetwork {
-                netns: path.clone(),
-                owned: false,
-                config: None,
-            });
-            let ex = host_exits.clone();
-            let wired = tokio::task::spawn_blocking(move || {
-                network::claim_tap(&pool_netns, &tap, &path, &ex)?;
-                network::wire(&path, &ex)
-            })
-            .await
-            .map_err(|e| Error::Backend(e.to_string()))??;
-            if let Some(n) = net.as_mut() {
-                n.config = wired;
+                NetRequest::Hooks { .. } => Err(Error::Backend(
+                    "a claimed VM cannot serve network hooks".into(),
+                )),
             }
-            Ok(())
         };
         let (adopted, networked) = tokio::join!(adopting, networking);
-        let mut vm = adopted?;
-        crate::vm::cgroup::join_own(&vm.helper_pids());
-        match networked {
-            Ok(()) => Ok(vm),
+        let wiring = match networked {
+            Ok(w) => w.map(Wiring::Pending),
             Err(e) => {
-                vm.kill().await;
+                if let Ok(mut vm) = adopted {
+                    vm.kill().await;
+                }
+                return Err(e);
+            }
+        };
+        match adopted {
+            Ok(vm) => {
+                crate::vm::cgroup::join_own(&vm.helper_pids());
+                Ok((vm, wiring))
+            }
+            Err(e) => {
+                if let Some(mut w) = wiring {
+                    w.finish().await;
+                }
                 Err(e)
             }
         }
@@ -363,24 +411,33 @@ impl Sandbox {
             }
         }
         // The tap exists before QEMU (which gets its fd); a namespace given by the spec
-        // already has the pod's interface, so it is wired now, MAC known.
+        // already has the pod's interface: its MAC (the NIC's) is read now, and the tap is
+        // mirrored onto it while the VM boots.
         let mut tap = None;
         let mut netns_file = None;
+        let mut mirroring = None;
         if let Some(n) = net.as_mut() {
             let (ns, ex) = (n.netns.clone(), host_exits.clone());
             let owned = n.owned;
             let (t, c, f) = tokio::task::spawn_blocking(move || {
-                let tap = network::create_tap(&ns, &ex)?;
-                let config = if owned {
-                    None
+                let (tap, config) = if owned {
+                    (network::create_tap(&ns, &ex)?, None)
                 } else {
-                    network::wire(&ns, &ex)?
+                    let tap = network::create_tap_down(&ns, network::TAP_NAME)?;
+                    (tap, network::read_config(&ns, &ex)?)
                 };
                 let file = std::fs::File::open(&ns).map_err(Error::io("open netns"))?;
                 Ok::<_, Error>((tap, config, file))
             })
             .await
             .map_err(|e| Error::Backend(e.to_string()))??;
+            if let Some(c) = &c {
+                let (ns, ex, interface) =
+                    (n.netns.clone(), host_exits.clone(), c.interface.clone());
+                mirroring = Some(tokio::task::spawn_blocking(move || {
+                    network::mirror(&ns, &interface, true, &ex)
+                }));
+            }
             tap = Some(t);
             n.config = c;
             netns_file = Some(f);
@@ -408,7 +465,19 @@ impl Sandbox {
         // QEMU holds the tap now (or failed): the tap lives exactly as long as QEMU.
         drop(tap);
         drop(netns_file);
+        // Done before anything is undone (the caller detaches the network on failure).
+        let mirrored = match mirroring {
+            Some(m) => m
+                .await
+                .map_err(|e| Error::Backend(e.to_string()))
+                .and_then(|r| r),
+            None => Ok(()),
+        };
         let mut vm = booted?;
+        if let Err(e) = mirrored {
+            vm.kill().await;
+            return Err(e);
+        }
         // Hooks (Docker's libnetwork) configure the namespace QEMU sits in; then wire it.
         if let (Some((hooks, bundle)), Some(n)) = (hooks, net.as_mut()) {
             let state = serde_json::json!({
@@ -438,6 +507,19 @@ impl Sandbox {
         Ok(vm)
     }
 
+    /// Wait for a claimed VM's tap to be in the pod's network and mirrored ([`Wiring`]);
+    /// its error, then and at every later call.
+    async fn wired(&self) -> Result<()> {
+        let mut wiring = self.wiring.lock().await;
+        wiring.finish().await;
+        match &*wiring {
+            Wiring::Failed(e) => Err(Error::Backend(format!(
+                "the pod's network for the VM from the warm pool: {e}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Record the guest pid of the sandbox's container's init: with a
     /// [`NetRequest::Fresh`] namespace, the host process asleep there stands for it.
     pub fn note_guest_init(&self, pid: u32) {
@@ -463,6 +545,7 @@ impl Sandbox {
     /// its network. Nothing to do when the namespace holds no configured interface
     /// (`ctr run`), or when it was wired before.
     pub async fn wire_late(&self) -> Result<()> {
+        self.wired().await?;
         let Some((net, exits)) = self.network.as_ref().filter(|_| self.holder_pid.is_some()) else {
             return Ok(());
         };
@@ -564,6 +647,8 @@ impl Sandbox {
                 log::warn!(sandbox = self.id.as_str(), error:% = e; "VM cgroup left");
             }
         }
+        // Undone below only once done (the VM is gone: a tap still to move is gone too).
+        let _ = self.wired().await;
         if let Some((net, exits)) = &self.network {
             if let Some(f) = self.forwarder.lock().expect("forwarder lock").take() {
                 f.stop(exits);
