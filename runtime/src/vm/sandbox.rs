@@ -971,4 +971,25 @@ mod tests {
         // Room for "/vm/virtiofs.sock" inside sun_path's 108 bytes.
         assert!(a.as_os_str().len() + 20 < 100);
     }
+
+    #[tokio::test]
+    async fn the_wirings_outcome_stays_and_a_caller_that_gives_up_leaves_it_pending() {
+        let mut failed =
+            Wiring::Pending(tokio::spawn(async { Err(Error::Backend("no tap".into())) }));
+        failed.finish().await;
+        failed.finish().await;
+        assert!(matches!(&failed, Wiring::Failed(e) if e.contains("no tap")));
+
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let mut slow = Wiring::Pending(tokio::spawn(async move {
+            let _ = rx.await;
+            Ok(())
+        }));
+        let gave_up =
+            tokio::time::timeout(std::time::Duration::from_millis(20), slow.finish()).await;
+        assert!(gave_up.is_err() && matches!(slow, Wiring::Pending(_)));
+        tx.send(()).unwrap();
+        slow.finish().await;
+        assert!(matches!(slow, Wiring::Done));
+    }
 }
