@@ -48,12 +48,17 @@ pub const PROBES: &[(&str, &[&str])] = &[
 /// every exec.
 pub const CHMOD_PROFILE: &str = r#"{"defaultAction":"SCMP_ACT_ALLOW","architectures":["SCMP_ARCH_X86_64","SCMP_ARCH_X86","SCMP_ARCH_X32"],"syscalls":[{"names":["chmod","fchmod","fchmodat","fchmodat2"],"action":"SCMP_ACT_ERRNO","errnoRet":1}]}"#;
 
-/// The shell script a container runs: its process status, each probe, and chmod.
+/// The shell script a container runs: its process status, each probe, and chmod. A
+/// probe that prints nothing is shown with its stderr and exit status.
 pub fn script() -> String {
     let names: Vec<&str> = PROBES.iter().map(|(n, _)| *n).collect();
     format!(
         "grep -E '^(NoNewPrivs|Seccomp|CapEff):' /proc/self/status; \
-         for t in {}; do echo \"$t: $(probe $t)\"; done; \
+         for t in {}; do \
+           out=$(probe $t 2>/tmp/probe.err); rc=$?; \
+           [ -n \"$out\" ] || out=\"no output, exit $rc: $(cat /tmp/probe.err)\"; \
+           echo \"$t: $out\"; \
+         done; \
          touch /tmp/escape-chmod; \
          if chmod 600 /tmp/escape-chmod 2>/dev/null; then echo 'chmod: allowed'; else echo 'chmod: denied'; fi",
         names.join(" ")
