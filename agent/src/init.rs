@@ -24,8 +24,9 @@ const SWITCHED: &str = "STOCKADE_ROOT_SWITCHED";
 
 /// The initramfs is the kernel's `rootfs`, which pivot_root(2) cannot leave, and
 /// libcontainer pivots into every container's root. So the agent first copies itself,
-/// its modules and its precompiled filters to a tmpfs, moves that over `/`, chroots into it and re-executes
-/// itself there (the busybox `switch_root` dance). Returns only if already switched.
+/// its modules and its precompiled filters to a tmpfs, moves that over `/`, chroots
+/// into it and re-executes itself there (the busybox `switch_root` dance). Returns only
+/// if already switched.
 pub fn switch_root_to_tmpfs() {
     if std::env::var_os(SWITCHED).is_some() {
         return;

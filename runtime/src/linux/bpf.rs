@@ -64,16 +64,29 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Option<Arc<Vec<u8>>>> {
     Ok(Some(program))
 }
 
+/// A program as text: two lowercase hex digits a byte.
+pub fn to_hex(program: &[u8]) -> String {
+    program.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// [`to_hex`]'s text back; None if it is not whole bytes of hex.
+pub fn from_hex(hex: &str) -> Option<Vec<u8>> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
+        .collect()
+}
+
 /// The cache as text, one `<key> <program>` line (both hex) per profile: a guest's build
 /// compiles Stockade's profiles once and ships them in its initramfs ([`import`]).
 pub fn export() -> String {
     let cache = cache().lock().expect("bpf cache");
     let mut lines: Vec<String> = cache
         .iter()
-        .map(|(k, p)| {
-            let hex: String = p.iter().map(|b| format!("{b:02x}")).collect();
-            format!("{k:016x} {hex}\n")
-        })
+        .map(|(k, p)| format!("{k:016x} {}\n", to_hex(p)))
         .collect();
     lines.sort();
     lines.concat()
@@ -95,15 +108,8 @@ pub fn import(text: &str) -> usize {
         let Ok(key) = u64::from_str_radix(key, 16) else {
             continue;
         };
-        let program: Option<Vec<u8>> = (0..hex.len())
-            .step_by(2)
-            .map(|i| {
-                hex.get(i..i + 2)
-                    .and_then(|b| u8::from_str_radix(b, 16).ok())
-            })
-            .collect();
-        let Some(program) =
-            program.filter(|p| !p.is_empty() && p.len() % INSN == 0 && p.len() / INSN <= MAX_INSNS)
+        let Some(program) = from_hex(hex)
+            .filter(|p| !p.is_empty() && p.len() % INSN == 0 && p.len() / INSN <= MAX_INSNS)
         else {
             continue;
         };
@@ -313,7 +319,7 @@ mod tests {
         .unwrap();
         let program = compile(&profile).unwrap().unwrap();
         let text = export();
-        let hex: String = program.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = to_hex(&program);
         let line = text
             .lines()
             .find(|l| l.ends_with(&format!(" {hex}")))

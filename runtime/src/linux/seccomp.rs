@@ -606,7 +606,7 @@ impl Filters {
         let mut out = Vec::new();
         for f in self.iter() {
             match crate::linux::bpf::compile(f)? {
-                Some(p) => out.push(p.iter().map(|b| format!("{b:02x}")).collect()),
+                Some(p) => out.push(crate::linux::bpf::to_hex(&p)),
                 None => return Ok(()),
             }
         }
@@ -635,14 +635,8 @@ impl Filters {
         self.bpf
             .iter()
             .map(|hex| {
-                (0..hex.len())
-                    .step_by(2)
-                    .map(|i| {
-                        hex.get(i..i + 2)
-                            .and_then(|b| u8::from_str_radix(b, 16).ok())
-                            .ok_or_else(|| "compiled seccomp filter: bad hex".to_string())
-                    })
-                    .collect()
+                crate::linux::bpf::from_hex(hex)
+                    .ok_or_else(|| "compiled seccomp filter: bad hex".to_string())
             })
             .collect()
     }
