@@ -141,11 +141,16 @@ impl Watched {
         }
     }
 
-    /// SIGKILL and wait for the exit.
-    pub async fn kill(&mut self) {
+    /// SIGKILL, without waiting.
+    pub fn signal_kill(&self) {
         if !self.has_exited() {
             self.signal(libc::SIGKILL);
         }
+    }
+
+    /// SIGKILL and wait for the exit.
+    pub async fn kill(&mut self) {
+        self.signal_kill();
         self.exited_within(Duration::from_secs(5)).await;
     }
 }
