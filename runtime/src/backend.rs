@@ -106,13 +106,6 @@ pub(crate) trait Backend: Send + Sync {
     /// go. Deleting a container that is already gone succeeds.
     async fn delete(&self, c: &Container) -> Result<()>;
 
-    /// As [`delete`](Self::delete), for the pod's last container once its init has
-    /// exited, with [`release`](Self::release) to follow: a backend may leave to the
-    /// release what it would undo anyway.
-    async fn delete_last(&self, c: &Container) -> Result<()> {
-        self.delete(c).await
-    }
-
     /// The container's processes: (pid, exec id if the pid is an exec's).
     async fn pids(&self, c: &Container) -> Result<Vec<(u32, Option<String>)>>;
 

@@ -198,12 +198,6 @@ impl Runtime {
             .is_empty()
     }
 
-    /// Whether `id` is the only container left.
-    fn is_last(&self, id: &str) -> bool {
-        let containers = self.inner.containers.lock().expect("containers lock");
-        containers.len() == 1 && containers.contains_key(id)
-    }
-
     pub async fn create(&self, req: CreateRequest) -> Result<u32> {
         if self
             .inner
@@ -542,11 +536,7 @@ impl Runtime {
                 for e in c.execs.lock().expect("execs lock").drain() {
                     e.1.io.shutdown();
                 }
-                if self.is_last(id) {
-                    backend.delete_last(&c).await?;
-                } else {
-                    backend.delete(&c).await?;
-                }
+                backend.delete(&c).await?;
                 info
             }
             None => {

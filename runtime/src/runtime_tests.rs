@@ -110,11 +110,6 @@ impl Backend for Fake {
         self.exit(c.init.pid(), 137);
         Ok(())
     }
-    async fn delete_last(&self, c: &Container) -> Result<()> {
-        self.called("delete_last");
-        self.exit(c.init.pid(), 137);
-        Ok(())
-    }
     async fn pids(&self, _c: &Container) -> Result<Vec<(u32, Option<String>)>> {
         Ok(vec![])
     }
@@ -232,35 +227,6 @@ async fn create_start_exit_delete_in_order() {
     assert!(p.rt.is_empty());
     // The pod's last container took the backend's pod resources with it.
     assert_eq!(p.fake.calls.lock().unwrap().last(), Some(&"release"));
-}
-
-#[tokio::test]
-async fn only_the_last_exited_container_is_left_to_the_release() {
-    let p = pod(Fake::default());
-    let a = p.rt.create(p.request("a")).await.unwrap();
-    let b = p.rt.create(p.request("b")).await.unwrap();
-    // Never started, then exited: a full delete each time but the last.
-    p.rt.delete("a", "").await.unwrap();
-    p.rt.start("b", "").await.unwrap();
-    p.fake.exit(a, 0);
-    p.fake.exit(b, 0);
-    p.rt.wait("b", "").await.unwrap();
-    p.rt.delete("b", "").await.unwrap();
-    assert_eq!(
-        *p.fake.calls.lock().unwrap(),
-        vec!["create", "create", "delete", "delete_last", "release"]
-    );
-}
-
-#[tokio::test]
-async fn a_last_container_that_never_started_is_deleted_in_full() {
-    let p = pod(Fake::default());
-    p.rt.create(p.request("a")).await.unwrap();
-    p.rt.delete("a", "").await.unwrap();
-    assert_eq!(
-        *p.fake.calls.lock().unwrap(),
-        vec!["create", "delete", "release"]
-    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -291,15 +291,6 @@ impl Backend for VmPod {
         vm.remove_container(&c.id)
     }
 
-    /// The VM is killed right after (`release`), and with it whatever the guest keeps
-    /// of the container: only the host's side of the share is undone here.
-    async fn delete_last(&self, c: &Container) -> Result<()> {
-        match self.vm().await {
-            Ok(vm) => vm.remove_container(&c.id),
-            Err(_) => Ok(()),
-        }
-    }
-
     async fn pids(&self, c: &Container) -> Result<Vec<(u32, Option<String>)>> {
         let vm = self.vm().await?;
         let pids = vm.agent().pids(&c.id).await?;
