@@ -63,7 +63,7 @@ fn main() {
         );
         std::process::exit(78); // EX_CONFIG
     }
-    init::switch_root_to_tmpfs();
+    init::leave_rootfs();
     init::early_mounts();
     logger::init();
     let loaded = init::load_modules(std::path::Path::new(modprobe::DIR));

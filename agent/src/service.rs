@@ -169,7 +169,7 @@ fn want(s: &Stdio) -> [bool; 3] {
 
 impl AgentService {
     pub fn new(exits: Exits, modules: Vec<String>, secret: Arc<[u8]>) -> AgentService {
-        // The agent's binary lives on the read-only root (see init::switch_root_to_tmpfs):
+        // The agent's binary lives on the read-only root (see init::leave_rootfs):
         // a container cannot overwrite it through /proc/self/exe, so no sealed copy.
         let (runtime, mut rx) =
             Runtime::for_guest("guest", exits, !crate::init::root_is_readonly());

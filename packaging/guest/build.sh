@@ -70,7 +70,7 @@ agent=$ROOT/target/$TARGET/release/stockade-agent
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work"/{proc,sys,dev,run,tmp,lib/modules/stockade}
+mkdir -p "$work"/{proc,sys,dev,run,tmp,newroot,lib/modules/stockade}
 install -m 0755 "$agent" "$work/init"
 # Stockade's seccomp profiles, compiled once here by the agent itself (the same binary
 # hashes and loads them): otherwise every guest compiles them at boot, which under TCG

@@ -27,9 +27,16 @@ pub const MAX_RATE: usize = 1 << 20;
 pub struct ConsoleLogger {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Option<OwnedFd>>,
+    logged: tokio::sync::watch::Receiver<u64>,
 }
 
 impl ConsoleLogger {
+    /// Bytes logged so far, changing as soon as they are in `console.log`: a boot
+    /// waiting for a console line wakes on it instead of polling the file.
+    pub fn logged(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.logged.clone()
+    }
+
     /// Stop draining; the read end, unless the VMM closed the pipe already.
     pub async fn take(mut self) -> Option<OwnedFd> {
         if let Some(stop) = self.stop.take() {
@@ -46,6 +53,7 @@ pub fn spawn_logger(dir: &Path, read_end: OwnedFd) -> Result<ConsoleLogger> {
         .map_err(Error::io("console pipe"))?;
     let mut log = ConsoleLog::open(dir)?;
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let (logged_tx, logged) = tokio::sync::watch::channel(0u64);
     let task = tokio::spawn(async move {
         let mut buf = vec![0u8; 64 * 1024];
         let mut window = (Instant::now(), 0usize);
@@ -58,6 +66,7 @@ pub fn spawn_logger(dir: &Path, read_end: OwnedFd) -> Result<ConsoleLogger> {
                 },
             };
             log.write(&buf[..n]);
+            logged_tx.send_modify(|total| *total += n as u64);
             window.1 += n;
             if window.1 >= MAX_RATE {
                 let left = Duration::from_secs(1).saturating_sub(window.0.elapsed());
@@ -71,6 +80,7 @@ pub fn spawn_logger(dir: &Path, read_end: OwnedFd) -> Result<ConsoleLogger> {
     Ok(ConsoleLogger {
         stop: Some(stop),
         task,
+        logged,
     })
 }
 
@@ -155,6 +165,27 @@ mod tests {
         assert_eq!(size(ROTATED), MAX_FILE);
         assert!(size(FILE) <= MAX_FILE);
         assert!(read_all(tmp.path()).ends_with(b"last\n"));
+    }
+
+    #[tokio::test]
+    async fn a_waiter_wakes_once_the_output_is_in_the_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let logger = spawn_logger(tmp.path(), r).unwrap();
+        let mut logged = logger.logged();
+        let mut w = std::fs::File::from(w);
+        w.write_all(b"msg=\"serving\"\n").unwrap();
+        tokio::time::timeout(Duration::from_secs(5), logged.changed())
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!(*logged.borrow_and_update(), 14);
+        assert_eq!(read_all(tmp.path()), b"msg=\"serving\"\n");
+        // The VMM gone: the drain ends, and a waiter learns it instead of waiting on.
+        drop(w);
+        let ended = tokio::time::timeout(Duration::from_secs(5), logged.changed()).await;
+        assert!(ended.expect("told").is_err());
+        assert!(logger.take().await.is_none());
     }
 
     #[test]

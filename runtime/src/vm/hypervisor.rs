@@ -84,6 +84,12 @@ pub trait Hypervisor: Send + Sync {
     /// The VMM's and its backends' own logs, for an error message.
     fn logs(&self) -> String;
 
+    /// Changes whenever the guest's console log grows, where the console is drained
+    /// by this process (see [`ConsoleLogger::logged`](crate::vm::console::ConsoleLogger::logged)).
+    fn console_logged(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
     /// Give the VM up without stopping it: see [`Handover`].
     async fn hand_over(self: Box<Self>) -> Result<Handover>;
 }

@@ -186,6 +186,7 @@ impl MicroVm {
 /// The agent's version handshake, by `spec.deadline`. The guest is untrusted: its
 /// console's "serving" line only says when to try; the handshake is what counts.
 async fn handshake(vmm: &mut impl Hypervisor, spec: &BootSpec<'_>) -> Result<AgentClient> {
+    let mut logged = vmm.console_logged();
     loop {
         let left = spec.deadline.saturating_duration_since(Instant::now());
         if vmm.has_exited() || left.is_zero() {
@@ -204,9 +205,19 @@ async fn handshake(vmm: &mut impl Hypervisor, spec: &BootSpec<'_>) -> Result<Age
             )));
         }
         // Connection attempts made while the guest boots pile up in the vsock device's
-        // queue for a guest that cannot answer them yet: wait for the console's hint.
+        // queue for a guest that cannot answer them yet: wait for the console's hint,
+        // looked for again whenever the console grows (and at least every 20 ms).
         if !agent_announced(spec.dir) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            let wait = Duration::from_millis(20);
+            match logged.as_mut() {
+                Some(rx) => {
+                    if let Ok(Err(_)) = tokio::time::timeout(wait, rx.changed()).await {
+                        // The console's drain has ended: polling is what is left.
+                        logged = None;
+                    }
+                }
+                None => tokio::time::sleep(wait).await,
+            }
             continue;
         }
         let limit = left.min(Duration::from_secs(2));

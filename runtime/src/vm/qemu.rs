@@ -587,6 +587,10 @@ impl Hypervisor for Qemu {
         self.qemu.kill().await;
     }
 
+    fn console_logged(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.console.as_ref().map(ConsoleLogger::logged)
+    }
+
     fn logs(&self) -> String {
         let log = |f: &str| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
         format!(
