@@ -7,13 +7,20 @@ use std::path::Path;
 use nix::mount::{MsFlags, mount};
 use stockade_runtime::exits::Exits;
 
-/// Print to the console and power off: a guest whose agent cannot serve is useless,
+/// Print to the console and end the VM: a guest whose agent cannot serve is useless,
 /// and the host sees the reason in the console log.
 pub fn fatal(msg: &str) -> ! {
     eprintln!("stockade-agent: fatal: {msg}");
     nix::unistd::sync();
-    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    end_vm();
     std::process::exit(1)
+}
+
+/// End the VM: a reboot, which the host's VMM (QEMU with `-no-reboot`) takes as its
+/// exit. A power-off would only halt a guest without ACPI (microvm's default) and leave
+/// the VMM running.
+pub fn end_vm() {
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
 }
 
 /// Stockade's seccomp profiles as the guest's build compiled them (see `main.rs`).

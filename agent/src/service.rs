@@ -627,11 +627,11 @@ impl Agent for AgentService {
 
     async fn shutdown(&self, ctx: &TtrpcContext, _req: Empty) -> ttrpc::Result<Empty> {
         self.authorize(ctx)?;
-        // Answer first; power off a moment later so the reply reaches the host.
+        // Answer first; end the VM a moment later so the reply reaches the host.
         std::thread::spawn(|| {
             std::thread::sleep(Duration::from_millis(50));
             nix::unistd::sync();
-            let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+            crate::init::end_vm();
         });
         Ok(Empty::default())
     }

@@ -88,7 +88,20 @@ async fn boots_and_answers_with(state: &Path, assets: &Path) -> Result<()> {
         boot.as_secs_f64(),
         cfg.accel
     );
+    // The agent ends the VM and QEMU exits by itself, well before the 10 s after which
+    // shutdown kills it (a guest that only halted would leave QEMU running until then).
+    let exited = vm.qemu_exit()?;
+    let watcher = tokio::spawn(async move {
+        exited.await;
+        Instant::now()
+    });
+    let asked = Instant::now();
     vm.shutdown().await?;
+    let took = watcher.await?.saturating_duration_since(asked);
+    ensure!(
+        took < Duration::from_secs(5),
+        "QEMU exited {took:?} after the agent was asked to end the VM: killed, not ended by the guest"
+    );
     ensure!(
         !alive(qemu) && !vsock.is_some_and(alive),
         "qemu or the vsock backend survived shutdown"

@@ -163,7 +163,7 @@ impl MicroVm {
         self.vmm.kill().await;
     }
 
-    /// Ask the agent to power off; kill what does not stop in time; remove the state dir.
+    /// Ask the agent to end the VM; kill what does not stop in time; remove the state dir.
     pub async fn shutdown(self) -> Result<()> {
         let dir = self.dir.clone();
         let asked = self.shutdown_keep_dir().await;

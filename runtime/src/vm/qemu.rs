@@ -264,13 +264,20 @@ fn spawn_helper_with_fds(
 /// `dummy.numdummies=0`: a kernel with the dummy driver built in (the Stockade kernel)
 /// would otherwise make a `dummy0` in the pod's network.
 ///
+/// `reboot=t`: the agent ends its VM with a reboot, which QEMU's `-no-reboot` turns into
+/// the VMM's exit (microvm without ACPI has no power-off, so a powered-off guest would
+/// only halt and leave QEMU running), and the reset comes straight from a triple fault:
+/// the kernel's default order tries ACPI, then the keyboard controller that microvm
+/// lacks, polling it for more than a second. A guest kernel's panic ends the same way.
+///
 /// `rcupdate.rcu_expedited=1`: every container create waits for RCU grace periods
 /// (moving a process into a cgroup, attaching the device program, unmounting the old
 /// root), each a few timer ticks long at the guest's HZ=100: about 25 ms apiece under
 /// TCG. Expedited, a grace period on a VM's few vCPUs is one round of IPIs.
 fn kernel_cmdline(accel: Accel, acpi: bool) -> String {
-    let mut cmdline =
-        String::from("console=ttyS0 quiet panic=-1 dummy.numdummies=0 rcupdate.rcu_expedited=1");
+    let mut cmdline = String::from(
+        "console=ttyS0 quiet panic=-1 reboot=t dummy.numdummies=0 rcupdate.rcu_expedited=1",
+    );
     if accel == Accel::Tcg {
         cmdline.push_str(" no_timer_check noreplace-smp");
         if !acpi {
@@ -734,6 +741,9 @@ mod tests {
             assert!(!kvm.contains("tsc_early_khz") && !kvm.contains("nolapic_timer"));
         }
         assert!(kernel_cmdline(Accel::Tcg, false).contains("nolapic_timer"));
+        for accel in [Accel::Tcg, Accel::Kvm] {
+            assert!(kernel_cmdline(accel, false).contains(" reboot=t "));
+        }
         assert!(kernel_cmdline(Accel::Tcg, true).contains("noreplace-smp"));
         assert!(!kernel_cmdline(Accel::Kvm, true).contains("noreplace-smp"));
         assert!(!kernel_cmdline(Accel::Tcg, true).contains("nolapic_timer"));
