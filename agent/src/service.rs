@@ -630,7 +630,6 @@ impl Agent for AgentService {
         // Answer first; end the VM a moment later so the reply reaches the host.
         std::thread::spawn(|| {
             std::thread::sleep(Duration::from_millis(50));
-            nix::unistd::sync();
             crate::init::end_vm();
         });
         Ok(Empty::default())

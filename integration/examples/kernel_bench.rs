@@ -7,12 +7,9 @@
 //!   sudo cargo run --release -p stockade-integration --example kernel_bench -- [N]
 //!   (after packaging/setup.sh, which builds both: /usr/share/stockade and its cloud/)
 
-use std::time::Instant;
-
 use anyhow::{Result, bail};
-use stockade_integration::bench::{median, rounds};
+use stockade_integration::bench::{median, rounds, timed_boot};
 use stockade_integration::{cloud_guest_assets, guest_assets, guest_config_at};
-use stockade_runtime::vm::MicroVm;
 
 fn main() -> Result<()> {
     let n = rounds();
@@ -36,13 +33,7 @@ fn main() -> Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("stockade-kernel-bench-")
         .tempdir_in("/tmp")?;
-    let boot = |cfg, name: String| -> Result<f64> {
-        let start = Instant::now();
-        let vm = rt.block_on(MicroVm::boot(cfg, &dir.path().join(name), None, None))?;
-        let t = start.elapsed().as_secs_f64() * 1000.0;
-        rt.block_on(vm.shutdown())?;
-        Ok(t)
-    };
+    let boot = |cfg, name: String| timed_boot(&rt, cfg, &dir.path().join(name));
     let (mut cloud, mut stockade) = (Vec::new(), Vec::new());
     // One of each first, to warm the page cache.
     for i in 0..=n {

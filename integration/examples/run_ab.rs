@@ -11,34 +11,18 @@
 //! (on the development machine, under TCG, B / A came out 1.24 at N=6), and a
 //! difference below it means nothing.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail, ensure};
-use stockade_integration::bench::median;
+use anyhow::{Result, ensure};
+use stockade_integration::bench::{ab_args, alternate, report_ab};
 use stockade_integration::{TestContainerd, build_image, guest_config_at, hypervisor_toml};
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (Some(a), Some(b)) = (args.first(), args.get(1)) else {
-        bail!("usage: run_ab A_DIR B_DIR [N]");
-    };
-    let n: usize = match args.get(2) {
-        Some(n) => n.parse().context("N")?,
-        None => 10,
-    };
-    let (a, b) = (PathBuf::from(a), PathBuf::from(b));
+    let (a, b, n) = ab_args("run_ab")?;
     let (toml_a, toml_b) = (
         hypervisor_toml(&guest_config_at(&a)),
         hypervisor_toml(&guest_config_at(&b)),
     );
-    for dir in [&a, &b] {
-        ensure!(
-            dir.join("vmlinuz").exists() && dir.join("initrd.img").exists(),
-            "no guest assets in {}",
-            dir.display()
-        );
-    }
     let ctd = TestContainerd::start_with("vm", &toml_a)?;
     let config_a = std::fs::read_to_string(&ctd.config)?;
     ensure!(
@@ -57,26 +41,12 @@ fn main() -> Result<()> {
         ensure!(out.ok(), "ctr run {id}: {out:?}");
         Ok(ms)
     };
-    let (mut ta, mut tb) = (Vec::new(), Vec::new());
-    // One of each first, to warm the page cache; then A and B in turns, each round
-    // starting with the side that went second in the last.
-    for i in 0..=n {
-        let (x, y) = if i % 2 == 0 {
-            let x = run(&config_a, format!("a{i}"))?;
-            (x, run(&config_b, format!("b{i}"))?)
-        } else {
-            let y = run(&config_b, format!("b{i}"))?;
-            (run(&config_a, format!("a{i}"))?, y)
-        };
-        if i > 0 {
-            ta.push(x);
-            tb.push(y);
-        }
-    }
-    let (ma, mb) = (median(&mut ta), median(&mut tb));
+    let (mut ta, mut tb) = alternate(
+        n,
+        |i| run(&config_a, format!("a{i}")),
+        |i| run(&config_b, format!("b{i}")),
+    )?;
     println!("cold `ctr run --rm true` in VM mode, {n} alternated runs of each");
-    println!("  A {}: median {ma:.0} ms", a.display());
-    println!("  B {}: median {mb:.0} ms", b.display());
-    println!("  B / A: {:.3}", mb / ma);
+    report_ab(&a, &b, &mut ta, &mut tb);
     Ok(())
 }

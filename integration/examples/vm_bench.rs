@@ -15,10 +15,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use stockade_integration::bench::{median, rounds};
+use stockade_integration::bench::{median, rounds, timed_boot};
 use stockade_integration::pool::TestPool;
 use stockade_integration::{IMAGE, TestContainerd, build_image, guest_config, hypervisor_toml};
-use stockade_runtime::vm::MicroVm;
 
 fn main() -> Result<()> {
     let n = rounds();
@@ -45,15 +44,7 @@ fn main() -> Result<()> {
     let (mut bare, mut stockade) = (Vec::new(), Vec::new());
     // One of each to warm the page cache.
     for i in 0..=n {
-        let start = Instant::now();
-        let vm = rt.block_on(MicroVm::boot(
-            &hv,
-            &bare_dir.join(i.to_string()),
-            None,
-            None,
-        ))?;
-        let t = start.elapsed().as_secs_f64() * 1000.0;
-        rt.block_on(vm.shutdown())?;
+        let t = timed_boot(&rt, &hv, &bare_dir.join(i.to_string()))?;
         let s = timed_run(format!("bench{i}"))?;
         if i > 0 {
             bare.push(t);
