@@ -3,6 +3,10 @@
 //! 1. `ctr run --rm IMAGE true` through Stockade in VM mode against a bare boot of the
 //!    same kernel + initramfs to the agent's first vsock answer, interleaved N times;
 //!    Stockade's added time = (ctr run median - bare boot median) / bare boot median.
+//!    runc's own `ctr run --rm IMAGE true` on the same containerd, interleaved with
+//!    both, is printed beside it as a share of the bare boot: what a container's
+//!    lifecycle costs through containerd with no VM at all, a floor under Stockade's
+//!    added time.
 //! 2. The same `ctr run`, each served by the warm pool (`[pool] size = 1`), against
 //!    the same bare boot.
 //! 3. Host memory of one running VM sandbox: PSS of qemu, virtiofsd, the vsock backend
@@ -19,6 +23,9 @@ use stockade_integration::bench::{median, rounds, timed_boot};
 use stockade_integration::pool::TestPool;
 use stockade_integration::{IMAGE, TestContainerd, build_image, guest_config, hypervisor_toml};
 
+/// runc's shim, the baseline every runtime is compared with.
+const RUNC: &str = "io.containerd.runc.v2";
+
 fn main() -> Result<()> {
     let n = rounds();
     let hv = guest_config();
@@ -30,28 +37,36 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     let bare_dir = ctd.dir.path().join("bare");
-    // Milliseconds of one `ctr run --rm IMAGE true` as container `id`.
-    let timed_run = |id: String| -> Result<f64> {
+    // Milliseconds of one `ctr run --rm IMAGE true` as container `id`, through
+    // Stockade or (`runc`) through runc's shim.
+    let timed = |id: String, runc: bool| -> Result<f64> {
         let start = Instant::now();
-        let out = ctd.run_rm(&id, &["true"]);
+        let out = if runc {
+            ctd.ctr(&["run", "--rm", "--runtime", RUNC, IMAGE, &id, "true"])
+        } else {
+            ctd.run_rm(&id, &["true"])
+        };
         let ms = start.elapsed().as_secs_f64() * 1000.0;
         if !out.ok() {
             bail!("ctr run {id}: {}", out.stderr);
         }
         Ok(ms)
     };
+    let timed_run = |id: String| timed(id, false);
 
-    let (mut bare, mut stockade) = (Vec::new(), Vec::new());
+    let (mut bare, mut stockade, mut runc) = (Vec::new(), Vec::new(), Vec::new());
     // One of each to warm the page cache.
     for i in 0..=n {
         let t = timed_boot(&rt, &hv, &bare_dir.join(i.to_string()))?;
         let s = timed_run(format!("bench{i}"))?;
+        let r = timed(format!("runc{i}"), true)?;
         if i > 0 {
             bare.push(t);
             stockade.push(s);
+            runc.push(r);
         }
     }
-    let (mb, ms) = (median(&mut bare), median(&mut stockade));
+    let (mb, ms, mr) = (median(&mut bare), median(&mut stockade), median(&mut runc));
     println!("accel: {:?}, {n} interleaved runs each", hv.accel);
     println!("  bare boot to the agent's first answer: median {mb:.0} ms");
     println!("  ctr run --rm {IMAGE} true (VM mode):  median {ms:.0} ms");
@@ -59,6 +74,10 @@ fn main() -> Result<()> {
         "  Stockade's added time: {:.0} ms = {:.1} % of the bare boot (target <= 15 %)",
         ms - mb,
         (ms - mb) / mb * 100.0
+    );
+    println!(
+        "  runc's ctr run --rm {IMAGE} true, no VM: median {mr:.0} ms = {:.1} % of the bare boot (the floor under the added time)",
+        mr / mb * 100.0
     );
 
     // The same `ctr run`, each served by the warm pool (one VM kept, full and idle at
