@@ -21,6 +21,19 @@ use stockade_integration::pool::TestPool;
 use stockade_integration::{guest_config, hypervisor_toml};
 use stockade_runtime::config::Accel;
 
+/// The sorted runs' fastest and slowest (under TCG a VM pod's start varies a lot from
+/// one pod to the next: the README's Benchmark section says why).
+fn spread(sorted: &[Duration]) -> String {
+    match (sorted.first(), sorted.last()) {
+        (Some(a), Some(b)) => format!(
+            "range {:.0}-{:.0} ms",
+            a.as_secs_f64() * 1000.0,
+            b.as_secs_f64() * 1000.0
+        ),
+        _ => String::new(),
+    }
+}
+
 fn main() -> Result<()> {
     let n = rounds();
     let hv = guest_config();
@@ -59,9 +72,10 @@ fn main() -> Result<()> {
     for (k, (name, _, _)) in kinds.iter().enumerate() {
         let m = median(&mut times[k]);
         println!(
-            "  {name:<34} median {:>7.1} ms   ratio to runc {:.2}",
+            "  {name:<34} median {:>7.1} ms   ratio to runc {:.2}   {}",
             m.as_secs_f64() * 1000.0,
-            m.as_secs_f64() / base.as_secs_f64()
+            m.as_secs_f64() / base.as_secs_f64(),
+            spread(&times[k])
         );
     }
 
@@ -102,9 +116,10 @@ fn main() -> Result<()> {
     for (k, (name, _, _)) in warm.iter().enumerate() {
         let m = median(&mut times[k]);
         println!(
-            "  {name:<34} median {:>7.1} ms   ratio to runc {:.2}",
+            "  {name:<34} median {:>7.1} ms   ratio to runc {:.2}   {}",
             m.as_secs_f64() * 1000.0,
-            m.as_secs_f64() / base.as_secs_f64()
+            m.as_secs_f64() / base.as_secs_f64(),
+            spread(&times[k])
         );
     }
 
