@@ -197,11 +197,14 @@ fn no_host_path_is_visible(s: &Suite) -> Result<()> {
 }
 
 /// SECURITY.md 16: inside the guest, containers are hardened as on the host (the
-/// vsock probe is the agent's own transport: a container must not reach it).
+/// vsock probe is the agent's own transport: a container must not reach it), and the
+/// guest kernel keeps bpf() and its log from unprivileged processes by default.
 fn hardening_seen_from_inside(s: &Suite) -> Result<()> {
     let script = "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status; \
         for t in vsock alg userns netns clone-userns io_uring bpf keyctl userfaultfd perf; do echo \"$t: $(probe $t)\"; done; \
         echo \"kcore: $(wc -c < /proc/kcore 2>/dev/null || echo none)\"; \
+        echo \"unprivileged_bpf_disabled: $(cat /proc/sys/kernel/unprivileged_bpf_disabled)\"; \
+        echo \"dmesg_restrict: $(cat /proc/sys/kernel/dmesg_restrict)\"; \
         (echo x > /proc/sys/kernel/hostname) 2>&1 | grep -q 'Read-only' && echo 'procsys: ro'; \
         (echo x > /proc/sysrq-trigger) 2>&1 | grep -qE 'Read-only|nonexistent directory|No such file' && echo 'sysrq: ro or absent'; \
         echo \"fds: $(ls /proc/self/fd | wc -l)\"; \
@@ -226,6 +229,9 @@ fn hardening_seen_from_inside(s: &Suite) -> Result<()> {
         "sysrq: ro or absent",
         "fds: 4",
         "disk: denied",
+        // The guest kernel's own defaults (its fragment's hardening section).
+        "unprivileged_bpf_disabled: 2",
+        "dmesg_restrict: 1",
     ] {
         ensure!(o.contains(want), "missing {want:?} in:\n{o}");
     }
