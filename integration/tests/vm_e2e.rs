@@ -198,13 +198,15 @@ fn no_host_path_is_visible(s: &Suite) -> Result<()> {
 
 /// SECURITY.md 16: inside the guest, containers are hardened as on the host (the
 /// vsock probe is the agent's own transport: a container must not reach it), and the
-/// guest kernel keeps bpf() and its log from unprivileged processes by default.
+/// guest kernel keeps bpf() and its log from unprivileged processes by default and
+/// mitigates Spectre.
 fn hardening_seen_from_inside(s: &Suite) -> Result<()> {
     let script = "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status; \
         for t in vsock alg userns netns clone-userns io_uring bpf keyctl userfaultfd perf; do echo \"$t: $(probe $t)\"; done; \
         echo \"kcore: $(wc -c < /proc/kcore 2>/dev/null || echo none)\"; \
         echo \"unprivileged_bpf_disabled: $(cat /proc/sys/kernel/unprivileged_bpf_disabled)\"; \
         echo \"dmesg_restrict: $(cat /proc/sys/kernel/dmesg_restrict)\"; \
+        for v in spectre_v1 spectre_v2; do echo \"$v: $(cut -d: -f1 /sys/devices/system/cpu/vulnerabilities/$v)\"; done; \
         (echo x > /proc/sys/kernel/hostname) 2>&1 | grep -q 'Read-only' && echo 'procsys: ro'; \
         (echo x > /proc/sysrq-trigger) 2>&1 | grep -qE 'Read-only|nonexistent directory|No such file' && echo 'sysrq: ro or absent'; \
         echo \"fds: $(ls /proc/self/fd | wc -l)\"; \
@@ -239,6 +241,14 @@ fn hardening_seen_from_inside(s: &Suite) -> Result<()> {
         o.contains("kcore: 0") || o.contains("kcore: none"),
         "kcore readable:\n{o}"
     );
+    // Software can always mitigate these two (retpolines, barriers): a kernel without
+    // its mitigations reports them "Vulnerable" to any container.
+    for v in ["spectre_v1", "spectre_v2"] {
+        ensure!(
+            o.contains(&format!("{v}: Mitigation")) || o.contains(&format!("{v}: Not affected")),
+            "{v} unmitigated in the guest kernel:\n{o}"
+        );
+    }
     expect_clean(s, "vhard")
 }
 
