@@ -976,7 +976,7 @@ fn pod_qemu_pid(s: &Suite, pod: &str) -> Result<u32> {
 /// refills with a new VM; a pod of another size boots its own; a pool VM that dies is
 /// replaced; stopping the service removes every pool VM and leaves the claimed pod
 /// running; without the service, and with a service that keeps none, pods boot their
-/// own. Nothing is left at the end.
+/// own. The claimed VM was warmed up and keeps nothing of it. Nothing is left at the end.
 fn warm_pool(s: &Suite) -> Result<()> {
     use stockade_integration::pool::{TestPool, parent_of};
     let env = &s.env;
@@ -997,6 +997,17 @@ fn warm_pool(s: &Suite) -> Result<()> {
         parent_of(pooled) == Some(pool.pid()),
         "the pool VM's parent"
     );
+    // It was warmed up (a throwaway container created and deleted in it before it was
+    // offered), and the pod's sandbox holds nothing of that.
+    ensure!(
+        pool.log_text().contains("pool VM warmed up"),
+        "the pool's log does not say its VM was warmed up"
+    );
+    let sandbox =
+        stockade_runtime::vm::sandbox::sandbox_dir(&env.ctd.stockade_state, CRI_NAMESPACE, &pod);
+    for left in [sandbox.join("warm-up"), sandbox.join("share/warm-up")] {
+        ensure!(!left.exists(), "the pool's warm-up left {}", left.display());
+    }
     let port = s.base_port + 70;
     let c = env.start_container(&pod, &pc, container(s, "web", &web(port, "pooled")))?;
     let ip = env.pod_ip(&pod)?;

@@ -376,12 +376,18 @@ impl AgentClient {
 
     /// One long poll: the events after `acked`, at most [`MAX_EVENTS`] of them.
     pub async fn events(&self, acked: u64) -> Result<Vec<GuestEvent>> {
+        self.events_within(acked, EVENTS_WAIT).await
+    }
+
+    /// [`events`](Self::events), waiting at most `wait` for one.
+    pub async fn events_within(&self, acked: u64, wait: Duration) -> Result<Vec<GuestEvent>> {
+        let wait = wait.min(EVENTS_WAIT);
         let req = EventsRequest {
             acked,
-            wait_millis: EVENTS_WAIT.as_millis() as u32,
+            wait_millis: wait.as_millis() as u32,
             ..Default::default()
         };
-        let mut events = call("events", EVENTS_WAIT + EVENTS_MARGIN, &self.secret, |c| {
+        let mut events = call("events", wait + EVENTS_MARGIN, &self.secret, |c| {
             self.raw.events(c, &req)
         })
         .await?

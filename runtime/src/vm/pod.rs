@@ -459,6 +459,76 @@ fn guest_spec(spec: &mut Spec, id: &str, how: GuestSpec, pod_pids: &[u32]) {
     }
 }
 
+/// The spec of the throwaway container a warm-pool VM creates and deletes before it is
+/// offered (`pool.rs`): runc's default spec (new namespaces, the usual mounts, masked
+/// and read-only paths) with what containerd adds for a pod's container (a deny-all
+/// device rule, a memory and CPU limit, a file bind-mounted from `hostname`), for
+/// `program` in `rootfs`; rewritten for the guest as a pod's container is.
+pub(crate) fn warm_up_spec(id: &str, rootfs: &Path, program: &str, hostname: &Path) -> Spec {
+    use oci_spec::runtime::{
+        LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder,
+        MountBuilder, RootBuilder,
+    };
+    let mut spec = Spec::default();
+    spec.set_root(Some(
+        RootBuilder::default()
+            .path(rootfs)
+            .readonly(true)
+            .build()
+            .expect("a root with a path"),
+    ));
+    if let Some(p) = spec.process_mut() {
+        p.set_args(Some(vec![program.to_string()]));
+    }
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    mounts.push(
+        MountBuilder::default()
+            .destination("/etc/hostname")
+            .typ("bind")
+            .source(hostname)
+            .options(vec!["rbind".into(), "ro".into()])
+            .build()
+            .expect("a bind mount"),
+    );
+    spec.set_mounts(Some(mounts));
+    if let Some(linux) = spec.linux_mut() {
+        // containerd's default: every device denied, then the spec's own devices
+        // allowed (libcontainer attaches the device program either way).
+        let deny_all = LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .access("rwm")
+            .build()
+            .expect("a device rule");
+        let limited = LinuxResourcesBuilder::default()
+            .devices(vec![deny_all])
+            .memory(
+                LinuxMemoryBuilder::default()
+                    .limit(64i64 << 20)
+                    .build()
+                    .expect("a memory limit"),
+            )
+            .cpu(
+                LinuxCpuBuilder::default()
+                    .shares(512u64)
+                    .build()
+                    .expect("cpu shares"),
+            )
+            .build()
+            .expect("resources");
+        linux.set_resources(Some(limited));
+    }
+    guest_spec(
+        &mut spec,
+        id,
+        GuestSpec {
+            shares_guest_net: true,
+            ..GuestSpec::default()
+        },
+        &[],
+    );
+    spec
+}
+
 /// How [`guest_spec`] rewrites one container's spec.
 #[derive(Debug, Clone, Copy, Default)]
 struct GuestSpec {
@@ -687,5 +757,72 @@ mod tests {
         assert_eq!(proc_ns_pid(Path::new("/proc/42/ns/ipc/x")), None);
         assert_eq!(proc_ns_pid(Path::new("/proc/self/ns/ipc")), None);
         assert_eq!(proc_ns_pid(Path::new("/run/netns/42")), None);
+    }
+
+    #[test]
+    fn the_pool_warm_up_spec_is_a_pod_container_without_a_network_of_its_own() {
+        let spec = warm_up_spec(
+            "warm-up",
+            Path::new("/x/rootfs"),
+            "/warm-up",
+            Path::new("/x/hostname"),
+        );
+        let root = spec.root().as_ref().unwrap();
+        assert_eq!(root.path(), Path::new("/x/rootfs"));
+        assert_eq!(root.readonly(), Some(true));
+        let process = spec.process().as_ref().unwrap();
+        assert_eq!(
+            process.args().as_deref(),
+            Some(&["/warm-up".to_string()][..])
+        );
+        assert!(
+            process
+                .env()
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|e| e.starts_with("PATH=")),
+            "libcontainer's create looks the program up in PATH"
+        );
+        let linux = spec.linux().as_ref().unwrap();
+        assert_eq!(
+            linux.cgroups_path().as_deref(),
+            Some(
+                Path::new("/")
+                    .join(crate::linux::guest::CGROUP_PARENT)
+                    .join("warm-up")
+                    .as_path()
+            )
+        );
+        let types: Vec<LinuxNamespaceType> = linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.typ())
+            .collect();
+        assert!(!types.contains(&LinuxNamespaceType::Network));
+        for t in [
+            LinuxNamespaceType::Pid,
+            LinuxNamespaceType::Mount,
+            LinuxNamespaceType::Cgroup,
+        ] {
+            assert!(types.contains(&t), "{t:?} in {types:?}");
+        }
+        let resources = linux.resources().as_ref().unwrap();
+        assert!(resources.memory().as_ref().unwrap().limit().is_some());
+        assert!(!resources.devices().as_ref().unwrap().is_empty());
+        let hostname = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination() == Path::new("/etc/hostname"))
+            .unwrap();
+        assert_eq!(hostname.source().as_deref(), Some(Path::new("/x/hostname")));
+        assert!(
+            crate::vm::share::is_bind(hostname),
+            "brought into the share as a volume is"
+        );
     }
 }

@@ -23,6 +23,7 @@
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -33,6 +34,7 @@ use tokio::sync::Notify;
 
 use crate::config::{Config, HypervisorConfig, PoolShape};
 use crate::error::{Error, Result};
+use crate::vm::agent::stdio_msg;
 use crate::vm::hypervisor::{Handover, Nic};
 use crate::vm::microvm::{HandedOver, MicroVm};
 use crate::vm::network;
@@ -50,6 +52,10 @@ const PARKED_MAC: &str = "02:00:00:00:00:01";
 /// How long a claimed VM's agent has to answer the shim.
 pub const ADOPT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_MESSAGE: usize = 64 * 1024;
+/// The throwaway container a new pool VM creates and deletes ([`warm_up`]).
+const WARM_UP_ID: &str = "warm-up";
+/// How long [`warm_up`] waits for the guest to report its container's exit.
+const WARM_UP_EXIT_WAIT: Duration = Duration::from_secs(3);
 /// Pause between failed boots of a shape, so a broken config does not spin.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 
@@ -540,6 +546,10 @@ impl Service {
                 vm.kill().await;
                 return Err(e);
             }
+            if let Err(e) = warm_up(&vm, &share, &dir).await {
+                vm.kill().await;
+                return Err(e);
+            }
             Ok(vm)
         }
         .await;
@@ -702,6 +712,71 @@ impl Service {
             fds,
         ))
     }
+}
+
+/// A new pool VM creates one throwaway container and deletes it before it is offered,
+/// so that the claiming pod's first container does not pay for what a VM's first
+/// create costs once: the guest faulting in and (under TCG) translating the code of
+/// libcontainer's create and of the kernel's namespace, mount, cgroup, device-program
+/// and seccomp paths, and growing TCG's translation buffer on the host. Nothing of it
+/// stays: its guest cgroup and bundle go with its delete, its share entry and host
+/// files here, and its exit event is consumed here rather than by the pod's shim.
+/// Its program is never started: a create only checks that it exists and may be run.
+async fn warm_up(vm: &MicroVm, share: &Share, dir: &Path) -> Result<()> {
+    let began = std::time::Instant::now();
+    let base = dir.join(WARM_UP_ID);
+    let made = (|| {
+        let rootfs = base.join("rootfs");
+        std::fs::create_dir_all(&rootfs)?;
+        let program = rootfs.join(WARM_UP_ID);
+        std::fs::write(&program, b"")?;
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::write(base.join("hostname"), b"pool\n")?;
+        Ok::<_, std::io::Error>(rootfs)
+    })()
+    .map_err(Error::io("pool warm-up: make its rootfs"));
+    let res = async {
+        let rootfs = made?;
+        let mut spec = crate::vm::pod::warm_up_spec(
+            WARM_UP_ID,
+            &rootfs,
+            &format!("/{WARM_UP_ID}"),
+            &base.join("hostname"),
+        );
+        share.add_container(WARM_UP_ID, &mut spec, &base)?;
+        let json = serde_json::to_vec(&spec).map_err(|e| Error::Backend(e.to_string()))?;
+        let pid = vm
+            .agent
+            .create_container(WARM_UP_ID, json, stdio_msg([false; 3], false))
+            .await?;
+        vm.agent.delete(WARM_UP_ID, "").await?;
+        Ok::<u32, Error>(pid)
+    }
+    .await;
+    let removed = share.remove_container(WARM_UP_ID);
+    let _ = std::fs::remove_dir_all(&base);
+    let pid = res?;
+    removed?;
+    // Its exit, reported a moment after the delete, is acknowledged here.
+    let deadline = tokio::time::Instant::now() + WARM_UP_EXIT_WAIT;
+    let mut acked = 0;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let events = vm.agent.events_within(acked, left).await?;
+        let seen = events.iter().any(|e| e.pid == pid);
+        acked = events
+            .iter()
+            .map(|e| e.seq)
+            .max()
+            .unwrap_or(acked)
+            .max(acked);
+        if seen || left.is_zero() {
+            break;
+        }
+    }
+    vm.agent.events_within(acked, Duration::ZERO).await?;
+    log::debug!(dir:% = dir.display(), ms = began.elapsed().as_millis() as u64; "pool VM warmed up");
+    Ok(())
 }
 
 /// A claim's target must be a new sandbox dir of this state dir.

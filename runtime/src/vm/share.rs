@@ -301,7 +301,7 @@ pub fn unmount_under(dir: &Path) -> Result<()> {
     }
 }
 
-fn is_bind(m: &oci_spec::runtime::Mount) -> bool {
+pub(crate) fn is_bind(m: &oci_spec::runtime::Mount) -> bool {
     m.typ().as_deref() == Some("bind")
         || m.options()
             .as_ref()
