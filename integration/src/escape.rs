@@ -438,10 +438,33 @@ pub fn docker_escape(ctd: &TestContainerd, d: &TestDocker, tag: &str) -> Result<
             }
             Ok(())
         })();
+        let result = result.map_err(|e| e.context(docker_state(d, &cname)));
         let _ = d.docker(&["rm", "-f", &cname]);
         result?;
     }
     Ok(())
+}
+
+/// What Docker knows of container `name`, for a failure's message: its state (exit
+/// code, error, OOM), the last lines of its output, and dockerd's log lines naming it.
+fn docker_state(d: &TestDocker, name: &str) -> String {
+    let state = d.docker(&["inspect", "-f", "{{json .State}}", name]);
+    let id = d.docker(&["inspect", "-f", "{{.Id}}", name]).stdout;
+    let logs = d.docker(&["logs", "--tail", "20", name]);
+    let daemon = d.log();
+    let named: Vec<&str> = daemon
+        .lines()
+        .filter(|l| !id.trim().is_empty() && l.contains(id.trim()))
+        .collect();
+    let named = &named[named.len().saturating_sub(20)..];
+    format!(
+        "docker state of {name}: {}{}\nits last output:\n{}{}\ndockerd about it:\n{}",
+        state.stdout.trim(),
+        state.stderr.trim(),
+        logs.stdout.trim(),
+        logs.stderr.trim(),
+        named.join("\n")
+    )
 }
 
 /// `ctr run --privileged` must fail before anything runs, and its error must name each

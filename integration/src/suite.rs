@@ -69,7 +69,8 @@ pub fn print_daemons() {
 pub type Case<S> = (&'static str, fn(&S) -> Result<()>);
 
 /// Run the cases whose names contain one of the command line's words (all without
-/// words), print each result, and the tail of `log` if any failed. Returns (passed, failed).
+/// words), print each result and, for a failed case, what `log` gained while it ran
+/// (see [`case_log`]). Returns (passed, failed).
 pub fn run_cases<S>(suite: &S, cases: &[Case<S>], log: impl Fn(&S) -> String) -> (usize, usize) {
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -81,6 +82,7 @@ pub fn run_cases<S>(suite: &S, cases: &[Case<S>], log: impl Fn(&S) -> String) ->
             continue;
         }
         let start = Instant::now();
+        let logged_before = log(suite).len();
         match case(suite) {
             Ok(()) => {
                 passed += 1;
@@ -92,16 +94,71 @@ pub fn run_cases<S>(suite: &S, cases: &[Case<S>], log: impl Fn(&S) -> String) ->
                     "test {name} ... FAILED ({:.1}s)\n{e:#}",
                     start.elapsed().as_secs_f64()
                 );
+                let log = log(suite);
+                println!("--- containerd log during {name} ---");
+                for l in case_log(log.get(logged_before..).unwrap_or_default()) {
+                    println!("{l}");
+                }
             }
         }
     }
-    if failed > 0 {
-        let log = log(suite);
-        let tail: Vec<&str> = log.lines().rev().take(80).collect();
-        println!("--- containerd log (last lines) ---");
-        for l in tail.into_iter().rev() {
-            println!("{l}");
-        }
-    }
     (passed, failed)
+}
+
+/// What a failed case's log shows: all of it when short; else its first and last lines
+/// and every warning and error between (the shim's and the guest's among them), so a
+/// failure minutes into a case still shows why.
+pub fn case_log(log: &str) -> Vec<&str> {
+    const ENDS: usize = 60;
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.len() <= 4 * ENDS {
+        return lines;
+    }
+    let middle = &lines[ENDS..lines.len() - ENDS];
+    let notable = |l: &&str| {
+        [
+            "level=warn",
+            "level=error",
+            "level=fatal",
+            "died",
+            "exited",
+            "stockade-agent:",
+        ]
+        .iter()
+        .any(|w| l.contains(w))
+    };
+    let kept: Vec<&str> = middle.iter().copied().filter(notable).collect();
+    let mut out = lines[..ENDS].to_vec();
+    out.push("[…]");
+    out.extend(kept.iter().rev().take(4 * ENDS).rev());
+    out.push("[…]");
+    out.extend(&lines[lines.len() - ENDS..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::case_log;
+
+    #[test]
+    fn a_short_case_log_is_shown_whole() {
+        let log = "a\n\nb\nc\n";
+        assert_eq!(case_log(log), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_long_case_log_keeps_its_ends_and_what_went_wrong_between() {
+        let mut lines: Vec<String> = (0..1000).map(|i| format!("level=debug n={i}")).collect();
+        lines[500] = "level=error msg=\"the VM died\"".into();
+        lines[501] = "stockade-agent: level=info msg=\"process exited\"".into();
+        let log = lines.join("\n");
+        let shown = case_log(&log);
+        assert_eq!(shown[0], "level=debug n=0");
+        assert_eq!(shown[59], "level=debug n=59");
+        assert_eq!(*shown.last().unwrap(), "level=debug n=999");
+        assert!(shown.contains(&lines[500].as_str()));
+        assert!(shown.contains(&lines[501].as_str()));
+        assert!(!shown.contains(&"level=debug n=499"));
+        assert_eq!(shown.len(), 60 + 1 + 2 + 1 + 60);
+    }
 }
