@@ -31,7 +31,7 @@ BOOKWORM_PKGS=(
 
 need_apt=0
 for p in "${BOOKWORM_PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_apt=1
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep 'install ok installed' >/dev/null || need_apt=1
 done
 if [ "$need_apt" = 1 ]; then
   log "installing Debian 12 packages"
@@ -74,7 +74,7 @@ SRC
 
 # containerd 1.7 and docker.io 26 from trixie.
 have_ver() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || true; }
-if ! have_ver containerd | grep -q '^1\.7' || ! have_ver docker.io | grep -q '^26\.'; then
+if ! have_ver containerd | grep '^1\.7' >/dev/null || ! have_ver docker.io | grep '^26\.' >/dev/null; then
   log "fetching containerd 1.7 and docker.io 26 from Debian 13"
   debs=/var/cache/stockade/apt-trixie/debs
   fetch_debs trixie "$debs" containerd docker.io docker-cli
@@ -160,7 +160,7 @@ log "running a container through Stockade"
 vm_demo() { # ctr address
   local cfg accel
   accel=tcg
-  containerd-shim-stockade-v2 check 2>/dev/null | grep -q '^kvm: usable' && accel=kvm
+  containerd-shim-stockade-v2 check 2>/dev/null | grep '^kvm: usable' >/dev/null && accel=kvm
   cfg=$(mktemp /tmp/stockade-vm-demo.XXXXXX)
   printf '[runtime]\nmode = "vm"\n[hypervisor]\naccel = "%s"\n' "$accel" >"$cfg"
   log "running a container in a Stockade VM ($accel)"

@@ -408,41 +408,84 @@ pub fn docker_escape(ctd: &TestContainerd, d: &TestDocker, tag: &str) -> Result<
     ];
     for (name, opts, chmod_denied) in cases {
         let cname = format!("esc-{tag}-{name}");
-        let init = init_args();
-        let mut args = vec!["run", "-d", "--name", &cname, "--runtime", RUNTIME];
-        args.extend(opts);
-        args.push(IMAGE);
-        args.extend(init.iter().map(String::as_str));
-        let out = d.docker(&args);
-        if !out.ok() {
-            bail!("docker run {cname}: {}", out.stderr);
-        }
-        let result = (|| -> Result<()> {
-            let init_out = wait_output(INIT_TIMEOUT, |_| {
-                d.docker(&["exec", &cname, "cat", "/tmp/init.out"])
-            })?;
-            let id = d.docker(&["inspect", "-f", "{{.Id}}", &cname]).stdout;
-            let expect = Expect {
-                no_new_privs: true,
-                cap_eff: spec_cap_eff(ctd, "moby", id.trim())?,
-                chmod_denied,
-            };
-            check(&format!("{name}: the init"), &init_out, &expect)?;
-            let out = d.docker(&["exec", &cname, "sh", "-c", &script()]);
-            check(&format!("{name}: docker exec"), &out.stdout, &expect)?;
-            // Docker prints an exec's start error on stdout.
-            let out = d.docker(&["exec", "--privileged", &cname, "true"]);
-            let said = format!("{}{}", out.stdout, out.stderr);
-            if out.ok() || !said.contains("CAP_SYS_ADMIN") || !said.contains("refused") {
-                bail!("docker exec --privileged not refused clearly: {out:?}");
+        let first = docker_escape_case(ctd, d, &cname, name, &opts, chmod_denied);
+        // Twice in about 30 CI runs (VM mode, both daemon pairs) the container's init, a
+        // busybox sh running the probes, stopped before writing its report; the one run
+        // that showed why: SIGSEGV (exit 139). The cause is not known (README, Known
+        // gaps). A signal death other than a kill is shown and the case run once more;
+        // it fails if that happens again.
+        let result = match first {
+            Err((e, Some(code))) if code > 128 && code != 137 => {
+                println!(
+                    "    {name}: the container's init died by signal {}; run once more. {e:#}",
+                    code - 128
+                );
+                docker_escape_case(ctd, d, &cname, name, &opts, chmod_denied)
             }
-            Ok(())
-        })();
-        let result = result.map_err(|e| e.context(docker_state(d, &cname)));
-        let _ = d.docker(&["rm", "-f", &cname]);
-        result?;
+            other => other,
+        };
+        result.map_err(|(e, _)| e)?;
     }
     Ok(())
+}
+
+/// One case of [`docker_escape`]; on failure, the error and the container's exit code
+/// if it had exited.
+fn docker_escape_case(
+    ctd: &TestContainerd,
+    d: &TestDocker,
+    cname: &str,
+    name: &str,
+    opts: &[&str],
+    chmod_denied: bool,
+) -> std::result::Result<(), (anyhow::Error, Option<i32>)> {
+    let init = init_args();
+    let mut args = vec!["run", "-d", "--name", cname, "--runtime", RUNTIME];
+    args.extend(opts);
+    args.push(IMAGE);
+    args.extend(init.iter().map(String::as_str));
+    let out = d.docker(&args);
+    if !out.ok() {
+        let _ = d.docker(&["rm", "-f", cname]);
+        return Err((anyhow::anyhow!("docker run {cname}: {}", out.stderr), None));
+    }
+    let result = (|| -> Result<()> {
+        let init_out = wait_output(INIT_TIMEOUT, |_| {
+            d.docker(&["exec", cname, "cat", "/tmp/init.out"])
+        })?;
+        let id = d.docker(&["inspect", "-f", "{{.Id}}", cname]).stdout;
+        let expect = Expect {
+            no_new_privs: true,
+            cap_eff: spec_cap_eff(ctd, "moby", id.trim())?,
+            chmod_denied,
+        };
+        check(&format!("{name}: the init"), &init_out, &expect)?;
+        let out = d.docker(&["exec", cname, "sh", "-c", &script()]);
+        check(&format!("{name}: docker exec"), &out.stdout, &expect)?;
+        // Docker prints an exec's start error on stdout.
+        let out = d.docker(&["exec", "--privileged", cname, "true"]);
+        let said = format!("{}{}", out.stdout, out.stderr);
+        if out.ok() || !said.contains("CAP_SYS_ADMIN") || !said.contains("refused") {
+            bail!("docker exec --privileged not refused clearly: {out:?}");
+        }
+        Ok(())
+    })();
+    let result = result.map_err(|e| {
+        let exited = d.docker(&[
+            "inspect",
+            "-f",
+            "{{.State.Running}} {{.State.ExitCode}}",
+            cname,
+        ]);
+        let code = exited
+            .stdout
+            .trim()
+            .strip_prefix("false ")
+            .and_then(|c| c.parse().ok());
+        (e.context(docker_state(d, cname)), code)
+    });
+    let _ = d.docker(&["rm", "-f", cname]);
+    result
 }
 
 /// What Docker knows of container `name`, for a failure's message: its state (exit

@@ -167,7 +167,9 @@ crate_list() { # cargo tree args -> " name version: license" lines, or fails
         lic=${LICENSE_FILES[$name]:-}
         [ -n "$lic" ] || license_die "crate $name $ver names a license file; see what it is, add it to LICENSE_FILES in packaging/deb/build.sh and to packaging/deb/copyright"
         lic="$lic (license file)"
-      elif ! printf '%s\n' "${KNOWN_LICENSES[@]}" | grep -qxF -- "$lic"; then
+      # grep without -q: under pipefail, -q's early exit can fail the pipeline with
+      # the writer's SIGPIPE (one CI run lost the package build so).
+      elif ! printf '%s\n' "${KNOWN_LICENSES[@]}" | grep -xF -- "$lic" >/dev/null; then
         license_die "crate $name $ver: license \"$lic\" is not covered by packaging/deb/copyright; add its text there and the expression to KNOWN_LICENSES in packaging/deb/build.sh"
       fi
       printf ' %s %s: %s\n' "$name" "$ver" "$lic"
@@ -226,7 +228,7 @@ chmod 0644 "$S/usr/share/doc/$PKG/copyright"
 elves=()
 while IFS= read -r -d '' f; do
   [ "$(head -c 4 "$f" | od -An -c | tr -d ' ')" = '177ELF' ] || continue
-  if LC_ALL=C readelf -d "$f" 2>/dev/null | grep -q '(NEEDED)'; then
+  if LC_ALL=C readelf -d "$f" 2>/dev/null | grep '(NEEDED)' >/dev/null; then
     elves+=("-edebian/$PKG/${f#"$S"/}")
   else
     log "static ELF, no shared library dependencies: ${f#"$S"}"

@@ -190,9 +190,9 @@ shim_containerd() {
   out=$("$SHIM" "$verb" containerd --root "$HOST_ROOT" --config "$CONTAINERD_CONFIG" "$@") ||
     die "'containerd-shim-stockade-v2 $verb containerd' failed (its error is above)"
   printf '%s\n' "$out" | sed 's/^/stockade-deploy: shim: /' >&2
-  if printf '%s\n' "$out" | grep -q '^changed:'; then
+  if printf '%s\n' "$out" | grep '^changed:' >/dev/null; then
     return 0
-  elif printf '%s\n' "$out" | grep -q '^unchanged:'; then
+  elif printf '%s\n' "$out" | grep '^unchanged:' >/dev/null; then
     return 1
   fi
   die "'containerd-shim-stockade-v2 $verb containerd' said neither changed: nor unchanged:"
