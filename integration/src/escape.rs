@@ -471,27 +471,23 @@ fn docker_escape_case(
         Ok(())
     })();
     let result = result.map_err(|e| {
-        let exited = d.docker(&[
-            "inspect",
-            "-f",
-            "{{.State.Running}} {{.State.ExitCode}}",
-            cname,
-        ]);
-        let code = exited
-            .stdout
-            .trim()
-            .strip_prefix("false ")
-            .and_then(|c| c.parse().ok());
-        (e.context(docker_state(d, cname)), code)
+        let (said, code) = docker_state(d, cname);
+        (e.context(said), code)
     });
     let _ = d.docker(&["rm", "-f", cname]);
     result
 }
 
 /// What Docker knows of container `name`, for a failure's message: its state (exit
-/// code, error, OOM), the last lines of its output, and dockerd's log lines naming it.
-fn docker_state(d: &TestDocker, name: &str) -> String {
+/// code, error, OOM), the last lines of its output, and dockerd's log lines naming it;
+/// and its exit code if it is no longer running.
+fn docker_state(d: &TestDocker, name: &str) -> (String, Option<i32>) {
     let state = d.docker(&["inspect", "-f", "{{json .State}}", name]);
+    let code = serde_json::from_str::<serde_json::Value>(&state.stdout)
+        .ok()
+        .filter(|s| s["Running"] == serde_json::Value::Bool(false))
+        .and_then(|s| s["ExitCode"].as_i64())
+        .and_then(|c| i32::try_from(c).ok());
     let id = d.docker(&["inspect", "-f", "{{.Id}}", name]).stdout;
     let logs = d.docker(&["logs", "--tail", "20", name]);
     let daemon = d.log();
@@ -500,14 +496,15 @@ fn docker_state(d: &TestDocker, name: &str) -> String {
         .filter(|l| !id.trim().is_empty() && l.contains(id.trim()))
         .collect();
     let named = &named[named.len().saturating_sub(20)..];
-    format!(
+    let said = format!(
         "docker state of {name}: {}{}\nits last output:\n{}{}\ndockerd about it:\n{}",
         state.stdout.trim(),
         state.stderr.trim(),
         logs.stdout.trim(),
         logs.stderr.trim(),
         named.join("\n")
-    )
+    );
+    (said, code)
 }
 
 /// `ctr run --privileged` must fail before anything runs, and its error must name each
